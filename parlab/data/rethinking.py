@@ -1,0 +1,124 @@
+"""Rethinking_of_PAR's pickled datasets (``dataset_all.pkl``, ``dataset_zs_run0.pkl``).
+
+An EasyDict with ``description``, ``root``, ``image_name``, ``label`` (all raw
+attributes), ``attr_name``, ``label_idx.eval`` (evaluated columns, group
+order), ``partition.{train,val,trainval,test}`` (0-based rows; one array or a
+list of arrays, one per official partition) and ``weight_*``. UPAR's pickle
+has the same layout plus ``dataset_ids``; its partition entries may be lists
+of per-source arrays. Read with :func:`parlab.data.safe_pickle.load_pickle`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parlab.data.annotations import Annotations
+from parlab.data.errors import DatasetError
+from parlab.data.labels import check_raw_labels, evaluated, find_file, find_image_root
+from parlab.data.registry import register_reader
+from parlab.data.safe_pickle import load_pickle
+from parlab.data.sentences import sentences_for
+
+
+def _get(d: dict, key: str, path: Path) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise DatasetError(f"{path}: missing field {key!r}")
+    return d[key]
+
+
+def _rows(value: Any) -> np.ndarray:
+    """One partition entry: an index array, or a list of per-source arrays."""
+    if isinstance(value, (list, tuple)):
+        return np.concatenate([np.asarray(v, dtype=np.int64).reshape(-1) for v in value])
+    return np.asarray(value, dtype=np.int64).reshape(-1)
+
+
+def _partitions(partition: dict, path: Path) -> list[dict[str, np.ndarray]]:
+    """Split the per-split lists into a list of partitions."""
+    if not isinstance(partition, dict) or not partition:
+        raise DatasetError(f"{path}: field 'partition' should map split names to row indices")
+    counts = {len(v) for v in partition.values() if isinstance(v, list) and v and not np.isscalar(v[0])}
+    many = max(counts) if counts else 1
+    out = []
+    for k in range(many):
+        part = {}
+        for split, value in partition.items():
+            if isinstance(value, list) and value and not np.isscalar(value[0]):
+                if k < len(value):
+                    part[split] = _rows(value[k])
+            else:
+                part[split] = _rows(value)
+        out.append(part)
+    return out
+
+
+def read_rethinking_pickle(path: Path, name: str | None = None, image_root: Path | None = None) -> Annotations:
+    """Read any Rethinking_of_PAR-style pickle into :class:`Annotations`."""
+    info = load_pickle(path)
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path}: expected a pickled (Easy)Dict, got {type(info).__name__}")
+    names = [str(n) for n in _get(info, "image_name", path)]
+    raw_attributes = [str(a) for a in _get(info, "attr_name", path)]
+    raw = check_raw_labels(np.asarray(_get(info, "label", path)), path, "label", raw_attributes)
+    if len(raw) != len(names):
+        raise DatasetError(f"{path}: 'label' has {len(raw)} rows but 'image_name' has {len(names)}")
+    label_idx = info.get("label_idx") or {}
+    columns = np.asarray(label_idx.get("eval", range(len(raw_attributes))), dtype=np.int64).reshape(-1)
+    if columns.size and (columns.min() < 0 or columns.max() >= len(raw_attributes)):
+        raise DatasetError(f"{path}: 'label_idx.eval' indexes columns outside 0..{len(raw_attributes) - 1}")
+    attributes = tuple(raw_attributes[c] for c in columns)
+    groups = np.asarray(info.get("dataset_ids", np.zeros(0)), dtype=np.int64).reshape(-1)
+    if image_root is None:
+        declared = info.get("root")
+        image_root = Path(declared) if declared and Path(declared, names[0]).is_file() else None
+    if image_root is None:
+        image_root = find_image_root(path.parent, ["data", "images", "."], names[0])
+    return Annotations(
+        name=name or str(info.get("description", "rethinking")).lower(),
+        annotation_file=path,
+        image_root=image_root,
+        image_names=np.array(names),
+        labels=evaluated(raw, columns),
+        attributes=attributes,
+        raw_labels=raw,
+        raw_attributes=tuple(raw_attributes),
+        eval_columns=columns,
+        partitions=_partitions(_get(info, "partition", path), path),
+        sentences=sentences_for(attributes),
+        groups=groups,
+    )
+
+
+@register_reader("rethinking")
+def read_rethinking(root: Path, file: str = "dataset_all.pkl") -> Annotations:
+    """Any ``dataset_all.pkl``-style file: ``root`` is the file or its folder."""
+    return read_rethinking_pickle(find_file(root, [file], "rethinking"))
+
+
+@register_reader("petazs")
+def read_petazs(root: Path) -> Annotations:
+    """PETAzs (Jia et al., 2021): PETA with identity-disjoint zero-shot splits."""
+    return read_rethinking_pickle(find_file(root, ["dataset_zs_run0.pkl"], "petazs"), name="petazs")
+
+
+@register_reader("rapzs")
+def read_rapzs(root: Path) -> Annotations:
+    """RAPzs (Jia et al., 2021): RAPv2 with identity-disjoint zero-shot splits, 53 attributes."""
+    return read_rethinking_pickle(find_file(root, ["dataset_zs_run0.pkl"], "rapzs"), name="rapzs")
+
+
+@register_reader("upar")
+def read_upar(root: Path) -> Annotations:
+    """UPAR (Specker et al., WACV 2023): PA100k, PETA, RAPv2 and Market-1501 under one root.
+
+    ``groups`` holds the per-image source-dataset id; partition 0 is all data,
+    1/3/5/7 the cross-validation and 2/4/6/8 the leave-one-dataset-out splits.
+    Image names are relative to the folder holding the source datasets, which
+    is ``root`` itself.
+    """
+    path = find_file(root, ["dataset_all.pkl", "UPAR/dataset_all.pkl", "annotations/dataset_all.pkl"], "upar")
+    base = root if root.is_dir() else path.parent
+    return read_rethinking_pickle(path, name="upar", image_root=base)

@@ -1,0 +1,12 @@
+"""SynthPA: a synthetic miniature of PA100k, written in PA100k's own format.
+
+Labels come from a Bayesian network calibrated on PA100k (:mod:`.network`);
+images are procedurally rendered pedestrians in which every attribute is drawn
+where it lives on the body (:mod:`.render`); :func:`generate` writes
+``annotation.mat``, the JPEG images and one caption per image (:mod:`.writer`).
+"""
+
+from parlab.data.synthpa.network import ATTRIBUTES, sample_labels
+from parlab.data.synthpa.writer import SIZES, caption, generate
+
+__all__ = ["ATTRIBUTES", "SIZES", "caption", "generate", "sample_labels"]
