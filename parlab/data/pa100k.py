@@ -68,3 +68,14 @@ def read_pa100k(root: Path) -> Annotations:
 
         return read_rethinking_pickle(path, name="pa100k")
     return read_pa100k_mat(path)
+
+
+# Positive ratios of the real PA100k train split, in evaluation order (percent;
+# published statistics, used to compare SynthPA without the real file).
+TRAIN_POSITIVE_PERCENT = {
+    "Hat": 4.40, "Glasses": 17.91, "ShortSleeve": 58.60, "LongSleeve": 41.40, "UpperStride": 5.10,
+    "UpperLogo": 15.40, "UpperPlaid": 10.86, "UpperSplice": 4.40, "LowerStripe": 0.51, "LowerPattern": 1.78,
+    "LongCoat": 2.82, "Trousers": 70.90, "Shorts": 17.39, "Skirt&Dress": 11.71, "boots": 0.62,
+    "HandBag": 18.35, "ShoulderBag": 19.11, "Backpack": 14.76, "HoldObjectsInFront": 0.96, "AgeOver60": 1.41,
+    "Age18-60": 93.40, "AgeLess18": 5.19, "Female": 45.62, "Front": 35.90, "Side": 28.38, "Back": 35.72,
+}

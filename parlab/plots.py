@@ -1,0 +1,164 @@
+"""Figures of the data and label-imbalance notebooks.
+
+Each function returns a matplotlib Figure and changes no global state; the
+notebooks save them with :func:`parlab.figures.save_figure`.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from parlab.data.annotations import Annotations
+from parlab.data.images import load_rgb
+
+
+def split_sizes(annotations: Annotations):
+    sizes = {s: len(annotations.split(s)) for s in annotations.splits()}
+    fig, ax = plt.subplots(figsize=(4, 2.6))
+    ax.bar(list(sizes), list(sizes.values()), color="#4c72b0")
+    for k, v in enumerate(sizes.values()):
+        ax.text(k, v, f"{v:,}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("images")
+    ax.set_title(f"{annotations.name}: split sizes")
+    fig.tight_layout()
+    return fig
+
+
+def image_size_scatter(sizes: np.ndarray, title: str = "image sizes"):
+    """Scatter of (height, width) pairs with marginal histograms."""
+    grid = sns.JointGrid(x=sizes[:, 1], y=sizes[:, 0], height=3.6)
+    grid.plot_joint(sns.scatterplot, s=8, alpha=0.4, edgecolor=None)
+    grid.plot_marginals(sns.histplot, bins=30)
+    grid.set_axis_labels("width (px)", "height (px)")
+    grid.figure.suptitle(title, y=1.02)
+    return grid.figure
+
+
+def image_grid(annotations: Annotations, rows: np.ndarray, columns: int = 8, max_attributes: int = 6,
+               highlight: str | None = None):
+    """Images with their positive attributes written beneath."""
+    n = len(rows)
+    nrows = int(np.ceil(n / columns))
+    fig, axes = plt.subplots(nrows, columns, figsize=(1.6 * columns, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows):
+        ax.imshow(load_rgb(annotations.image_root / str(annotations.image_names[row])))
+        pos = [a for a, v in zip(annotations.attributes, annotations.labels[row]) if v == 1]
+        shown = pos[:max_attributes] + (["…"] if len(pos) > max_attributes else [])
+        ax.set_title("\n".join(shown), fontsize=6, loc="left",
+                     color="black" if highlight is None else "#c44e52")
+    fig.tight_layout()
+    return fig
+
+
+def attribute_examples(annotations: Annotations, split: str, seed: int = 0, columns: int = 9):
+    """One positive example per attribute (blank where the split has none)."""
+    rng = np.random.default_rng(seed)
+    rows = annotations.split(split)
+    labels = annotations.labels[rows]
+    a = annotations.num_attributes
+    nrows = int(np.ceil(a / columns))
+    fig, axes = plt.subplots(nrows, columns, figsize=(1.5 * columns, 3.0 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for j, ax in zip(range(a), axes.flat):
+        candidates = rows[labels[:, j] == 1]
+        ax.set_title(annotations.attributes[j], fontsize=7)
+        if len(candidates):
+            row = candidates[rng.integers(len(candidates))]
+            ax.imshow(load_rgb(annotations.image_root / str(annotations.image_names[row])))
+    fig.tight_layout()
+    return fig
+
+
+def positive_ratios(ratios: pd.Series, reference: pd.Series | None = None, log: bool = True,
+                    title: str = "positive ratio per attribute"):
+    """Sorted horizontal bars of positive ratios (optionally beside a reference set)."""
+    order = ratios.sort_values().index
+    fig, ax = plt.subplots(figsize=(5, 0.2 * len(order) + 1))
+    y = np.arange(len(order))
+    if reference is not None:
+        ax.barh(y + 0.2, 100 * ratios[order], height=0.4, label=ratios.name or "data")
+        ax.barh(y - 0.2, 100 * reference[order], height=0.4, label=reference.name or "reference")
+        ax.legend(fontsize=7, loc="lower right")
+    else:
+        ax.barh(y, 100 * ratios[order], color="#4c72b0")
+    ax.set_yticks(y, order, fontsize=7)
+    if log:
+        ax.set_xscale("log")
+    ax.axvline(50, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("positive ratio (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def imbalance_ratios(ratios: pd.Series):
+    order = ratios.sort_values().index
+    fig, ax = plt.subplots(figsize=(5, 0.2 * len(order) + 1))
+    ax.barh(np.arange(len(order)), ratios[order], color="#dd8452")
+    ax.set_yticks(np.arange(len(order)), order, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("majority / minority count")
+    ax.set_title("imbalance ratio per attribute")
+    fig.tight_layout()
+    return fig
+
+
+def cardinality(counts: np.ndarray):
+    fig, ax = plt.subplots(figsize=(4, 2.6))
+    ax.hist(counts, bins=np.arange(counts.max() + 2) - 0.5, color="#55a868")
+    ax.axvline(counts.mean(), color="black", lw=1, ls="--", label=f"mean {counts.mean():.2f}")
+    ax.set_xlabel("positive attributes per image")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(matrix: np.ndarray, names: list[str] | tuple[str, ...], title: str, center: float | None = 0.0,
+            cmap: str = "vlag", fmt_percent: bool = False):
+    size = 0.28 * len(names) + 1.5
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    sns.heatmap(matrix * (100 if fmt_percent else 1), xticklabels=names, yticklabels=names, center=center,
+                cmap=cmap, square=True, ax=ax, cbar_kws={"shrink": 0.6})
+    ax.tick_params(labelsize=6)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def prior_shift(table: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(4, 4))
+    lim = [0, 100 * float(np.nanmax(table[["train", "test"]].to_numpy())) * 1.05]
+    ax.plot(lim, lim, color="grey", lw=0.8, ls="--")
+    ax.scatter(100 * table["train"], 100 * table["test"], s=12)
+    for name, r in table.iterrows():
+        if abs(r["shift_points"]) >= table["shift_points"].abs().quantile(0.8):
+            ax.annotate(name, (100 * r["train"], 100 * r["test"]), fontsize=6)
+    ax.set_xlabel("train positive ratio (%)")
+    ax.set_ylabel("test positive ratio (%)")
+    ax.set_title("train/test prior shift")
+    fig.tight_layout()
+    return fig
+
+
+def balancing(natural: pd.Series, best: pd.Series, max_deviation: float):
+    """Natural priors vs the priors of the best image weighting, against the 50% goal."""
+    order = natural.sort_values().index
+    y = np.arange(len(order))
+    fig, ax = plt.subplots(figsize=(5, 0.2 * len(order) + 1))
+    ax.scatter(100 * natural[order], y, label="natural", s=14)
+    ax.scatter(100 * best[order], y, label="best image weighting", s=14, marker="s")
+    ax.axvline(50, color="grey", lw=0.8, ls="--")
+    ax.axvspan(50 - 100 * max_deviation, 50 + 100 * max_deviation, color="grey", alpha=0.12)
+    ax.set_yticks(y, order, fontsize=7)
+    ax.set_xlabel("prior (%)")
+    ax.set_title(f"best image re-weighting: max |prior - 50%| = {100 * max_deviation:.1f} points")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
