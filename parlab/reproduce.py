@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except NotebookFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a bad --only selection
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     prof = PROFILES[args.profile]
     print(f"\n{len(runs)} notebooks in {time.perf_counter() - start:.1f} s")
     for r in runs:

@@ -30,7 +30,7 @@ def check_raw_labels(raw: np.ndarray, path: Path, name: str, attributes: list[st
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise DatasetError(
-            f"{path}: field {name!r} has label {raw[r, c]!r} at row {r}, attribute {attributes[c]!r}; "
+            f"{path}: field {name!r} has label {raw[r, c].item()} at row {r}, attribute {attributes[c]!r}; "
             f"labels must be in {{-1, 0, 1, 2}}"
         )
     return raw.astype(np.int8)

@@ -74,3 +74,11 @@ def indices(value: Any, path: Path, name: str, one_based: bool = True) -> np.nda
         raise DatasetError(f"{path}: field {name!r} should hold row indices")
     arr = arr.reshape(-1).astype(np.int64)
     return arr - 1 if one_based else arr
+
+
+def struct_list(value: np.ndarray, path: Path, name: str) -> list[np.void]:
+    """Elements of a MATLAB struct array or of a cell array of 1x1 structs."""
+    arr = np.asarray(value)
+    if arr.dtype.names is not None:
+        return list(arr.reshape(-1, order="F"))
+    return [struct(cell, path, f"{name}[{k}]") for k, cell in enumerate(arr.reshape(-1, order="F"))]

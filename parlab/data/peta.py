@@ -16,7 +16,7 @@ import numpy as np
 from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
 from parlab.data.labels import check_raw_labels, evaluated, find_file, find_image_root
-from parlab.data.matfile import field, indices, load_mat, matrix, strings, struct
+from parlab.data.matfile import field, indices, load_mat, matrix, strings, struct, struct_list
 from parlab.data.registry import register_reader
 from parlab.data.sentences import sentences_for
 
@@ -52,9 +52,8 @@ def read_peta(root: Path) -> Annotations:
         columns = selected
     n = len(raw)
     partitions = []
-    parts = np.asarray(field(peta, "partion_attribute", path, "peta."), dtype=object).reshape(-1)
-    for k, cell in enumerate(parts):
-        part = struct(cell, path, f"peta.partion_attribute[{k}]")
+    parts = struct_list(field(peta, "partion_attribute", path, "peta."), path, "peta.partion_attribute")
+    for k, part in enumerate(parts):
         p = {s: indices(field(part, s, path, f"peta.partion_attribute[{k}]."), path, s) for s in ("train", "val", "test")}
         p["trainval"] = np.concatenate([p["train"], p["val"]])
         partitions.append(p)

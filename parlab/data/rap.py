@@ -21,7 +21,7 @@ import numpy as np
 
 from parlab.data.annotations import Annotations
 from parlab.data.labels import check_raw_labels, evaluated, find_file, find_image_root
-from parlab.data.matfile import field, indices, load_mat, matrix, strings, struct
+from parlab.data.matfile import field, indices, load_mat, matrix, strings, struct, struct_list
 from parlab.data.registry import register_reader
 from parlab.data.sentences import sentences_for
 
@@ -32,8 +32,7 @@ IMAGE_CANDIDATES = ["RAP_dataset", "data", "images", "."]
 
 def _partitions(cells: np.ndarray, path: Path, name: str, splits: dict[str, str]) -> list[dict[str, np.ndarray]]:
     out = []
-    for k, cell in enumerate(np.asarray(cells, dtype=object).reshape(-1)):
-        part = struct(cell, path, f"{name}[{k}]")
+    for k, part in enumerate(struct_list(cells, path, name)):
         p = {ours: indices(field(part, theirs, path, f"{name}[{k}]."), path, theirs) for ours, theirs in splits.items()}
         if "train" in p and "val" in p:
             p["trainval"] = np.concatenate([p["train"], p["val"]])

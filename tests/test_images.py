@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from parlab.data import DatasetError, load_dataset
+from parlab.data.images import PARImageDataset, build_transform, image_sizes, load_rgb
+
+
+def test_dataset_items(synthpa_root):
+    ann = load_dataset("synthpa", synthpa_root)
+    ds = PARImageDataset(ann, "val", build_transform((64, 32), train=True))
+    x, y, row = ds[0]
+    assert x.shape == (3, 64, 32) and x.dtype == torch.float32
+    assert torch.equal(y, torch.from_numpy(ann.labels[row].astype(np.float32)))
+    assert len(ds) == 20 and ds.labels().shape == (20, 26)
+    assert image_sizes(ann, "val", limit=5).tolist() == [[128, 64]] * 5
+
+
+def test_greyscale_and_palette_images_become_rgb(tmp_path):
+    Image.new("L", (8, 16), 100).save(tmp_path / "g.png")
+    Image.new("P", (8, 16), 3).save(tmp_path / "p.png")
+    assert load_rgb(tmp_path / "g.png").mode == "RGB"
+    assert load_rgb(tmp_path / "p.png").mode == "RGB"
+
+
+def test_missing_image_error_or_skip(synthpa_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(synthpa_root, root)
+    ann = load_dataset("synthpa", root)
+    victim = ann.image_paths("test")[3]
+    victim.unlink()
+    ds = PARImageDataset(ann, "test")
+    with pytest.raises(DatasetError, match=f"{victim.name}: image not found"):
+        ds[3]
+    skipping = PARImageDataset(ann, "test", on_missing="skip")
+    assert len(skipping) == 19 and skipping.num_skipped == 1
+
+
+def test_truncated_image_is_named(tmp_path):
+    Image.new("RGB", (64, 128), (10, 200, 30)).save(tmp_path / "x.jpg", quality=90)
+    data = (tmp_path / "x.jpg").read_bytes()
+    (tmp_path / "x.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(DatasetError, match="x.jpg: unreadable or truncated image"):
+        load_rgb(tmp_path / "x.jpg")
