@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from parlab.data.errors import DatasetError
+from parlab.data.sentences import sentences_for
 
 SPLITS = ("train", "val", "trainval", "test")
 
@@ -82,6 +83,43 @@ class Annotations:
                     )
         if self.sentences and len(self.sentences) != a:
             raise DatasetError(f"{where}: {len(self.sentences)} sentences for {a} attributes")
+
+    @classmethod
+    def from_raw(
+        cls,
+        name: str,
+        annotation_file: Path,
+        image_root: Path,
+        image_names: list[str] | np.ndarray,
+        raw_labels: np.ndarray,
+        raw_attributes: list[str] | tuple[str, ...],
+        eval_columns,
+        partitions: list[dict[str, np.ndarray]],
+        groups: np.ndarray | None = None,
+    ) -> Annotations:
+        """Build the record from raw labels and the evaluated columns (in evaluation order).
+
+        Evaluated labels map RAP's "uncertain" (2) to negative; names and
+        sentences follow the columns.
+        """
+        columns = np.asarray(eval_columns, dtype=np.int64)
+        labels = raw_labels[:, columns].copy()
+        labels[labels == 2] = 0
+        attributes = tuple(raw_attributes[c] for c in columns)
+        return cls(
+            name=name,
+            annotation_file=annotation_file,
+            image_root=image_root,
+            image_names=np.asarray(image_names),
+            labels=labels,
+            attributes=attributes,
+            raw_labels=raw_labels,
+            raw_attributes=tuple(raw_attributes),
+            eval_columns=columns,
+            partitions=partitions,
+            sentences=sentences_for(attributes),
+            groups=np.zeros(0, np.int64) if groups is None else groups,
+        )
 
     @property
     def num_attributes(self) -> int:

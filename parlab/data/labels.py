@@ -36,13 +36,6 @@ def check_raw_labels(raw: np.ndarray, path: Path, name: str, attributes: list[st
     return raw.astype(np.int8)
 
 
-def evaluated(raw: np.ndarray, columns: np.ndarray, uncertain_as: int = 0) -> np.ndarray:
-    """(N, A) evaluated labels: chosen columns, ``2`` (uncertain) mapped to ``uncertain_as``."""
-    y = raw[:, columns].copy()
-    y[y == 2] = uncertain_as
-    return y
-
-
 def find_file(root: Path, candidates: list[str], dataset: str) -> Path:
     """The first candidate annotation file under ``root``, or an error listing them all."""
     root = Path(root)

@@ -13,10 +13,9 @@ import numpy as np
 
 from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
-from parlab.data.labels import check_raw_labels, evaluated, find_file, find_image_root
+from parlab.data.labels import check_raw_labels, find_file, find_image_root
 from parlab.data.matfile import load_mat, field, strings
 from parlab.data.registry import register_reader
-from parlab.data.sentences import sentences_for
 
 EVAL_COLUMNS = (7, 8, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 9, 10, 11, 12, 1, 2, 3, 0, 4, 5, 6)
 ANNOTATION_CANDIDATES = ["annotation.mat", "annotation/annotation.mat", "dataset_all.pkl"]
@@ -42,21 +41,17 @@ def read_pa100k_mat(path: Path, name: str = "pa100k", image_root: Path | None = 
     partition["trainval"] = np.concatenate([partition["train"], partition["val"]])
     raw = np.concatenate(blocks)
     columns = np.array(EVAL_COLUMNS if len(raw_attributes) == 26 else range(len(raw_attributes)))
-    attributes = tuple(raw_attributes[c] for c in columns)
     if image_root is None:
         image_root = find_image_root(path.parent, IMAGE_CANDIDATES, names[0])
-    return Annotations(
+    return Annotations.from_raw(
         name=name,
         annotation_file=path,
         image_root=image_root,
-        image_names=np.array(names),
-        labels=evaluated(raw, columns),
-        attributes=attributes,
+        image_names=names,
         raw_labels=raw,
-        raw_attributes=tuple(raw_attributes),
+        raw_attributes=raw_attributes,
         eval_columns=columns,
         partitions=[partition],
-        sentences=sentences_for(attributes),
     )
 
 

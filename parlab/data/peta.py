@@ -15,10 +15,9 @@ import numpy as np
 
 from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
-from parlab.data.labels import check_raw_labels, evaluated, find_file, find_image_root
+from parlab.data.labels import check_raw_labels, find_file, find_image_root
 from parlab.data.matfile import field, indices, load_mat, matrix, strings, struct, struct_list
 from parlab.data.registry import register_reader
-from parlab.data.sentences import sentences_for
 
 # Rethinking_of_PAR's group order of the 35 selected label columns.
 EVAL_COLUMNS = (10, 18, 19, 30, 15, 7, 9, 11, 14, 21, 26, 29, 32, 33, 34, 6, 8, 12, 25, 27, 31,
@@ -58,18 +57,14 @@ def read_peta(root: Path) -> Annotations:
         p["trainval"] = np.concatenate([p["train"], p["val"]])
         partitions.append(p)
     names = [f"{int(i):05d}.png" for i in data[:, 0]]
-    attributes = tuple(raw_attributes[c] for c in columns)
-    return Annotations(
+    return Annotations.from_raw(
         name="peta",
         annotation_file=path,
         image_root=find_image_root(path.parent, IMAGE_CANDIDATES, names[0]),
-        image_names=np.array(names),
-        labels=evaluated(raw, columns),
-        attributes=attributes,
+        image_names=names,
         raw_labels=raw,
-        raw_attributes=tuple(raw_attributes),
+        raw_attributes=raw_attributes,
         eval_columns=columns,
         partitions=partitions,
-        sentences=sentences_for(attributes),
         groups=data[:, 1].astype(np.int64) if n else np.zeros(0, np.int64),
     )

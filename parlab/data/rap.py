@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from parlab.data.annotations import Annotations
-from parlab.data.labels import check_raw_labels, evaluated, find_file, find_image_root
+from parlab.data.labels import check_raw_labels, find_file, find_image_root
 from parlab.data.matfile import field, indices, load_mat, matrix, strings, struct, struct_list
 from parlab.data.registry import register_reader
-from parlab.data.sentences import sentences_for
 
 RAPV1_EVAL_COLUMNS = tuple(range(9, 43)) + (1, 2, 3, 0) + tuple(range(4, 9)) + tuple(range(43, 51))
 ANNOTATION_CANDIDATES = ["RAP_annotation.mat", "RAP_annotation/RAP_annotation.mat", "dataset_all.pkl"]
@@ -65,19 +64,15 @@ def read_rapv1(root: Path) -> Annotations:
         {"trainval": "train_index", "test": "test_index"},
     )
     columns = np.array(RAPV1_EVAL_COLUMNS if len(raw_attributes) >= 51 else range(len(raw_attributes)))
-    attributes = tuple(raw_attributes[c] for c in columns)
-    return Annotations(
+    return Annotations.from_raw(
         name="rapv1",
         annotation_file=path,
         image_root=find_image_root(path.parent, IMAGE_CANDIDATES, names[0]),
-        image_names=np.array(names),
-        labels=evaluated(raw, columns),
-        attributes=attributes,
+        image_names=names,
         raw_labels=raw,
-        raw_attributes=tuple(raw_attributes),
+        raw_attributes=raw_attributes,
         eval_columns=columns,
         partitions=partitions,
-        sentences=sentences_for(attributes),
     )
 
 
@@ -98,17 +93,13 @@ def read_rapv2(root: Path) -> Annotations:
         field(rap, "partition_attribute", path, "RAP_annotation."), path, "RAP_annotation.partition_attribute",
         {"train": "train_index", "val": "val_index", "test": "test_index"},
     )
-    attributes = tuple(raw_attributes[c] for c in columns)
-    return Annotations(
+    return Annotations.from_raw(
         name="rapv2",
         annotation_file=path,
         image_root=find_image_root(path.parent, IMAGE_CANDIDATES, names[0]),
-        image_names=np.array(names),
-        labels=evaluated(raw, columns),
-        attributes=attributes,
+        image_names=names,
         raw_labels=raw,
-        raw_attributes=tuple(raw_attributes),
+        raw_attributes=raw_attributes,
         eval_columns=columns,
         partitions=partitions,
-        sentences=sentences_for(attributes),
     )

@@ -17,10 +17,9 @@ import numpy as np
 
 from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
-from parlab.data.labels import check_raw_labels, evaluated, find_file, find_image_root
+from parlab.data.labels import check_raw_labels, find_file, find_image_root
 from parlab.data.registry import register_reader
 from parlab.data.safe_pickle import load_pickle
-from parlab.data.sentences import sentences_for
 
 
 def _get(d: dict, key: str, path: Path) -> Any:
@@ -69,25 +68,21 @@ def read_rethinking_pickle(path: Path, name: str | None = None, image_root: Path
     columns = np.asarray(label_idx.get("eval", range(len(raw_attributes))), dtype=np.int64).reshape(-1)
     if columns.size and (columns.min() < 0 or columns.max() >= len(raw_attributes)):
         raise DatasetError(f"{path}: 'label_idx.eval' indexes columns outside 0..{len(raw_attributes) - 1}")
-    attributes = tuple(raw_attributes[c] for c in columns)
     groups = np.asarray(info.get("dataset_ids", np.zeros(0)), dtype=np.int64).reshape(-1)
     if image_root is None:
         declared = info.get("root")
         image_root = Path(declared) if declared and Path(declared, names[0]).is_file() else None
     if image_root is None:
         image_root = find_image_root(path.parent, ["data", "images", "."], names[0])
-    return Annotations(
+    return Annotations.from_raw(
         name=name or str(info.get("description", "rethinking")).lower(),
         annotation_file=path,
         image_root=image_root,
-        image_names=np.array(names),
-        labels=evaluated(raw, columns),
-        attributes=attributes,
+        image_names=names,
         raw_labels=raw,
-        raw_attributes=tuple(raw_attributes),
+        raw_attributes=raw_attributes,
         eval_columns=columns,
         partitions=_partitions(_get(info, "partition", path), path),
-        sentences=sentences_for(attributes),
         groups=groups,
     )
 

@@ -8,6 +8,7 @@ optionally in brackets and comma-separated, values in {-1, 0, 1}; a value of
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,6 @@ from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
 from parlab.data.labels import check_raw_labels, find_file, find_image_root
 from parlab.data.registry import register_reader
-from parlab.data.sentences import sentences_for
 
 ATTRIBUTES = ("Male", "longHair", "sunglass", "Hat", "Tshirt", "longSleeve", "formal",
               "shorts", "jeans", "longPants", "skirt", "faceMask", "logo", "stripe")
@@ -58,17 +58,15 @@ def read_wider(root: Path) -> Annotations:
         partition[split] = np.arange(start, start + len(raw), dtype=np.int64)
         start += len(raw)
     raw = np.concatenate(blocks)
-    labels = (raw > 0).astype(np.int8)  # WIDER: 0 (unspecified) and -1 are both negatives
-    return Annotations(
+    ann = Annotations.from_raw(
         name="wider",
         annotation_file=first,
         image_root=find_image_root(folder.parent, ["Image", "images", "."], names[0]),
-        image_names=np.array(names),
-        labels=labels,
-        attributes=ATTRIBUTES,
+        image_names=names,
         raw_labels=raw,
         raw_attributes=ATTRIBUTES,
         eval_columns=np.arange(len(ATTRIBUTES)),
         partitions=[partition],
-        sentences=sentences_for(ATTRIBUTES),
     )
+    # WIDER: 0 (unspecified) and -1 are both negatives, never "ignore".
+    return replace(ann, labels=(raw > 0).astype(np.int8))
