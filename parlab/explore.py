@@ -52,7 +52,7 @@ def browser(annotations: Annotations, split: str = "train", interactive: bool = 
             status.value, labels.value, image.value = "no image in this split is positive for it", "", b""
             return
         row = int(rows[min(index.value, len(rows) - 1)])
-        img = load_rgb(annotations.image_root / str(annotations.image_names[row]))
+        img = load_rgb(annotations.image_path(row))
         img = img.resize((img.width * zoom, img.height * zoom))
         buf = io.BytesIO()
         img.save(buf, format="PNG")

@@ -46,7 +46,7 @@ def image_grid(annotations: Annotations, rows: np.ndarray, columns: int = 8, max
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
-        ax.imshow(load_rgb(annotations.image_root / str(annotations.image_names[row])))
+        ax.imshow(load_rgb(annotations.image_path(row)))
         pos = [a for a, v in zip(annotations.attributes, annotations.labels[row]) if v == 1]
         shown = pos[:max_attributes] + (["…"] if len(pos) > max_attributes else [])
         ax.set_title("\n".join(shown), fontsize=6, loc="left",
@@ -70,7 +70,7 @@ def attribute_examples(annotations: Annotations, split: str, seed: int = 0, colu
         ax.set_title(annotations.attributes[j], fontsize=7)
         if len(candidates):
             row = candidates[rng.integers(len(candidates))]
-            ax.imshow(load_rgb(annotations.image_root / str(annotations.image_names[row])))
+            ax.imshow(load_rgb(annotations.image_path(row)))
     fig.tight_layout()
     return fig
 

@@ -145,14 +145,18 @@ class Annotations:
 
     def positive_ratios(self, split: str = "train") -> np.ndarray:
         """(A,) fraction of positives among non-ignored entries of ``split``."""
-        y = self.split_labels(split)
-        known = (y >= 0).sum(0)
-        return np.divide((y == 1).sum(0), known, out=np.full(y.shape[1], np.nan), where=known > 0)
+        from parlab.labelstats import positive_ratio
+
+        return positive_ratio(self.split_labels(split))
+
+    def image_path(self, row: int) -> Path:
+        """Full path of the image of row ``row``."""
+        return self.image_root / str(self.image_names[row])
 
     def image_paths(self, split: str | None = None) -> list[Path]:
         """Full image paths (of one split, or of all rows)."""
         rows = range(len(self.image_names)) if split is None else self.split(split)
-        return [self.image_root / str(self.image_names[i]) for i in rows]
+        return [self.image_path(i) for i in rows]
 
     def with_partition(self, partition: int) -> Annotations:
         """The same dataset with another default partition."""

@@ -76,8 +76,7 @@ class PARImageDataset(Dataset):
         rows = annotations.split(split)
         self.num_skipped = 0
         if on_missing == "skip":
-            present = np.array([(annotations.image_root / str(annotations.image_names[r])).is_file() for r in rows],
-                               dtype=bool)
+            present = np.array([annotations.image_path(r).is_file() for r in rows], dtype=bool)
             self.num_skipped = int((~present).sum())
             rows = rows[present]
         self.rows = rows
@@ -91,7 +90,7 @@ class PARImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         row = int(self.rows[i])
-        img = load_rgb(self.annotations.image_root / str(self.annotations.image_names[row]))
+        img = load_rgb(self.annotations.image_path(row))
         return self.transform(img), torch.from_numpy(self.annotations.labels[row].astype(np.float32)), row
 
 

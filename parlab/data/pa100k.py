@@ -16,6 +16,7 @@ from parlab.data.errors import DatasetError
 from parlab.data.labels import check_raw_labels, find_file, find_image_root
 from parlab.data.matfile import load_mat, field, strings
 from parlab.data.registry import register_reader
+from parlab.data.rethinking import read_rethinking_pickle
 
 EVAL_COLUMNS = (7, 8, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 9, 10, 11, 12, 1, 2, 3, 0, 4, 5, 6)
 ANNOTATION_CANDIDATES = ["annotation.mat", "annotation/annotation.mat", "dataset_all.pkl"]
@@ -59,8 +60,6 @@ def read_pa100k_mat(path: Path, name: str = "pa100k", image_root: Path | None = 
 def read_pa100k(root: Path) -> Annotations:
     path = find_file(root, ANNOTATION_CANDIDATES, "pa100k")
     if path.suffix == ".pkl":
-        from parlab.data.rethinking import read_rethinking_pickle
-
         return read_rethinking_pickle(path, name="pa100k")
     return read_pa100k_mat(path)
 

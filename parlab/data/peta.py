@@ -18,6 +18,7 @@ from parlab.data.errors import DatasetError
 from parlab.data.labels import check_raw_labels, find_file, find_image_root
 from parlab.data.matfile import field, indices, load_mat, matrix, strings, struct, struct_list
 from parlab.data.registry import register_reader
+from parlab.data.rethinking import read_rethinking_pickle
 
 # Rethinking_of_PAR's group order of the 35 selected label columns.
 EVAL_COLUMNS = (10, 18, 19, 30, 15, 7, 9, 11, 14, 21, 26, 29, 32, 33, 34, 6, 8, 12, 25, 27, 31,
@@ -31,8 +32,6 @@ IMAGE_CANDIDATES = ["images", "data", "."]
 def read_peta(root: Path) -> Annotations:
     path = find_file(root, ANNOTATION_CANDIDATES, "peta")
     if path.suffix == ".pkl":
-        from parlab.data.rethinking import read_rethinking_pickle
-
         return read_rethinking_pickle(path, name="peta")
     peta = struct(field(load_mat(path), "peta", path), path, "peta")
     data = matrix(field(peta, "data", path, "peta."), path, "peta.data")

@@ -23,6 +23,7 @@ from parlab.data.annotations import Annotations
 from parlab.data.labels import check_raw_labels, find_file, find_image_root
 from parlab.data.matfile import field, indices, load_mat, matrix, strings, struct, struct_list
 from parlab.data.registry import register_reader
+from parlab.data.rethinking import read_rethinking_pickle
 
 RAPV1_EVAL_COLUMNS = tuple(range(9, 43)) + (1, 2, 3, 0) + tuple(range(4, 9)) + tuple(range(43, 51))
 ANNOTATION_CANDIDATES = ["RAP_annotation.mat", "RAP_annotation/RAP_annotation.mat", "dataset_all.pkl"]
@@ -39,19 +40,11 @@ def _partitions(cells: np.ndarray, path: Path, name: str, splits: dict[str, str]
     return out
 
 
-def _read_pickle_or_none(path: Path, name: str) -> Annotations | None:
-    if path.suffix != ".pkl":
-        return None
-    from parlab.data.rethinking import read_rethinking_pickle
-
-    return read_rethinking_pickle(path, name=name)
-
-
 @register_reader("rapv1")
 def read_rapv1(root: Path) -> Annotations:
     path = find_file(root, ANNOTATION_CANDIDATES, "rapv1")
-    if (ann := _read_pickle_or_none(path, "rapv1")) is not None:
-        return ann
+    if path.suffix == ".pkl":
+        return read_rethinking_pickle(path, name="rapv1")
     rap = struct(field(load_mat(path), "RAP_annotation", path), path, "RAP_annotation")
     names = strings(field(rap, "imagesname", path, "RAP_annotation."), path, "RAP_annotation.imagesname")
     raw_attributes = strings(field(rap, "attribute_eng", path, "RAP_annotation."), path, "RAP_annotation.attribute_eng")
@@ -79,8 +72,8 @@ def read_rapv1(root: Path) -> Annotations:
 @register_reader("rapv2")
 def read_rapv2(root: Path) -> Annotations:
     path = find_file(root, ANNOTATION_CANDIDATES, "rapv2")
-    if (ann := _read_pickle_or_none(path, "rapv2")) is not None:
-        return ann
+    if path.suffix == ".pkl":
+        return read_rethinking_pickle(path, name="rapv2")
     rap = struct(field(load_mat(path), "RAP_annotation", path), path, "RAP_annotation")
     names = strings(field(rap, "name", path, "RAP_annotation."), path, "RAP_annotation.name")
     raw_attributes = strings(field(rap, "attribute", path, "RAP_annotation."), path, "RAP_annotation.attribute")

@@ -26,8 +26,7 @@ def fit_tables(labels: np.ndarray) -> dict[str, np.ndarray]:
     for node in NODES:
         rows = int(np.prod([cardinality(p) for p in node.parents])) if node.parents else 1
         counts = np.zeros((rows, len(node.states)))
-        np.add.at(counts, (parent_rows(node, states) if node.parents else np.zeros(len(labels), np.int64),
-                           states[node.name]), 1)
+        np.add.at(counts, (parent_rows(node, states, len(labels)), states[node.name]), 1)
         marginal = counts.sum(0) / counts.sum()
         smoothed = counts + SMOOTHING * marginal
         tables[node.name] = smoothed / smoothed.sum(1, keepdims=True)

@@ -73,9 +73,9 @@ def cardinality(name: str) -> int:
     return len(NODES[NODE_INDEX[name]].states)
 
 
-def parent_rows(node: Node, states: dict[str, np.ndarray]) -> np.ndarray:
-    """(N,) row of ``node``'s table for each sample: parents' states, row-major."""
-    row = np.zeros(len(next(iter(states.values()))) if states else 0, dtype=np.int64)
+def parent_rows(node: Node, states: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """(n,) row of ``node``'s table for each sample: parents' states, row-major (0 for roots)."""
+    row = np.zeros(n, dtype=np.int64)
     for parent in node.parents:
         row = row * cardinality(parent) + states[parent]
     return row
@@ -122,7 +122,7 @@ def sample_states(n: int, rng: np.random.Generator, stratified: bool = True) -> 
     tables = load_tables()
     states: dict[str, np.ndarray] = {}
     for node in NODES:
-        rows = parent_rows(node, states) if node.parents else np.zeros(n, np.int64)
+        rows = parent_rows(node, states, n)
         cumulative = np.cumsum(tables[node.name][rows], axis=1)
         u = _stratified_uniforms(rows, rng) if stratified else rng.random(n)
         states[node.name] = (u[:, None] * cumulative[:, -1:] >= cumulative).sum(axis=1).clip(max=len(node.states) - 1)
