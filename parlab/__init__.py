@@ -3,8 +3,19 @@
 The package is what the ordered notebooks call into: dataset readers and the
 embedded synthetic dataset (:mod:`parlab.data`), the PAR metrics
 (:mod:`parlab.metrics`), label statistics (:mod:`parlab.labelstats`), figure
-output (:mod:`parlab.figures`) and the papermill runner
-(:mod:`parlab.reproduce`). Importing it has no side effects.
+output (:mod:`parlab.figures`), models (:mod:`parlab.models`), the training
+engine (:mod:`parlab.training`), prediction and evaluation of checkpoints
+(:func:`parlab.predict`, :func:`parlab.evaluate`) and the papermill runner
+(:mod:`parlab.reproduce`). Importing it has no side effects and does not
+import torch; ``parlab.predict`` loads it on first use.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in ("predict", "evaluate", "load_model"):
+        from parlab import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'parlab' has no attribute {name!r}")

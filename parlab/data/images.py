@@ -59,21 +59,25 @@ class PARImageDataset(Dataset):
 
     ``__getitem__`` returns the transformed image (3, H, W), its labels (A,)
     as float32 (-1 kept for ignored entries) and its row in the annotations.
+    The key is a position, or a ``(position, seed)`` pair from
+    :class:`parlab.training.sampling.EpochSampler`, in which case the random
+    augmentation is drawn from that seed alone.
     """
 
     def __init__(
         self,
         annotations: Annotations,
-        split: str,
+        split: str | np.ndarray,
         transform=None,
         on_missing: str = "error",
     ) -> None:
+        """``split`` is a split name or an array of annotation rows (e.g. a carved validation subset)."""
         if on_missing not in ("error", "skip"):
             raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
         self.annotations = annotations
-        self.split = split
+        self.split = split if isinstance(split, str) else "custom"
         self.transform = transform or build_transform()
-        rows = annotations.split(split)
+        rows = annotations.split(split) if isinstance(split, str) else np.asarray(split, dtype=np.int64)
         self.num_skipped = 0
         if on_missing == "skip":
             present = np.array([annotations.image_path(r).is_file() for r in rows], dtype=bool)
@@ -88,10 +92,17 @@ class PARImageDataset(Dataset):
         """(n, A) labels in dataset order."""
         return self.annotations.labels[self.rows]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         row = int(self.rows[i])
         img = load_rgb(self.annotations.image_path(row))
-        return self.transform(img), torch.from_numpy(self.annotations.labels[row].astype(np.float32)), row
+        if seed is None:
+            x = self.transform(img)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                x = self.transform(img)
+        return x, torch.from_numpy(self.annotations.labels[row].astype(np.float32)), row
 
 
 def image_sizes(annotations: Annotations, split: str | None = None, limit: int | None = None, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,139 @@
+"""The ``parlab`` command: ``train``, ``evaluate`` and ``predict``.
+
+``parlab train`` takes every :class:`~parlab.training.TrainConfig` field as an
+option (``--backbone resnet50 --epochs 30 --image-size 256 192 --ema``), after
+an optional ``--config file.yaml``; options given on the command line win.
+The same command runs on several GPUs or nodes under torchrun::
+
+    torchrun --nproc_per_node 4 -m parlab train --config pa100k.yaml --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from parlab.training.config import CHOICES, TrainConfig
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("config fields (defaults: the Rethinking_of_PAR baseline)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        hint = hints[f.name]
+        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"(default: {default!r})"}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is tuple:
+            kwargs |= {"nargs": "+", "type": int}
+        else:
+            kwargs["type"] = hint
+            if f.name in CHOICES:
+                kwargs["choices"] = CHOICES[f.name]
+        group.add_argument(flag, **kwargs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parlab", description="Pedestrian attribute recognition workbench.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model (one process, or every process under torchrun)",
+                           description="Train, select on validation, evaluate test once; writes --output-dir.")
+    train.add_argument("--config", type=Path, help="JSON or YAML file of config fields")
+    what = train.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pt")
+    what.add_argument("--overwrite", action="store_true", help="discard the run in --output-dir and start again")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
+    _add_config_options(train)
+
+    ev = sub.add_parser("evaluate", help="PAR metrics of a checkpoint on a dataset split",
+                        description="Evaluate a checkpoint on one split in one process.")
+    ev.add_argument("checkpoint", type=Path)
+    ev.add_argument("--dataset", help="dataset name (default: the run's)")
+    ev.add_argument("--root", help="dataset folder (default: the run's)")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--threshold", type=float, help="decision threshold (default: the run's fixed one)")
+    ev.add_argument("--json", type=Path, help="also write the summary and per-attribute table as JSON")
+
+    pr = sub.add_parser("predict", help="attribute probabilities and labels for images",
+                        description="Predict every image of the given files/folders; write CSV or JSON.")
+    pr.add_argument("checkpoint", type=Path)
+    pr.add_argument("inputs", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    pr.add_argument("--output", type=Path, required=True, help="result file, .csv or .json")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--threshold", type=float, help="one threshold for all attributes (default: the checkpoint's)")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from parlab.training import train
+
+    values = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    values |= {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    config = TrainConfig.from_dict(values)
+    existing = "resume" if args.resume else "overwrite" if args.overwrite else "error"
+    result = train(config, existing=existing, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run folder: {result.output_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from parlab.inference import evaluate
+
+    m = evaluate(args.checkpoint, args.dataset, args.root, args.split, args.device, args.batch_size, args.threshold)
+    summary = m.summary()
+    print(f"{args.checkpoint} on {m.setting} {args.split}: "
+          + "  ".join(f"{k} {summary[k]:.2f}" for k in ("ma", "acc", "prec", "rec", "f1")))
+    if m.num_degenerate:
+        print(f"{m.num_degenerate} degenerate attribute(s) excluded from mA")
+    if args.json:
+        payload = {"summary": summary, "per_attribute": json.loads(m.per_attribute.to_json(orient="index"))}
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from parlab.inference import list_images, load_model, predict
+
+    loaded = load_model(args.checkpoint, args.device)
+    files = [f for item in args.inputs for f in list_images(item)]
+    table = predict(loaded, files, batch_size=args.batch_size, threshold=args.threshold)
+    suffix = args.output.suffix.lower()
+    if suffix == ".csv":
+        table.to_csv(args.output)
+    elif suffix == ".json":
+        args.output.write_text(table.to_json(orient="index", indent=2))
+    else:
+        raise SystemExit(f"error: --output must end in .csv or .json, got {args.output}")
+    print(f"{len(table)} images -> {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from parlab.data.errors import DatasetError
+    from parlab.models import BackboneError
+    from parlab.training import CheckpointError, TrainingDiverged
+
+    args = _parser().parse_args(argv)
+    handler = {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command]
+    try:
+        return handler(args)
+    except (DatasetError, BackboneError, CheckpointError, TrainingDiverged, FileExistsError,
+            FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

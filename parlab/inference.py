@@ -1,0 +1,130 @@
+"""Using a trained model: load a checkpoint, predict images, evaluate a split.
+
+``parlab.predict(checkpoint, images_or_folder)`` gives a DataFrame with one
+row per image: ``prob.<attribute>`` probabilities and ``label.<attribute>``
+0/1 decisions at the checkpoint's thresholds (tuned ones when the run tuned
+them, else the configured fixed threshold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from parlab.data import load_dataset
+from parlab.data.images import PARImageDataset, build_transform, load_rgb
+from parlab.metrics import PARMetrics, pedestrian_metrics
+from parlab.models import PARModel
+from parlab.training.checkpoint import check_attributes, load_checkpoint, load_state_strict
+from parlab.training.config import TrainConfig
+from parlab.training.distributed import DistContext, resolve_device
+from parlab.training.engine import model_for
+from parlab.training.evaluation import autocast, eval_loader, predict_dataset
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PARModel  # in eval mode, on ``device``
+    config: TrainConfig
+    attributes: tuple[str, ...]
+    thresholds: np.ndarray  # (A,)
+    device: torch.device
+    source: Path
+
+
+def load_model(checkpoint: str | Path, device: str = "cpu") -> LoadedModel:
+    """Rebuild the model of a ``best.pt`` (or ``last.pt``) checkpoint; weights_only loading, strict keys."""
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path)
+    config = TrainConfig.from_dict(ckpt["config"], source=str(path))
+    attributes = tuple(ckpt["attributes"])
+    model = model_for(config, len(attributes), pretrained=False)
+    # A training checkpoint evaluates its EMA weights when the run kept them, like the run itself.
+    state = ckpt["ema"] if ckpt.get("kind") == "training" and ckpt.get("ema") is not None else ckpt["model"]
+    load_state_strict(model, state, str(path))
+    dev = resolve_device(device)
+    thresholds = ckpt.get("thresholds") or [config.threshold] * len(attributes)
+    return LoadedModel(model.to(dev).eval(), config, attributes, np.asarray(thresholds, dtype=np.float64), dev, path)
+
+
+def list_images(images_or_folder) -> list[Path]:
+    """Image files from a folder (sorted, recursive), one path, or a list of paths."""
+    if isinstance(images_or_folder, (str, Path)):
+        p = Path(images_or_folder)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise FileNotFoundError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            return files
+        items = [p]
+    else:
+        items = [Path(i) for i in images_or_folder]
+    missing = [str(i) for i in items if not i.is_file()]
+    if missing:
+        raise FileNotFoundError(f"image not found: {', '.join(missing[:5])}")
+    return items
+
+
+class _Files(Dataset):
+    def __init__(self, files: list[Path], transform) -> None:
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(load_rgb(self.files[i]))
+
+
+@torch.no_grad()
+def predict(checkpoint: str | Path | LoadedModel, images_or_folder, device: str = "cpu", batch_size: int = 64,
+            threshold: float | None = None, num_workers: int = 0) -> pd.DataFrame:
+    """Per-attribute probabilities and labels for images.
+
+    Args:
+        checkpoint: a checkpoint path or a :class:`LoadedModel`.
+        images_or_folder: a folder (searched recursively), an image path or a list of paths.
+        threshold: one threshold for every attribute, overriding the checkpoint's.
+
+    Returns:
+        DataFrame indexed by image path with columns ``prob.<attr>`` and ``label.<attr>``.
+    """
+    loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
+    files = list_images(images_or_folder)
+    loader = DataLoader(_Files(files, build_transform(loaded.config.image_size, train=False)),
+                        batch_size=batch_size, num_workers=num_workers)
+    probs = []
+    for x in loader:
+        with autocast(loaded.device, loaded.config.amp):
+            probs.append(torch.sigmoid(loaded.model(x.to(loaded.device)).float()).cpu())
+    p = torch.cat(probs).numpy()
+    thr = loaded.thresholds if threshold is None else np.full(len(loaded.attributes), threshold)
+    frame = pd.DataFrame(p, columns=[f"prob.{a}" for a in loaded.attributes], index=[str(f) for f in files])
+    labels = pd.DataFrame((p > thr).astype(np.int8), columns=[f"label.{a}" for a in loaded.attributes],
+                          index=frame.index)
+    out = pd.concat([frame, labels], axis=1)
+    out.index.name = "image"
+    return out
+
+
+def evaluate(checkpoint: str | Path | LoadedModel, dataset: str | None = None, root: str | None = None,
+             split: str = "test", device: str = "cpu", batch_size: int = 128,
+             threshold: float | None = None, num_workers: int = 0) -> PARMetrics:
+    """PAR metrics of a checkpoint on a split, in one process (dataset and root default to the run's)."""
+    loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
+    cfg = loaded.config
+    annotations = load_dataset(dataset or cfg.dataset, root or cfg.root, cfg.partition)
+    check_attributes(loaded.attributes, annotations.attributes, str(loaded.source), annotations.name)
+    data = PARImageDataset(annotations, split, build_transform(cfg.image_size, train=False))
+    ctx = DistContext(0, 1, 0, loaded.device)
+    preds = predict_dataset(loaded.model, eval_loader(data, batch_size, num_workers, ctx), ctx, cfg.amp)
+    thr = cfg.threshold if threshold is None else threshold
+    return pedestrian_metrics(annotations.labels[preds.rows], preds.probs, threshold=thr,
+                              attributes=annotations.attributes)

@@ -1,0 +1,131 @@
+"""Checkpoints: atomic writes, safe loading, strict state-dict checks.
+
+A checkpoint is a plain dict of tensors and numbers, written to a temporary
+file in the same folder and renamed into place, so a run killed while writing
+never leaves a half-written ``last.pt``. The checkpoint it replaces is kept as
+``previous.pt``. Loading always uses ``torch.load(weights_only=True)``: a
+checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+FORMAT = "parlab-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model/dataset."""
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import timm
+
+    import parlab
+
+    return {
+        "parlab": parlab.__version__,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
+        "timm": timm.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
+    """Write ``obj`` to ``path`` atomically; with ``keep_previous`` the old file becomes ``previous.pt``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, path.with_name("previous.pt"))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a parlab checkpoint with ``weights_only=True``; a damaged file is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain data, which could run code "
+            f"when loaded ({str(exc).strip().splitlines()[-1][:200]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ""
+        previous = path.with_name("previous.pt")
+        if previous.is_file() and previous != path:
+            hint = f"; the previous checkpoint {previous} is untouched, resume from it instead"
+        raise CheckpointError(f"{path}: truncated or damaged checkpoint ({first}){hint}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a parlab checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def state_dict_difference(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 8) -> list[str]:
+    """Readable lines for missing keys, unexpected keys and shape mismatches (empty when they fit)."""
+    own = model.state_dict()
+    lines = []
+
+    def show(title: str, items: list[str]) -> None:
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            lines.append(f"{title}: {', '.join(items[:limit])}{more}")
+
+    show("missing in checkpoint", [k for k in own if k not in state])
+    show("unexpected in checkpoint", [k for k in state if k not in own])
+    show(
+        "shape mismatch",
+        [
+            f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ],
+    )
+    return lines
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a readable error listing the differences."""
+    diff = state_dict_difference(model, state)
+    if diff:
+        raise CheckpointError(f"{source}: weights do not fit the model:\n  " + "\n  ".join(diff))
+    model.load_state_dict(state, strict=True)
+
+
+def check_attributes(checkpoint_attributes: list[str], dataset_attributes: tuple[str, ...] | list[str],
+                     checkpoint: str, dataset: str) -> None:
+    """Raise when a checkpoint's attributes differ from the dataset's (count or names)."""
+    ck, ds = list(checkpoint_attributes), list(dataset_attributes)
+    if len(ck) != len(ds):
+        raise CheckpointError(
+            f"{checkpoint} predicts {len(ck)} attributes but dataset {dataset} has {len(ds)}; "
+            "evaluate it on the dataset it was trained on"
+        )
+    if ck != ds:
+        diff = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(ck, ds)) if a != b][:5]
+        raise CheckpointError(
+            f"{checkpoint}: attribute names differ from dataset {dataset} (checkpoint vs dataset): "
+            + "; ".join(diff)
+        )

@@ -1,0 +1,57 @@
+"""Optimisers and learning-rate schedules from the config.
+
+Plateau and multistep schedules step once per epoch (plateau on the
+validation selection metric); cosine steps once per optimiser step, after a
+linear warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from parlab.training.config import TrainConfig
+
+
+def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+class WarmupCosine:
+    """lr factor: linear from 1/warmup to 1 over ``warmup`` steps, then cosine to 0 at ``total``.
+
+    A callable object (not a lambda) so that its state is plain numbers.
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, max(total, 1)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+    """The configured schedule, or None."""
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
+        )
+    if config.scheduler == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=config.gamma)
+    if config.scheduler == "cosine":
+        rule = WarmupCosine(config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, rule)
+    return None
+
+
+def steps_per_batch(config: TrainConfig) -> bool:
+    """True when the scheduler steps after every optimiser step (not every epoch)."""
+    return config.scheduler == "cosine"

@@ -1,0 +1,213 @@
+"""The training engine end to end on a small SynthPA: outputs, exact resume, bad input, CLI, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import parlab
+from parlab.training import CheckpointError, TrainConfig, TrainingDiverged, load_checkpoint, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(root: Path, out: Path, **changes) -> TrainConfig:
+    base = TrainConfig(root=str(root), backbone="test_resnet", image_size=(64, 32), epochs=2, batch_size=16,
+                       eval_batch_size=64, lr=1e-3, device="cpu", output_dir=str(out))
+    return replace(base, **changes)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    sa, sb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def run(synthpa_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return train(tiny(synthpa_root, out, epochs=3, tune_thresholds=True), progress=False, log=lambda _: None)
+
+
+def test_run_folder_holds_config_log_checkpoints_and_results(run):
+    out = run.output_dir
+    for name in ("config.json", "log.csv", "last.pt", "previous.pt", "best.pt", "metrics.json",
+                 "test_per_attribute.csv", "test_predictions.npz"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "config.json").read_text())
+    assert record["config"]["backbone"] == "test_resnet" and record["seed"] == 0
+    assert {"torch", "timm", "numpy", "parlab"} <= set(record["versions"])
+    log = pd.read_csv(out / "log.csv")
+    assert list(log["epoch"]) == [1, 2, 3]
+    assert {"train_loss", "val_loss", "lr", "val_ma", "val_acc", "val_prec", "val_rec", "val_f1"} <= set(log.columns)
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]  # it learns
+    assert run.best_epoch == int(log.loc[log["val_ma"].idxmax(), "epoch"])
+    best = load_checkpoint(out / "best.pt")
+    assert best["epoch"] == run.best_epoch and len(best["attributes"]) == 26
+    assert best["thresholds"] == pytest.approx(list(run.thresholds))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["ma"] == pytest.approx(run.test.ma * 100)
+    assert metrics["test_tuned_thresholds"]["ma"] == pytest.approx(run.test_tuned.ma * 100)
+    assert "selected on val" in metrics["selection"]
+
+
+def test_evaluate_and_predict_agree_with_the_run(run, synthpa_root):
+    metrics = parlab.evaluate(run.output_dir / "best.pt")
+    assert metrics.ma == pytest.approx(run.test.ma, abs=1e-9)
+    assert metrics.summary() == pytest.approx(run.test.summary())
+    saved = np.load(run.output_dir / "test_predictions.npz")
+    from parlab.data import load_dataset
+
+    ann = load_dataset("synthpa", synthpa_root)
+    files = [ann.image_path(r) for r in saved["rows"][:5]]
+    table = parlab.predict(run.output_dir / "best.pt", files, threshold=0.5)
+    probs = table[[f"prob.{a}" for a in ann.attributes]].to_numpy()
+    expected = 1 / (1 + np.exp(-saved["logits"][:5].astype(np.float64)))
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    labels = table[[f"label.{a}" for a in ann.attributes]].to_numpy()
+    assert np.array_equal(labels, (probs > 0.5).astype(np.int8))
+    folder = parlab.predict(run.output_dir / "best.pt", synthpa_root / "data")
+    assert len(folder) == 200
+    tuned = parlab.predict(run.output_dir / "best.pt", files)  # the run's tuned thresholds
+    assert np.array_equal(tuned[[f"label.{a}" for a in ann.attributes]].to_numpy(),
+                          (probs > run.thresholds).astype(np.int8))
+
+
+def test_same_seed_same_weights(run, synthpa_root, tmp_path):
+    again = train(tiny(synthpa_root, tmp_path / "again", epochs=3, tune_thresholds=True), progress=False,
+                  log=lambda _: None)
+    assert same_weights(run.output_dir / "last.pt", again.output_dir / "last.pt")
+    other = train(tiny(synthpa_root, tmp_path / "seed1", epochs=1, seed=1), progress=False, log=lambda _: None)
+    first = train(tiny(synthpa_root, tmp_path / "seed0", epochs=1), progress=False, log=lambda _: None)
+    assert not same_weights(other.output_dir / "last.pt", first.output_dir / "last.pt")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "parlab", *args]
+
+
+def _train_args(root: Path, out: Path, epochs: int = 3) -> list[str]:
+    return ["train", "--root", str(root), "--backbone", "test_resnet", "--image-size", "64", "32",
+            "--epochs", str(epochs), "--batch-size", "16", "--lr", "1e-3", "--ema", "--ema-decay", "0.9",
+            "--device", "cpu", "--no-progress", "--output-dir", str(out)]
+
+
+def test_killed_run_resumes_to_identical_weights(synthpa_root, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_cli(*_train_args(synthpa_root, whole)), check=True, capture_output=True, cwd=REPO)
+    proc = subprocess.Popen(_cli(*_train_args(synthpa_root, killed)), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # Kill in the middle of epoch 2: right after epoch 1's checkpoint and log row appear.
+    while time.time() < deadline and not (killed / "log.csv").is_file():
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(killed / "last.pt")["epoch"] < 3, "the run finished before it was killed"
+    done = subprocess.run(_cli(*_train_args(synthpa_root, killed), "--resume"), capture_output=True, text=True,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout
+    assert same_weights(whole / "last.pt", killed / "last.pt")
+    a, b = (load_checkpoint(p / "last.pt")["ema"] for p in (whole, killed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((whole / "metrics.json").read_text())["test"] == \
+        json.loads((killed / "metrics.json").read_text())["test"]
+    assert pd.read_csv(whole / "log.csv")["val_ma"].tolist() == pd.read_csv(killed / "log.csv")["val_ma"].tolist()
+
+
+def test_truncated_checkpoint_is_a_clear_error_and_previous_stays(synthpa_root, tmp_path):
+    cfg = tiny(synthpa_root, tmp_path / "r", epochs=2)
+    train(cfg, progress=False, log=lambda _: None)
+    last, previous = tmp_path / "r" / "last.pt", tmp_path / "r" / "previous.pt"
+    before = previous.read_bytes()
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or damaged.*previous.pt is untouched"):
+        train(replace(cfg, epochs=2), existing="resume", progress=False, log=lambda _: None)
+    assert previous.read_bytes() == before
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(cfg, progress=False, log=lambda _: None)
+
+
+def test_resume_with_another_config_names_the_fields(synthpa_root, tmp_path):
+    cfg = tiny(synthpa_root, tmp_path / "r", epochs=1)
+    train(cfg, progress=False, log=lambda _: None)
+    with pytest.raises(CheckpointError, match=r"lr: 0.001 vs 0.01"):
+        train(replace(cfg, lr=0.01), existing="resume", progress=False, log=lambda _: None)
+
+
+def test_nan_loss_stops_with_step_batch_and_last_checkpoint(synthpa_root, tmp_path, monkeypatch):
+    from parlab.training.losses import PARLoss
+
+    calls = {"n": 0}
+    original = PARLoss.forward
+
+    def poisoned(self, logits, targets):
+        calls["n"] += 1
+        loss = original(self, logits, targets)
+        return loss * float("nan") if calls["n"] == 14 else loss  # epoch 2, step 3: 10 steps + 1 validation loss per epoch
+
+    monkeypatch.setattr(PARLoss, "forward", poisoned)
+    with pytest.raises(TrainingDiverged) as err:
+        train(tiny(synthpa_root, tmp_path / "r", epochs=2, train_limit=160), progress=False, log=lambda _: None)
+    message = str(err.value)
+    assert "loss is nan at epoch 2, step 3/10" in message
+    assert "annotation rows [" in message
+    assert f"{tmp_path / 'r' / 'last.pt'} (after epoch 1)" in message
+
+
+def test_checkpoint_on_another_dataset_names_both_attribute_counts(run, tmp_path):
+    from formats import write_peta
+
+    write_peta(tmp_path / "PETA.mat")
+    with pytest.raises(CheckpointError, match="predicts 26 attributes but dataset peta has 35"):
+        parlab.evaluate(run.output_dir / "best.pt", dataset="peta", root=str(tmp_path))
+
+
+def test_cli_help_predict_and_errors(run, synthpa_root, tmp_path):
+    for command in ("train", "evaluate", "predict"):
+        out = subprocess.run(_cli(command, "--help"), capture_output=True, text=True, cwd=REPO)
+        assert out.returncode == 0 and f"usage: parlab {command}" in out.stdout
+    target = tmp_path / "pred.json"
+    images = synthpa_root / "data"
+    done = subprocess.run(_cli("predict", str(run.output_dir / "best.pt"), str(images), "--output", str(target)),
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    table = json.loads(target.read_text())
+    assert len(table) == 200 and all(0 <= v <= 1 for k, v in next(iter(table.values())).items() if k.startswith("prob."))
+    bad = subprocess.run(_cli("train", "--backbone", "resnet5", "--root", str(synthpa_root),
+                              "--output-dir", str(tmp_path / "bad")), capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 1 and "unknown backbone 'resnet5'" in bad.stderr and "resnet50" in bad.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single_process_evaluation(synthpa_root, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port),
+           "-m", "parlab", *_train_args(synthpa_root, out, epochs=2)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "config.json").read_text())
+    assert record["world_size"] == 2
+    log = pd.read_csv(out / "log.csv")
+    assert len(log) == 2 and log["train_loss"].iloc[1] < log["train_loss"].iloc[0]
+    distributed = json.loads((out / "metrics.json").read_text())["test"]
+    single = parlab.evaluate(out / "best.pt").summary()
+    assert single == pytest.approx(distributed, abs=1e-6)
