@@ -162,3 +162,52 @@ def balancing(natural: pd.Series, best: pd.Series, max_deviation: float):
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+# --- training runs (notebooks 03 onwards) ---------------------------------------------------------
+
+def learning_curves(histories: dict[str, pd.DataFrame], split: str = "val"):
+    """Loss and ``split`` mA / F1 per epoch for each run (``histories``: name -> per-epoch log)."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    for k, (name, log) in enumerate(histories.items()):
+        color = f"C{k}"
+        axes[0].plot(log["epoch"], log["train_loss"], color=color, label=f"{name} train")
+        axes[0].plot(log["epoch"], log["val_loss"], color=color, ls="--", label=f"{name} val")
+        axes[1].plot(log["epoch"], log[f"{split}_ma"], color=color, marker="o", ms=3, label=name)
+        axes[2].plot(log["epoch"], log[f"{split}_f1"], color=color, marker="o", ms=3, label=name)
+        best = log.loc[log["best"].astype(bool)].iloc[-1] if log["best"].astype(bool).any() else None
+        if best is not None:
+            axes[1].scatter([best["epoch"]], [best[f"{split}_ma"]], color=color, marker="*", s=90, zorder=3)
+    axes[0].set_ylabel("loss (sum over attributes)")
+    axes[1].set_ylabel(f"{split} mA (%)")
+    axes[2].set_ylabel(f"{split} F1 (%)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, title="* selected epoch", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def tpr_tnr_vs_ratio(per_attribute: dict[str, pd.DataFrame], train_ratio: pd.Series):
+    """Per-attribute TPR and TNR against the training positive ratio, one panel per run.
+
+    The imbalance effect: rare attributes get a low TPR and a high TNR under plain BCE.
+    """
+    fig, axes = plt.subplots(1, len(per_attribute), figsize=(4.2 * len(per_attribute), 3.4), sharey=True,
+                             squeeze=False)
+    x = 100 * train_ratio
+    for ax, (name, table) in zip(axes[0], per_attribute.items()):
+        table = table.reindex(train_ratio.index)
+        ax.scatter(x, 100 * table["tpr"], s=16, label="TPR (recall of positives)", color="C3")
+        ax.scatter(x, 100 * table["tnr"], s=16, marker="s", label="TNR (recall of negatives)", color="C0")
+        ax.set_xscale("log")
+        ax.set_xlabel("training positive ratio (%)")
+        ax.set_title(name, fontsize=9)
+        ax.axhline(50, color="grey", lw=0.6, ls=":")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test rate (%)")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -20,7 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # Ordered notebooks; later ones plug in here.
-NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_label_imbalance")
+NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_label_imbalance", "03_baseline")
+
+# Training notebooks take these parameters from the profile (plus "runs_dir").
+TRAINING = ("03_baseline",)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class Profile:
     synthpa_size: str
     data_root: str  # relative to the repository
     figures_dir: str  # relative to the repository
+    runs_dir: str  # relative to the repository: one folder per training run
+    training: dict = field(default_factory=dict)  # parameters of every training notebook
     seed: int = 0
     extra: dict[str, dict] = field(default_factory=dict)  # per-notebook overrides
 
@@ -41,15 +46,21 @@ class Profile:
             "synthpa_size": self.synthpa_size,
             "figures_dir": str(repo / self.figures_dir),
             "seed": self.seed,
-            "interactive": False,
         }
+        if notebook in TRAINING:
+            params |= {"runs_dir": str(repo / self.runs_dir), "progress": False, **self.training}
+        else:
+            params["interactive"] = False
         params.update(self.extra.get(notebook, {}))
         return params
 
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", "smoke", "data/synthpa-smoke", "runs/smoke/figures"),
-    "default": Profile("default", "default", "data/synthpa", "figures"),
+    # Seconds per training run: a tiny timm test network on 800 images.
+    "smoke": Profile("smoke", "smoke", "data/synthpa-smoke", "runs/smoke/figures", "runs/smoke/train",
+                     training={"backbone": "test_resnet", "epochs": 2, "batch_size": 32, "image_size": [64, 32]}),
+    # The notebooks' own defaults (a few minutes per run on a 2-core CPU).
+    "default": Profile("default", "default", "data/synthpa", "figures", "runs/default/train"),
 }
 
 

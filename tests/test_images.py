@@ -45,3 +45,26 @@ def test_truncated_image_is_named(tmp_path):
     (tmp_path / "x.jpg").write_bytes(data[: len(data) // 3])
     with pytest.raises(DatasetError, match="x.jpg: unreadable or truncated image"):
         load_rgb(tmp_path / "x.jpg")
+
+
+def test_train_transform_is_fixed_by_its_seed_and_pads_with_black():
+    import random
+
+    import torch
+    from PIL import Image
+
+    from parlab.data.images import IMAGENET_MEAN, IMAGENET_STD, PARTransform
+
+    img = Image.new("RGB", (32, 64), (200, 120, 40))
+    tf = PARTransform((64, 32), train=True, pad=10)
+    a, b = tf(img, random.Random(5)), tf(img, random.Random(5))
+    assert a.shape == (3, 64, 32) and torch.equal(a, b)
+    outs = [tf(img, random.Random(s)) for s in range(20)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])
+    black = torch.tensor([(0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+    # Some crop of 20 leaves the image by a few pixels: those pixels are the zero padding.
+    assert any(torch.allclose(o[:, 0, 0], black, atol=1e-5) or torch.allclose(o[:, -1, -1], black, atol=1e-5)
+               for o in outs)
+    plain = PARTransform((64, 32), train=False)(img)
+    colour = torch.tensor([(c / 255 - m) / s for c, m, s in zip((200, 120, 40), IMAGENET_MEAN, IMAGENET_STD)])
+    assert torch.allclose(plain, colour[:, None, None].expand(3, 64, 32), atol=1e-5)

@@ -211,3 +211,17 @@ def test_torchrun_two_processes_match_single_process_evaluation(synthpa_root, tm
     distributed = json.loads((out / "metrics.json").read_text())["test"]
     single = parlab.evaluate(out / "best.pt").summary()
     assert single == pytest.approx(distributed, abs=1e-6)
+
+
+def test_bf16_channels_last_ema_and_selection_on_test(synthpa_root, tmp_path):
+    cfg = tiny(synthpa_root, tmp_path / "r", epochs=1, amp="bf16", channels_last=True, ema=True, ema_decay=0.5,
+               select_on="test", scheduler="multistep", milestones=(1,))
+    run = train(cfg, progress=False, log=lambda _: None)
+    assert np.isfinite(run.history["train_loss"]).all()
+    assert {"test_ma", "test_f1"} <= set(run.history.columns)
+    assert "reference practice" in run.selection
+    assert run.history["lr"].iloc[0] == pytest.approx(1e-3)  # the lr epoch 1 trained with
+    lr_after = load_checkpoint(run.output_dir / "last.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert lr_after == pytest.approx(1e-4)  # multistep decayed at milestone 1
+    with pytest.raises(ValueError, match="fp16' needs a CUDA device"):
+        train(replace(cfg, amp="fp16", output_dir=str(tmp_path / "fp16")), progress=False, log=lambda _: None)

@@ -152,3 +152,12 @@ def test_state_dict_difference_is_readable():
     lines = state_dict_difference(model, state)
     assert lines == ["missing in checkpoint: 1.bias", "unexpected in checkpoint: extra",
                      "shape mismatch: 0.weight (4, 2) vs model (3, 2)"]
+
+
+def test_warmup_cosine_schedule():
+    from parlab.training.optim import WarmupCosine
+
+    rule = WarmupCosine(warmup=4, total=14)
+    assert [rule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert rule(9) == pytest.approx(0.5)  # half-way through the cosine part
+    assert rule(14) == pytest.approx(0.0) and rule(20) == pytest.approx(0.0)

@@ -7,6 +7,7 @@ missing or unreadable image raises :class:`DatasetError` naming the file;
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image fully (so truncation is caught here) and convert it to RGB."""
+def load_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> Image.Image:
+    """Open an image fully (so truncation is caught here) and convert it to RGB.
+
+    ``at_least`` (height, width): a JPEG at least twice that size in both directions is decoded at
+    1/2, 1/4 or 1/8 scale by libjpeg (never below ``at_least``), which is faster than decoding in
+    full and resizing; the transform then resizes to the exact size as usual.
+    """
     path = Path(path)
     try:
         with Image.open(path) as img:
+            if at_least is not None and img.format == "JPEG":
+                img.draft("RGB", (at_least[1], at_least[0]))
             img.load()
             return img.convert("RGB")
     except FileNotFoundError:
@@ -35,23 +43,40 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise DatasetError(f"{path}: unreadable or truncated image ({exc})") from None
 
 
-def build_transform(
-    image_size: tuple[int, int] = (256, 192),
-    train: bool = False,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
-    pad: int = 10,
-) -> T.Compose:
+class PARTransform:
     """Rethinking_of_PAR's transforms: resize (+ pad, random crop, flip when training), normalise.
 
-    Args:
-        image_size: (height, width) fed to the model.
+    ``transform(img, rng)`` draws the augmentation from ``rng`` (a
+    :class:`random.Random`), so a per-sample seed fixes it without touching
+    torch's global generator (re-seeding that per image would cost more than
+    the augmentation itself). Padding then cropping back to size is done as one
+    crop of a box that may leave the image: PIL fills outside pixels with black,
+    as zero padding does.
     """
-    steps: list = [T.Resize(tuple(image_size))]
-    if train:
-        steps += [T.Pad(pad), T.RandomCrop(tuple(image_size)), T.RandomHorizontalFlip()]
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
+
+    def __init__(self, image_size: tuple[int, int], train: bool, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD, pad: int = 10) -> None:
+        self.image_size = (int(image_size[0]), int(image_size[1]))  # (height, width)
+        self.train, self.pad = train, pad
+        self.resize = T.Resize(self.image_size)
+        self.normalize = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        """PIL image -> (3, H, W) float tensor."""
+        img = self.resize(img)
+        if self.train:
+            rng = rng or random.Random()
+            h, w = self.image_size
+            left, top = rng.randint(0, 2 * self.pad) - self.pad, rng.randint(0, 2 * self.pad) - self.pad
+            img = img.crop((left, top, left + w, top + h))
+            if rng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return self.normalize(img)
+
+
+def build_transform(image_size: tuple[int, int] = (256, 192), train: bool = False, **kwargs) -> PARTransform:
+    """The standard PAR transform for (height, width) ``image_size``; see :class:`PARTransform`."""
+    return PARTransform(image_size, train, **kwargs)
 
 
 class PARImageDataset(Dataset):
@@ -95,10 +120,12 @@ class PARImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         i, seed = key if isinstance(key, tuple) else (key, None)
         row = int(self.rows[i])
-        img = load_rgb(self.annotations.image_path(row))
+        img = load_rgb(self.annotations.image_path(row), getattr(self.transform, "image_size", None))
         if seed is None:
             x = self.transform(img)
-        else:
+        elif isinstance(self.transform, PARTransform):
+            x = self.transform(img, random.Random(seed))
+        else:  # a torchvision transform draws from torch's global generator
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 x = self.transform(img)

@@ -18,7 +18,6 @@ DistributedDataParallel; rank 0 writes every file.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from parlab.data import load_dataset
 from parlab.data.images import PARImageDataset, build_transform
+from parlab.files import write_atomic, write_json
 from parlab.labelstats import positive_ratio
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.models import build_model
@@ -40,6 +40,7 @@ from parlab.training import distributed as dist
 from parlab.training.checkpoint import (
     FORMAT,
     CheckpointError,
+    check_attributes,
     library_versions,
     load_checkpoint,
     load_state_strict,
@@ -73,17 +74,11 @@ class RunResult:
     history: pd.DataFrame  # one row per epoch, as in log.csv
     best_epoch: int  # 1-based
     selection: str  # how the epoch was selected (for results tables)
-    val: PARMetrics  # best epoch on the selection split, threshold 0.5
+    val: PARMetrics  # validation split at the selected epoch, fixed threshold
     test: PARMetrics  # test split, fixed threshold
     test_tuned: PARMetrics | None  # test split, per-attribute thresholds tuned on validation
     thresholds: np.ndarray | None  # (A,) tuned thresholds
     wall_s: float  # wall time of this call
-
-    def summary(self, name: str | None = None) -> dict:
-        """One results-table row (percent)."""
-        row = {"method": name or Path(self.output_dir).name, **self.test.summary(), "best_epoch": self.best_epoch,
-               "selection": self.selection}
-        return row
 
 
 def model_for(config: TrainConfig, num_attributes: int, pretrained: bool = True) -> nn.Module:
@@ -207,7 +202,10 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
     train_ratio = positive_ratio(annotations.labels[plan.train])
 
     seed_everything(config.seed)  # same initial weights on every rank
-    model = model_for(config, annotations.num_attributes).to(device)
+    if resume is not None:
+        check_attributes(resume["attributes"], annotations.attributes, str(out / "last.pt"), annotations.name)
+    # A resumed run takes its weights from the checkpoint, not from the pretrained file.
+    model = model_for(config, annotations.num_attributes, pretrained=resume is None).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if ctx.distributed and config.sync_bn:
@@ -216,7 +214,8 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
     train_set = PARImageDataset(annotations, plan.train, build_transform(config.image_size, train=True))
     loader = _train_loader(train_set, config, ctx)
     eval_tf = build_transform(config.image_size, train=False)
-    sets = {"val": PARImageDataset(annotations, plan.val, eval_tf), "test": PARImageDataset(annotations, plan.test, eval_tf)}
+    sets = {"val": PARImageDataset(annotations, plan.val, eval_tf),
+            "test": PARImageDataset(annotations, plan.test, eval_tf)}
     loaders = {k: eval_loader(v, config.eval_batch_size, config.num_workers, ctx) for k, v in sets.items()}
 
     optimizer = build_optimizer(model.parameters(), config)
@@ -246,7 +245,7 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
                   "device": str(device), "selection": plan.note, "train_images": len(plan.train),
                   "val_images": len(plan.val), "test_images": len(plan.test),
                   "attributes": list(annotations.attributes), "versions": library_versions()}
-        _write_json(out / "config.json", record)
+        write_json(out / "config.json", record)
 
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if ctx.distributed else model
@@ -376,15 +375,14 @@ def _finish(config: TrainConfig, annotations, plan: SplitPlan, loaders: dict, be
             "thresholds": None if thresholds is None else thresholds.tolist(),
             "num_degenerate_test": test.num_degenerate, "world_size": ctx.world_size, "wall_s_this_call": wall,
         }
-        _write_json(out / "metrics.json", results)
+        write_json(out / "metrics.json", results)
         table = test.per_attribute.copy()
         if tuned is not None:
             table["tuned_threshold"] = thresholds
             table["tuned_tpr"], table["tuned_tnr"] = tuned.per_attribute["tpr"], tuned.per_attribute["tnr"]
-        _atomic_csv(table, out / "test_per_attribute.csv")
-        tmp = out / ".test_predictions.tmp.npz"
-        np.savez(tmp, logits=test_preds.logits, rows=test_preds.rows)
-        os.replace(tmp, out / "test_predictions.npz")
+        write_atomic(out / "test_per_attribute.csv", table.to_csv)
+        write_atomic(out / "test_predictions.npz",
+                     lambda tmp: np.savez(tmp, logits=test_preds.logits, rows=test_preds.rows))
         if thresholds is not None:
             best_ckpt["thresholds"] = thresholds.tolist()
             save_atomic(best_ckpt, out / "best.pt")
@@ -401,18 +399,6 @@ def _epoch_line(row: dict, epochs: int, split: str) -> str:
     return (f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
             f"lr {row['lr']:.1e}  {split}: {metrics}  {row['train_img_s']:.0f} img/s  "
             f"{row['train_s'] + row['eval_s']:.0f} s{'  *' if row['best'] else ''}")
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
-
-
-def _atomic_csv(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp)
-    os.replace(tmp, path)
 
 
 def load_run(output_dir: str | Path) -> tuple[TrainConfig, pd.DataFrame, dict]:

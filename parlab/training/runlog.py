@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import pandas as pd
+
+from parlab.files import write_atomic
 
 
 class RunLog:
@@ -34,9 +35,8 @@ class RunLog:
             self.writer.flush()
 
     def write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self.frame().to_csv(tmp, index=False)
-        os.replace(tmp, self.path)
+        frame = self.frame()
+        write_atomic(self.path, lambda tmp: frame.to_csv(tmp, index=False))
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)

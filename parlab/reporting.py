@@ -1,0 +1,44 @@
+"""Results tables of training runs, in the PAR convention (percent, mA / Acc / Prec / Rec / F1).
+
+Every table says how the epoch was selected: numbers selected on test
+(the reference practice) are not comparable with numbers selected on
+validation, and the ``selection`` column keeps them apart.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from parlab.training.engine import RunResult
+
+COLUMNS = ["mA", "Acc", "Prec", "Rec", "F1"]
+
+
+def _percent(summary: dict) -> dict:
+    return {"mA": summary["ma"], "Acc": summary["acc"], "Prec": summary["prec"], "Rec": summary["rec"],
+            "F1": summary["f1"], "instance F1": summary["instance_f1"]}
+
+
+def results_table(runs: dict[str, RunResult], dataset: str = "") -> pd.DataFrame:
+    """One row per run: test metrics at the fixed threshold, tuned-threshold mA/F1 when available."""
+    rows = []
+    for name, run in runs.items():
+        row = {"method": name, "dataset": dataset or run.config.dataset, "backbone": run.config.backbone,
+               "loss": run.config.loss, **_percent(run.test.summary())}
+        if run.test_tuned is not None:
+            tuned = run.test_tuned.summary()
+            row |= {"mA (tuned thr.)": tuned["ma"], "F1 (tuned thr.)": tuned["f1"]}
+        row |= {"epochs": run.config.epochs, "best epoch": run.best_epoch, "selection": run.selection}
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def per_attribute_table(runs: dict[str, RunResult], train_ratio: pd.Series) -> pd.DataFrame:
+    """Per attribute: training positive ratio, then TPR / TNR / mA of each run on test (percent)."""
+    table = pd.DataFrame({"train positive ratio": 100 * train_ratio})
+    for name, run in runs.items():
+        pa = run.test.per_attribute.reindex(train_ratio.index)
+        table[f"{name} TPR"] = 100 * pa["tpr"]
+        table[f"{name} TNR"] = 100 * pa["tnr"]
+        table[f"{name} mA"] = 100 * pa["ma"]
+    return table.sort_values("train positive ratio")
