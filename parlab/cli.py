@@ -11,8 +11,10 @@ The same command runs on several GPUs or nodes under torchrun::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
+import re
 import sys
 import typing
 from dataclasses import MISSING, fields
@@ -21,14 +23,27 @@ from pathlib import Path
 from parlab.training.config import CHOICES, TrainConfig
 
 
+def _field_comments() -> dict[str, str]:
+    """The comment after each TrainConfig field, where the fields are documented once."""
+    comments = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        match = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return comments
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
+    comments = _field_comments()
     group = parser.add_argument_group("config fields (defaults: the Rethinking_of_PAR baseline)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         hint = hints[f.name]
-        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"(default: {default!r})"}
+        about = f"{comments[f.name]} " if f.name in comments else ""
+        kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS,
+                        "help": f"{about}(default: {default!r})".replace("%", "%%")}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is tuple:

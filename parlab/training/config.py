@@ -28,7 +28,7 @@ class TrainConfig:
     dataset: str = "synthpa"  # registry name (parlab.data.available_datasets())
     root: str = "data/synthpa"  # dataset folder
     partition: int = 0  # official random partition (PETA, RAP, WIDER have several)
-    train_split: str = "train"
+    train_split: str = "train"  # "trainval" where a dataset has no separate val split (RAPv1)
     val_split: str = "val"  # carved out of train_split (seeded, val_fraction) when the dataset has none
     test_split: str = "test"  # evaluated once, after training
     val_fraction: float = 0.1  # only used to carve a validation split (RAPv1)
@@ -40,34 +40,34 @@ class TrainConfig:
     backbone: str = "resnet50"  # any timm name
     weights: str = ""  # local pretrained backbone file; "" trains from scratch
     head: str = "linear_bn"  # "attribute" is FRDL's attribute-specific head
-    drop_rate: float = 0.0
+    drop_rate: float = 0.0  # dropout on the pooled features
     # --- loss and optimisation
     loss: str = "bce"  # bce; weighted: exp(1-r)/exp(r) (reference); sqrt: Tan et al. AAAI 2020
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 5e-4
+    optimizer: str = "adam"  # adam, adamw or sgd
+    lr: float = 1e-4  # initial learning rate, every parameter
+    weight_decay: float = 5e-4  # L2 (adam, sgd) or decoupled (adamw)
     momentum: float = 0.9  # SGD only
-    scheduler: str = "plateau"
-    plateau_factor: float = 0.1
-    plateau_patience: int = 4
+    scheduler: str = "plateau"  # plateau on validation mA, multistep, cosine (per step) or none
+    plateau_factor: float = 0.1  # lr multiplier when validation mA stops improving
+    plateau_patience: int = 4  # epochs without improvement before the lr drops
     milestones: tuple[int, ...] = (10, 20)  # multistep, in epochs
     gamma: float = 0.1  # multistep decay
     warmup_epochs: int = 0  # linear warm-up before the cosine schedule
-    epochs: int = 30
+    epochs: int = 30  # training epochs
     batch_size: int = 64  # per process
-    eval_batch_size: int = 128
+    eval_batch_size: int = 128  # per process, validation and test
     grad_clip: float = 10.0  # max gradient norm; 0 disables
     ema: bool = False  # evaluate an exponential moving average of the weights
-    ema_decay: float = 0.9998
+    ema_decay: float = 0.9998  # per optimiser step
     amp: str = "none"  # bf16 on CPU or GPU, fp16 on GPU only
-    channels_last: bool = False
+    channels_last: bool = False  # NHWC memory layout (faster convolutions on recent GPUs)
     sync_bn: bool = False  # SyncBatchNorm under DistributedDataParallel
     # --- run
     device: str = "auto"  # "auto" picks cuda when available, else cpu
-    seed: int = 0
-    threshold: float = 0.5
+    seed: int = 0  # weights, order, augmentation and the carved validation split
+    threshold: float = 0.5  # fixed decision threshold of the standard metrics
     tune_thresholds: bool = False  # per-attribute thresholds on validation, reported beside 0.5
-    output_dir: str = "runs/baseline"
+    output_dir: str = "runs/baseline"  # the run folder (config, log, checkpoints, results)
     tensorboard: bool = False  # also log to TensorBoard when it is installed
 
     def __post_init__(self) -> None:

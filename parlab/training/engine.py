@@ -222,6 +222,7 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
     scheduler = build_scheduler(optimizer, config, len(loader))
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     criterion = PARLoss(config.loss, train_ratio).to(device)
+    val_criterion = PARLoss(config.loss, train_ratio)  # on the gathered CPU logits
 
     start_epoch, best = 0, {"epoch": 0, "value": -np.inf}
     history: list[dict] = []
@@ -296,8 +297,8 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
         evaluated = _eval_model(model, ema)
         val_preds = predict_dataset(evaluated, loaders["val"], ctx, config.amp, config.channels_last, progress)
         val = _metrics(annotations, val_preds, config.threshold)
-        val_loss = float(PARLoss(config.loss, train_ratio)(
-            torch.from_numpy(val_preds.logits), torch.from_numpy(annotations.labels[val_preds.rows].astype(np.float32))))
+        val_targets = torch.from_numpy(annotations.labels[val_preds.rows].astype(np.float32))
+        val_loss = float(val_criterion(torch.from_numpy(val_preds.logits), val_targets))
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                "lr": optimizer.param_groups[0]["lr"]}
         row |= {f"val_{k}": v for k, v in val.summary().items() if k in METRIC_KEYS}
@@ -314,9 +315,10 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
                 scheduler.step(selected)
             else:
                 scheduler.step()
-        is_best = bool(selected > best["value"])
+        # A split too small to score any attribute gives NaN; the first epoch still becomes best.pt.
+        is_best = bool(selected > best["value"]) or best["epoch"] == 0
         if is_best:
-            best = {"epoch": epoch + 1, "value": float(selected)}
+            best = {"epoch": epoch + 1, "value": float(selected) if np.isfinite(selected) else -np.inf}
         row["best"] = is_best
         history.append(row)
 
