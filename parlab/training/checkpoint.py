@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from parlab.files import write_atomic
+
 FORMAT = "parlab-checkpoint/1"
 
 
@@ -42,21 +44,14 @@ def library_versions() -> dict[str, str]:
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
-    """Write ``obj`` to ``path`` atomically; with ``keep_previous`` the old file becomes ``previous.pt``."""
+    """Write ``obj`` to ``path`` atomically; with ``keep_previous`` the old file becomes ``previous.pt``.
+
+    A kill between the two steps leaves only ``previous.pt``, which resuming falls back to.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if keep_previous and path.exists():
-            os.replace(path, path.with_name("previous.pt"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name("previous.pt"))
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
