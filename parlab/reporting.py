@@ -7,9 +7,22 @@ validation, and the ``selection`` column keeps them apart.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
+from parlab.data import load_dataset
+from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training.engine import RunResult
+
+# Test settings of methods.md section 1: the standard one and the label-balanced one of the FRDL
+# paper, keeping the first m_j entries (reference) or a seeded random choice.
+SETTINGS = {
+    "standard": {},
+    "balanced (first)": {"balanced": True, "selection": "first"},
+    "balanced (random)": {"balanced": True, "selection": "random"},
+}
 
 COLUMNS = ["mA", "Acc", "Prec", "Rec", "F1"]
 
@@ -42,3 +55,24 @@ def per_attribute_table(runs: dict[str, RunResult], train_ratio: pd.Series) -> p
         table[f"{name} TNR"] = 100 * pa["tnr"]
         table[f"{name} mA"] = 100 * pa["ma"]
     return table.sort_values("train positive ratio")
+
+
+def test_metrics(run: RunResult, setting: str = "standard", seed: int = 0) -> PARMetrics:
+    """Metrics of a run's saved test predictions in one of :data:`SETTINGS`, at its fixed threshold."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; known: {', '.join(SETTINGS)}")
+    saved = np.load(Path(run.output_dir) / "test_predictions.npz")
+    annotations = load_dataset(run.config.dataset, run.config.root, run.config.partition)
+    probs = 1.0 / (1.0 + np.exp(-saved["logits"].astype(np.float64)))
+    return pedestrian_metrics(annotations.labels[saved["rows"]], probs, threshold=run.config.threshold,
+                              attributes=annotations.attributes, seed=seed, **SETTINGS[setting])
+
+
+def settings_table(runs: dict[str, RunResult], seed: int = 0) -> pd.DataFrame:
+    """Test metrics of every run in every setting (rows: run x setting, percent)."""
+    rows = []
+    for name, run in runs.items():
+        for setting in SETTINGS:
+            m = test_metrics(run, setting, seed)
+            rows.append({"method": name, "setting": setting, **_percent(m.summary()), "images": m.num_images})
+    return pd.DataFrame(rows).set_index(["method", "setting"])

@@ -225,3 +225,17 @@ def test_bf16_channels_last_ema_and_selection_on_test(synthpa_root, tmp_path):
     assert lr_after == pytest.approx(1e-4)  # multistep decayed at milestone 1
     with pytest.raises(ValueError, match="fp16' needs a CUDA device"):
         train(replace(cfg, amp="fp16", output_dir=str(tmp_path / "fp16")), progress=False, log=lambda _: None)
+
+
+def test_settings_table_standard_row_is_the_run_and_balanced_rows_differ(run):
+    from parlab import reporting
+
+    table = reporting.settings_table({"tiny": run})
+    assert list(table.index.get_level_values("setting")) == list(reporting.SETTINGS)
+    standard = table.loc[("tiny", "standard")]
+    assert standard["mA"] == pytest.approx(100 * run.test.ma) and standard["F1"] == pytest.approx(100 * run.test.f1)
+    first, random = table.loc[("tiny", "balanced (first)")], table.loc[("tiny", "balanced (random)")]
+    assert first["images"] <= standard["images"] and first["mA"] != standard["mA"]
+    assert random["images"] <= standard["images"]
+    with pytest.raises(ValueError, match="unknown setting"):
+        reporting.test_metrics(run, "balanced")
