@@ -53,6 +53,10 @@ def test_run_folder_holds_config_log_checkpoints_and_results(run):
     assert {"train_loss", "val_loss", "lr", "val_ma", "val_acc", "val_prec", "val_rec", "val_f1"} <= set(log.columns)
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]  # it learns
     assert run.best_epoch == int(log.loc[log["val_ma"].idxmax(), "epoch"])
+    last = load_checkpoint(out / "last.pt")
+    assert {"model", "ema", "optimizer", "scheduler", "scaler", "rng", "epoch", "config", "attributes", "thresholds",
+            "versions", "history", "best"} <= set(last)
+    assert last["epoch"] == 3 and len(last["thresholds"]) == 26
     best = load_checkpoint(out / "best.pt")
     assert best["epoch"] == run.best_epoch and len(best["attributes"]) == 26
     assert best["thresholds"] == pytest.approx(list(run.thresholds))

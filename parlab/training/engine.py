@@ -332,6 +332,7 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
                 "scheduler": None if scheduler is None else scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "rng": rng_state(), "best": best, "history": history, "config": config.to_dict(),
                 "attributes": list(annotations.attributes), "versions": library_versions(),
+                "thresholds": [config.threshold] * annotations.num_attributes,  # tuned ones go to best.pt
             }, out / "last.pt", keep_previous=True)
             runlog.append(row)
         dist.barrier(ctx)
