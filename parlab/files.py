@@ -12,8 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the result onto ``path``."""
+def write_atomic(path: str | Path, write: Callable[[str], None], previous: str | Path | None = None) -> Path:
+    """Call ``write(tmp_path)`` then rename the result onto ``path``.
+
+    ``previous``: where the file being replaced is moved, just before the rename, so that the
+    moment with neither file in place is two renames long, not the whole write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
@@ -23,6 +27,8 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
         with open(tmp, "rb+") as fh:  # on disk before the rename, so a crash cannot leave an empty file
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

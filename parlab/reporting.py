@@ -15,6 +15,7 @@ import pandas as pd
 from parlab.data import load_dataset
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training.engine import RunResult
+from parlab.training.evaluation import Predictions
 
 # Test settings of methods.md section 1: the standard one and the label-balanced one of the FRDL
 # paper, keeping the first m_j entries (reference) or a seeded random choice.
@@ -57,14 +58,18 @@ def per_attribute_table(runs: dict[str, RunResult], train_ratio: pd.Series) -> p
     return table.sort_values("train positive ratio")
 
 
-def test_metrics(run: RunResult, setting: str = "standard", seed: int = 0) -> PARMetrics:
-    """Metrics of a run's saved test predictions in one of :data:`SETTINGS`, at its fixed threshold."""
+def test_metrics(run: RunResult, setting: str = "standard", seed: int = 0, annotations=None) -> PARMetrics:
+    """Metrics of a run's saved test predictions in one of :data:`SETTINGS`, at its fixed threshold.
+
+    ``annotations``: the run's dataset, when the caller has it already (read from the run otherwise).
+    """
     if setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; known: {', '.join(SETTINGS)}")
     saved = np.load(Path(run.output_dir) / "test_predictions.npz")
-    annotations = load_dataset(run.config.dataset, run.config.root, run.config.partition)
-    probs = 1.0 / (1.0 + np.exp(-saved["logits"].astype(np.float64)))
-    return pedestrian_metrics(annotations.labels[saved["rows"]], probs, threshold=run.config.threshold,
+    preds = Predictions(saved["logits"], saved["rows"])
+    if annotations is None:
+        annotations = load_dataset(run.config.dataset, run.config.root, run.config.partition)
+    return pedestrian_metrics(annotations.labels[preds.rows], preds.probs, threshold=run.config.threshold,
                               attributes=annotations.attributes, seed=seed, **SETTINGS[setting])
 
 
@@ -72,7 +77,8 @@ def settings_table(runs: dict[str, RunResult], seed: int = 0) -> pd.DataFrame:
     """Test metrics of every run in every setting (rows: run x setting, percent)."""
     rows = []
     for name, run in runs.items():
+        annotations = load_dataset(run.config.dataset, run.config.root, run.config.partition)
         for setting in SETTINGS:
-            m = test_metrics(run, setting, seed)
+            m = test_metrics(run, setting, seed, annotations)
             rows.append({"method": name, "setting": setting, **_percent(m.summary()), "images": m.num_images})
     return pd.DataFrame(rows).set_index(["method", "setting"])

@@ -6,7 +6,7 @@
 
 from parlab.training.checkpoint import CheckpointError, load_checkpoint
 from parlab.training.config import TrainConfig
-from parlab.training.engine import RunResult, TrainingDiverged, load_run, train
+from parlab.training.engine import RunResult, TrainingDiverged, train
 from parlab.training.losses import PARLoss, multilabel_bce, ratio_weights
 from parlab.training.thresholds import tune_thresholds
 
@@ -17,7 +17,6 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "load_checkpoint",
-    "load_run",
     "multilabel_bce",
     "ratio_weights",
     "train",

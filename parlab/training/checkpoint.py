@@ -9,7 +9,7 @@ checkpoint cannot run code.
 
 from __future__ import annotations
 
-import os
+import functools
 import pickle
 import platform
 import zipfile
@@ -28,6 +28,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model/dataset."""
 
 
+@functools.lru_cache(maxsize=1)  # written into every checkpoint; they cannot change within a process
 def library_versions() -> dict[str, str]:
     import numpy
     import timm
@@ -46,12 +47,11 @@ def library_versions() -> dict[str, str]:
 def save_atomic(obj: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
     """Write ``obj`` to ``path`` atomically; with ``keep_previous`` the old file becomes ``previous.pt``.
 
-    A kill between the two steps leaves only ``previous.pt``, which resuming falls back to.
+    A kill between the two final renames leaves only ``previous.pt``, which resuming falls back to.
     """
     path = Path(path)
-    if keep_previous and path.exists():
-        os.replace(path, path.with_name("previous.pt"))
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    previous = path.with_name("previous.pt") if keep_previous else None
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp), previous=previous)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -76,15 +76,6 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return out / ctx.world_size
 
 
-def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
-    """True on every rank when any rank says True."""
-    if not ctx.distributed:
-        return flag
-    t = torch.tensor([int(flag)], device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def all_gather_rows(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Concatenate (n_r, ...) tensors of every rank along dim 0 (n_r may differ between ranks)."""
     if not ctx.distributed:

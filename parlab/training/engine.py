@@ -17,7 +17,6 @@ DistributedDataParallel; rank 0 writes every file.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -113,7 +112,7 @@ def _prepare_folder(config: TrainConfig, existing: str, ctx: dist.DistContext) -
         dist.barrier(ctx)
         return None
     if existing == "resume" and has_run:
-        # A kill between the two renames of save_atomic leaves only previous.pt.
+        # A kill between the two final renames of save_atomic leaves only previous.pt.
         ckpt = load_checkpoint(last if last.exists() else previous)
         saved = TrainConfig.from_dict(ckpt["config"], source=str(last))
         diff = saved.differences(config, ignore=RESUMABLE_CHANGES)
@@ -143,9 +142,7 @@ def _metrics(annotations, preds: Predictions, threshold) -> PARMetrics:
 
 def _eval_model(model: nn.Module, ema) -> nn.Module:
     """The weights that are evaluated and selected: the EMA copy when there is one."""
-    if ema is not None:
-        return ema.module
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    return model if ema is None else ema.module
 
 
 def _model_checkpoint(model: nn.Module, config: TrainConfig, attributes, epoch: int, metrics: dict,
@@ -270,8 +267,8 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
             loss = criterion(logits, y)
             value = float(dist.all_reduce_mean(loss.detach(), ctx))  # same on every rank, so all stop together
             if not np.isfinite(value):
-                last = out / "last.pt"
-                good = f"{last} (after epoch {_checkpoint_epoch(last)})" if last.exists() else "none written yet"
+                last = out / "last.pt"  # written after every epoch, so it holds the `epoch` finished ones
+                good = f"{last} (after epoch {epoch})" if epoch > 0 and last.exists() else "none written yet"
                 raise TrainingDiverged(
                     f"loss is {value} at epoch {epoch + 1}, step {step + 1}/{steps} (global step "
                     f"{epoch * steps + step + 1}), batch of annotation rows {rows[:8].tolist()}"
@@ -343,14 +340,6 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
     return _finish(config, annotations, plan, loaders, best, history, ctx, start_time, progress, log)
 
 
-def _checkpoint_epoch(path: Path) -> str:
-    """The epoch a checkpoint was written after, for messages ('?' when unreadable)."""
-    try:
-        return str(load_checkpoint(path)["epoch"])
-    except CheckpointError:
-        return "?"
-
-
 def _finish(config: TrainConfig, annotations, plan: SplitPlan, loaders: dict, best: dict, history: list,
             ctx: dist.DistContext, start_time: float, progress: bool, log) -> RunResult:
     """Load the selected epoch, tune thresholds on validation if asked, evaluate test once, write results."""
@@ -402,12 +391,3 @@ def _epoch_line(row: dict, epochs: int, split: str) -> str:
     return (f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
             f"lr {row['lr']:.1e}  {split}: {metrics}  {row['train_img_s']:.0f} img/s  "
             f"{row['train_s'] + row['eval_s']:.0f} s{'  *' if row['best'] else ''}")
-
-
-def load_run(output_dir: str | Path) -> tuple[TrainConfig, pd.DataFrame, dict]:
-    """(config, per-epoch log, final metrics) of a finished run folder."""
-    out = Path(output_dir)
-    record = json.loads((out / "config.json").read_text())
-    return (TrainConfig.from_dict(record["config"], source=str(out / "config.json")),
-            pd.read_csv(out / "log.csv"), json.loads((out / "metrics.json").read_text()))
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,7 @@ class Predictions:
     logits: np.ndarray  # (n, A) float32, in the dataset's row order
     rows: np.ndarray  # (n,) annotation rows
 
-    @property
+    @functools.cached_property  # metrics, threshold tuning and reports all read it
     def probs(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
 
