@@ -1,11 +1,14 @@
-"""The ``parlab`` command: ``train``, ``evaluate`` and ``predict``.
+"""The ``parlab`` command: ``train``, ``frdl``, ``evaluate`` and ``predict``.
 
 ``parlab train`` takes every :class:`~parlab.training.TrainConfig` field as an
 option (``--backbone resnet50 --epochs 30 --image-size 256 192 --ema``), after
 an optional ``--config file.yaml``; options given on the command line win.
-The same command runs on several GPUs or nodes under torchrun::
+``parlab frdl`` does the same with :class:`~parlab.methods.frdl_config.FRDLConfig`
+(FRDL's stage 2 on a stage-1 run, with ``--goat`` for GOAT). Both run on
+several GPUs or nodes under torchrun::
 
     torchrun --nproc_per_node 4 -m parlab train --config pa100k.yaml --device cuda
+    torchrun --nproc_per_node 4 -m parlab frdl --stage1 runs/pa100k_stage1 --goat --device cuda
 """
 
 from __future__ import annotations
@@ -20,24 +23,25 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from parlab.methods.frdl_config import FRDL_CHOICES, FRDLConfig
 from parlab.training.config import CHOICES, TrainConfig
 
 
-def _field_comments() -> dict[str, str]:
-    """The comment after each TrainConfig field, where the fields are documented once."""
+def _field_comments(cls) -> dict[str, str]:
+    """The comment after each config field, where the fields are documented once."""
     comments = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
+    for line in inspect.getsource(cls).splitlines():
         match = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.+)$", line)
         if match:
             comments[match.group(1)] = match.group(2)
     return comments
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(TrainConfig)
-    comments = _field_comments()
-    group = parser.add_argument_group("config fields (defaults: the Rethinking_of_PAR baseline)")
-    for f in fields(TrainConfig):
+def _add_config_options(parser: argparse.ArgumentParser, cls, choices: dict, title: str) -> None:
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    group = parser.add_argument_group(title)
+    for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         hint = hints[f.name]
@@ -50,9 +54,17 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             kwargs |= {"nargs": "+", "type": int}
         else:
             kwargs["type"] = hint
-            if f.name in CHOICES:
-                kwargs["choices"] = CHOICES[f.name]
+            if f.name in choices:
+                kwargs["choices"] = choices[f.name]
         group.add_argument(flag, **kwargs)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="JSON or YAML file of config fields")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pt")
+    what.add_argument("--overwrite", action="store_true", help="discard the run in --output-dir and start again")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,12 +73,15 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model (one process, or every process under torchrun)",
                            description="Train, select on validation, evaluate test once; writes --output-dir.")
-    train.add_argument("--config", type=Path, help="JSON or YAML file of config fields")
-    what = train.add_mutually_exclusive_group()
-    what.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pt")
-    what.add_argument("--overwrite", action="store_true", help="discard the run in --output-dir and start again")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
-    _add_config_options(train)
+    _add_run_options(train)
+    _add_config_options(train, TrainConfig, CHOICES, "config fields (defaults: the Rethinking_of_PAR baseline)")
+
+    frdl = sub.add_parser("frdl", help="FRDL stage 2 (and GOAT) on a stage-1 run",
+                          description="Train FRDL's balanced heads on a stage-1 run (head 'attribute'); "
+                                      "writes --output-dir.")
+    _add_run_options(frdl)
+    _add_config_options(frdl, FRDLConfig, FRDL_CHOICES,
+                        "config fields (defaults: the public code's PA100k setting)")
 
     ev = sub.add_parser("evaluate", help="PAR metrics of a checkpoint on a dataset split",
                         description="Evaluate a checkpoint on one split in one process.")
@@ -90,17 +105,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
-    from parlab.training import train
-
-    values = TrainConfig.from_file(args.config).to_dict() if args.config else {}
-    values |= {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    config = TrainConfig.from_dict(values)
+def _run(args: argparse.Namespace, cls, train) -> int:
+    values = cls.from_file(args.config).to_dict() if args.config else {}
+    values |= {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    config = cls.from_dict(values)
     existing = "resume" if args.resume else "overwrite" if args.overwrite else "error"
     result = train(config, existing=existing, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {result.output_dir}")
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from parlab.training import train
+
+    return _run(args, TrainConfig, train)
+
+
+def _frdl(args: argparse.Namespace) -> int:
+    from parlab.methods.frdl_training import train_frdl
+
+    return _run(args, FRDLConfig, train_frdl)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -141,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from parlab.training import CheckpointError, TrainingDiverged
 
     args = _parser().parse_args(argv)
-    handler = {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command]
+    handler = {"train": _train, "frdl": _frdl, "evaluate": _evaluate, "predict": _predict}[args.command]
     try:
         return handler(args)
     except (DatasetError, BackboneError, CheckpointError, TrainingDiverged, FileExistsError,

@@ -20,7 +20,7 @@ from parlab.data import load_dataset
 from parlab.data.images import PARImageDataset, build_transform, load_rgb
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.models import PARModel
-from parlab.training.checkpoint import check_attributes, load_checkpoint, load_state_strict
+from parlab.training.checkpoint import CheckpointError, check_attributes, load_checkpoint, load_state_strict
 from parlab.training.config import TrainConfig
 from parlab.training.distributed import DistContext, resolve_device
 from parlab.training.engine import model_for
@@ -43,6 +43,9 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> LoadedModel:
     """Rebuild the model of a ``best.pt`` (or ``last.pt``) checkpoint; weights_only loading, strict keys."""
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
+    if "model" not in ckpt:
+        raise CheckpointError(f"{path}: a {ckpt.get('kind')!r} checkpoint holds no complete model; load the "
+                              "run's best.pt")
     config = TrainConfig.from_dict(ckpt["config"], source=str(path))
     attributes = tuple(ckpt["attributes"])
     model = model_for(config, len(attributes), pretrained=False)

@@ -211,3 +211,50 @@ def tpr_tnr_vs_ratio(per_attribute: dict[str, pd.DataFrame], train_ratio: pd.Ser
     axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def gain_vs_ratio(gains: pd.DataFrame, train_ratio: pd.Series, reference: str = "stage 1"):
+    """Per-attribute test mA gain (points) of each method (columns of ``gains``) against the training ratio."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    x = 100 * train_ratio.reindex(gains.index)
+    for k, method in enumerate(gains.columns):
+        ax.scatter(x, gains[method], s=18, color=f"C{k}", marker="os^Dv"[k % 5], label=method)
+    rarest = x.nsmallest(3).index
+    for name in rarest:
+        ax.annotate(name, (x[name], gains.loc[name].max()), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("training positive ratio (%)")
+    ax.set_ylabel(f"test mA gain over {reference} (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def label_prior(natural: pd.Series, seen: pd.DataFrame, p: float = 0.5):
+    """The positive prior each head trained on, per attribute.
+
+    ``natural``: training positive ratios (what stage-1 heads see); ``seen``: an FRDL run's
+    per-epoch label prior (:func:`parlab.reporting.label_prior`), split into its natural and
+    balanced epochs.
+    """
+    order = natural.sort_values().index
+    y = np.arange(len(order))
+    flags = seen["balanced"].astype(bool)
+    values = seen.drop(columns="balanced")
+    fig, ax = plt.subplots(figsize=(5, 0.2 * len(order) + 1))
+    ax.scatter(100 * natural[order], y, s=16, label="stage-1 heads (natural sampling)")
+    if (~flags).any():
+        ax.scatter(100 * values[~flags].mean()[order], y, s=16, marker="x",
+                   label=f"h_ft, natural epochs ({int((~flags).sum())})")
+    if flags.any():
+        ax.scatter(100 * values[flags].mean()[order], y, s=16, marker="s",
+                   label=f"h_ft, balanced epochs ({int(flags.sum())})")
+    ax.axvline(100 * p, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(y, order, fontsize=7)
+    ax.set_xlabel("positive share of training labels (%)")
+    ax.set_title("label prior seen by the classifiers")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -34,15 +34,18 @@ def _percent(summary: dict) -> dict:
 
 
 def results_table(runs: dict[str, RunResult], dataset: str = "") -> pd.DataFrame:
-    """One row per run: test metrics at the fixed threshold, tuned-threshold mA/F1 when available."""
+    """One row per run: test metrics at the fixed threshold, tuned-threshold mA/F1 when available.
+
+    ``loss`` is the loss of the run's model config (for FRDL, the stage-1 loss).
+    """
     rows = []
     for name, run in runs.items():
-        row = {"method": name, "dataset": dataset or run.config.dataset, "backbone": run.config.backbone,
-               "loss": run.config.loss, **_percent(run.test.summary())}
+        row = {"method": name, "dataset": dataset or run.config.dataset, "training": run.method,
+               "backbone": run.config.backbone, "loss": run.config.loss, **_percent(run.test.summary())}
         if run.test_tuned is not None:
             tuned = run.test_tuned.summary()
             row |= {"mA (tuned thr.)": tuned["ma"], "F1 (tuned thr.)": tuned["f1"]}
-        row |= {"epochs": run.config.epochs, "best epoch": run.best_epoch, "selection": run.selection}
+        row |= {"epochs": len(run.history), "best epoch": run.best_epoch, "selection": run.selection}
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
 
@@ -82,3 +85,50 @@ def settings_table(runs: dict[str, RunResult], seed: int = 0) -> pd.DataFrame:
             m = test_metrics(run, setting, seed, annotations)
             rows.append({"method": name, "setting": setting, **_percent(m.summary()), "images": m.num_images})
     return pd.DataFrame(rows).set_index(["method", "setting"])
+
+
+def repeated_settings_table(runs: dict[str, list[RunResult]], seed: int = 0) -> pd.DataFrame:
+    """Test metrics of repeated runs (e.g. seeds) per method and setting: mean, sample std and count.
+
+    Rows: (method, setting); columns: each of mA/Acc/Prec/Rec/F1, then its "std", then "runs"
+    (std is NaN for a single run). Percent.
+    """
+    rows = []
+    for method, group in runs.items():
+        per_run = settings_table({str(i): run for i, run in enumerate(group)}, seed)
+        for setting in SETTINGS:
+            values = per_run.xs(setting, level="setting")
+            row = {"method": method, "setting": setting}
+            for column in COLUMNS:
+                row[column] = values[column].mean()
+                row[f"{column} std"] = values[column].std(ddof=1) if len(group) > 1 else np.nan
+            rows.append(row | {"runs": len(group)})
+    return pd.DataFrame(rows).set_index(["method", "setting"])
+
+
+def mean_std_text(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """A :func:`repeated_settings_table` as "mean ± std" strings, for display and LaTeX."""
+    text = pd.DataFrame(index=table.index)
+    for column in COLUMNS:
+        mean, std = table[column], table[f"{column} std"]
+        text[column] = [f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+                        for m, s in zip(mean, std)]
+    text["runs"] = table["runs"]
+    return text
+
+
+def per_attribute_ma(runs: dict[str, list[RunResult]]) -> pd.DataFrame:
+    """Test mA (percent) per attribute (rows) and method (columns), averaged over each method's runs."""
+    return pd.DataFrame({method: 100 * pd.concat([run.test.per_attribute["ma"] for run in group], axis=1).mean(axis=1)
+                         for method, group in runs.items()})
+
+
+def label_prior(run: RunResult) -> pd.DataFrame:
+    """Positive fraction of the labels an FRDL run's heads trained on, per epoch (rows) and attribute.
+
+    The first column, ``balanced``, says whether the epoch drew balanced batches from the bank.
+    """
+    path = Path(run.output_dir) / "label_prior.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; only FRDL runs record the label prior of their heads")
+    return pd.read_csv(path, index_col="epoch")

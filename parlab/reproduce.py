@@ -20,10 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # Ordered notebooks; later ones plug in here.
-NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_label_imbalance", "03_baseline")
+NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_label_imbalance", "03_baseline", "04_frdl_goat")
 
 # Training notebooks take these parameters from the profile (plus "runs_dir").
-TRAINING = ("03_baseline",)
+TRAINING = ("03_baseline", "04_frdl_goat")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     # Seconds per training run: a tiny timm test network on 800 images.
     "smoke": Profile("smoke", "smoke", "data/synthpa-smoke", "runs/smoke/figures", "runs/smoke/train",
-                     training={"backbone": "test_resnet", "epochs": 2, "batch_size": 32, "image_size": [64, 32]}),
+                     training={"backbone": "test_resnet", "epochs": 2, "batch_size": 32, "image_size": [64, 32]},
+                     extra={"04_frdl_goat": {"frdl_epochs": 2, "balance_start": 1, "feature_cache": 1,
+                                             "seeds": [0, 1]}}),
     # The notebooks' own defaults (a few minutes per run on a 2-core CPU).
     "default": Profile("default", "default", "data/synthpa", "figures", "runs/default/train"),
 }

@@ -51,6 +51,20 @@ class FeatureBank:
     def device(self) -> torch.device:
         return self.features.device
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Contents and read/write positions, for a training checkpoint (resuming continues exactly)."""
+        return {"storage": self._storage, "count": self.count, "write": self.write, "order": self.order,
+                "read": self.read, "pass_length": self.pass_length}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = self.state_dict()
+        wrong = [f"{k}: {tuple(state[k].shape) if k in state else 'missing'} vs {tuple(v.shape)}"
+                 for k, v in expected.items() if k not in state or state[k].shape != v.shape]
+        if wrong:
+            raise ValueError("FeatureBank state does not fit this bank (A, K or C differ): " + "; ".join(wrong))
+        for key, value in expected.items():
+            value.copy_(state[key])
+
     def _name(self, attribute: int) -> str:
         return repr(self.attributes[attribute]) if self.attributes else str(attribute)
 
@@ -106,19 +120,21 @@ class FeatureBank:
         self.pass_length = self.pass_length.index_put((ai, li), self.count[ai, li])
 
     @torch.no_grad()
-    def pop(self, batch_size: int, p: float = 0.5, generator: torch.Generator | None = None,
+    def pop(self, batch_size: int, p: float | torch.Tensor = 0.5, generator: torch.Generator | None = None,
             out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A label-balanced batch: features (B, A, C) and labels (B, A).
 
         For every attribute and slot independently, the label is drawn from Bernoulli(p) and the
         feature is the next entry of a shuffled pass over that (attribute, label) buffer; a pass
-        that runs out is followed by a new shuffle. ``generator`` must live on the bank's device.
-        ``out``: an optional (B, A, C) tensor to gather into; a training loop that reuses one saves
-        allocating (and, on the CPU, page-faulting) B*A*C fresh floats every step.
+        that runs out is followed by a new shuffle. ``p`` is one prior or one per attribute (A,)
+        (0 or 1 for an attribute that has only one label). ``generator`` must live on the bank's
+        device. ``out``: an optional (B, A, C) tensor to gather into; a training loop that reuses
+        one saves allocating (and, on the CPU, page-faulting) B*A*C fresh floats every step.
         """
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
         a = self.num_attributes
+        p = torch.as_tensor(p, dtype=torch.float32, device=self.device)
+        if p.ndim > 1 or (p.ndim == 1 and len(p) != a) or ((p < 0) | (p > 1)).any():
+            raise ValueError(f"p must be one value or {a} values in [0, 1], got {p.tolist()}")
         labels = (torch.rand(batch_size, a, generator=generator, device=self.device) < p).long()
         onehot = torch.stack([labels == 0, labels == 1], dim=-1).long()
         need = onehot.sum(0)  # (A, 2) draws per buffer

@@ -22,8 +22,44 @@ CHOICES = {
 }
 
 
+class ConfigFile:
+    """Reading, writing and comparing a frozen config dataclass (mixed into each method's config)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config"):
+        """Build from a plain mapping; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown config field(s) {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path):
+        """Read a JSON or YAML file of config fields."""
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields")
+        return cls.from_dict(values, source=str(path))
+
+    def differences(self, other, ignore: tuple[str, ...] = ()) -> list[str]:
+        """Readable 'field: mine vs other' lines for differing fields."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if k not in ignore and a[k] != b[k]]
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigFile):
     # --- data
     dataset: str = "synthpa"  # registry name (parlab.data.available_datasets())
     root: str = "data/synthpa"  # dataset folder
@@ -90,35 +126,3 @@ class TrainConfig:
         # Lists from JSON/YAML/papermill become tuples so the config stays hashable and comparable.
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         object.__setattr__(self, "milestones", tuple(int(v) for v in self.milestones))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a plain mapping; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown config field(s) {', '.join(unknown)}")
-        return cls(**values)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> TrainConfig:
-        """Read a JSON or YAML file of config fields."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-        return cls.from_dict(values, source=str(path))
-
-    def differences(self, other: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
-        """Readable 'field: mine vs other' lines for differing fields."""
-        a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if k not in ignore and a[k] != b[k]]

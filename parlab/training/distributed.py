@@ -77,7 +77,10 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 
 
 def all_gather_rows(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Concatenate (n_r, ...) tensors of every rank along dim 0 (n_r may differ between ranks)."""
+    """Concatenate (n_r, ...) tensors of every rank along dim 0, in rank order, on ``ctx.device``.
+
+    n_r may differ between ranks. Without a process group the tensor itself is returned.
+    """
     if not ctx.distributed:
         return tensor
     local = tensor.to(ctx.device)
@@ -88,4 +91,4 @@ def all_gather_rows(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]).cpu()
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])

@@ -21,6 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,6 +79,8 @@ class RunResult:
     test_tuned: PARMetrics | None  # test split, per-attribute thresholds tuned on validation
     thresholds: np.ndarray | None  # (A,) tuned thresholds
     wall_s: float  # wall time of this call
+    method: str = "baseline"  # what trained it: "baseline", "FRDL", "FRDL+GOAT", ...
+    method_config: Any = None  # the method's own config (config above describes data and model)
 
 
 def model_for(config: TrainConfig, num_attributes: int, pretrained: bool = True) -> nn.Module:
@@ -90,52 +93,67 @@ def _out(config: TrainConfig) -> Path:
     return Path(config.output_dir)
 
 
-def _prepare_folder(config: TrainConfig, existing: str, ctx: dist.DistContext) -> dict | None:
-    """Check the run folder against ``existing``; return the checkpoint to resume from, if any."""
+RUN_FILES = ("last.pt", "previous.pt", "best.pt", "log.csv", "metrics.json", "config.json",
+             "test_per_attribute.csv", "test_predictions.npz")
+
+
+def prepare_run_folder(out: Path, config, existing: str, ctx: dist.DistContext, resumable: tuple[str, ...] = (),
+                       extra_files: tuple[str, ...] = (), config_key: str = "config") -> dict | None:
+    """Check a run folder against ``existing``; return the checkpoint to resume from, if any.
+
+    ``config`` is the run's config dataclass (a :class:`~parlab.training.config.ConfigFile`); a
+    resumed run must have been started with the same one, except for the ``resumable`` fields.
+    ``config_key``: where the training checkpoint keeps it.
+    """
     if existing not in ("error", "resume", "overwrite"):
         raise ValueError(f"existing must be 'error', 'resume' or 'overwrite', got {existing!r}")
-    out = _out(config)
     last, previous = out / "last.pt", out / "previous.pt"
     has_run = last.exists() or previous.exists()
     if has_run and existing == "error":
         raise FileExistsError(
-            f"{out} already holds a run; resume it (existing='resume', parlab train --resume) or start "
-            "again (existing='overwrite', parlab train --overwrite)"
+            f"{out} already holds a run; resume it (existing='resume', --resume) or start "
+            "again (existing='overwrite', --overwrite)"
         )
     if existing == "overwrite":
         dist.barrier(ctx)
         if ctx.is_main:
-            for name in ("last.pt", "previous.pt", "best.pt", "log.csv", "metrics.json", "config.json",
-                         "test_per_attribute.csv", "test_predictions.npz"):
+            for name in RUN_FILES + extra_files:
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / "tensorboard", ignore_errors=True)
         dist.barrier(ctx)
         return None
     if existing == "resume" and has_run:
         # A kill between the two final renames of save_atomic leaves only previous.pt.
-        ckpt = load_checkpoint(last if last.exists() else previous)
-        saved = TrainConfig.from_dict(ckpt["config"], source=str(last))
-        diff = saved.differences(config, ignore=RESUMABLE_CHANGES)
+        source = last if last.exists() else previous
+        ckpt = load_checkpoint(source)
+        saved = type(config).from_dict(ckpt[config_key], source=str(source))
+        diff = saved.differences(config, ignore=resumable)
         if diff:
             raise CheckpointError(
-                f"{last}: cannot resume with a different config (checkpoint vs requested):\n  " + "\n  ".join(diff)
+                f"{source}: cannot resume with a different config (checkpoint vs requested):\n  " + "\n  ".join(diff)
             )
         return ckpt
     return None
 
 
-def _train_loader(dataset: PARImageDataset, config: TrainConfig, ctx: dist.DistContext) -> DataLoader:
-    sampler = EpochSampler(len(dataset), config.seed, ctx.rank, ctx.world_size)
-    # BatchNorm cannot train on a batch of one; drop a final batch of exactly one image.
-    drop_last = len(sampler) % config.batch_size == 1
+def train_loader(dataset: PARImageDataset, batch_size: int, seed: int, num_workers: int,
+                 ctx: dist.DistContext) -> DataLoader:
+    """Training batches: the epoch's seeded permutation (call ``loader.sampler.set_epoch``), sharded by rank."""
+    sampler = EpochSampler(len(dataset), seed, ctx.rank, ctx.world_size)
     return DataLoader(
-        dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-        drop_last=drop_last, pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(config.seed),
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        drop_last=drops_last_batch(len(sampler), batch_size), pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
-def _metrics(annotations, preds: Predictions, threshold) -> PARMetrics:
+def drops_last_batch(samples: int, batch_size: int) -> bool:
+    # BatchNorm cannot train on a batch of one; drop a final batch of exactly one image.
+    return samples % batch_size == 1
+
+
+def split_metrics(annotations, preds: Predictions, threshold) -> PARMetrics:
+    """PAR metrics of predictions against the annotations' labels of their rows."""
     return pedestrian_metrics(annotations.labels[preds.rows], preds.probs, threshold=threshold,
                               attributes=annotations.attributes)
 
@@ -145,7 +163,7 @@ def _eval_model(model: nn.Module, ema) -> nn.Module:
     return model if ema is None else ema.module
 
 
-def _model_checkpoint(model: nn.Module, config: TrainConfig, attributes, epoch: int, metrics: dict,
+def model_checkpoint(model: nn.Module, config: TrainConfig, attributes, epoch: int, metrics: dict,
                       thresholds: np.ndarray | None, note: str) -> dict:
     return {
         "format": FORMAT,
@@ -172,13 +190,22 @@ def train(config: TrainConfig, existing: str = "error", progress: bool = True, l
         log: where the one-line-per-epoch summary goes (default: printed and flushed, so that
             redirected output of long runs shows each epoch as it ends).
     """
-    ctx = dist.setup(config.device)
+    return launch(lambda line_log, ctx: _train(config, existing, progress, line_log, ctx), config.device, log)
+
+
+def launch(body, device: str, log=None):
+    """Join the process group (under torchrun), run ``body(log, ctx)``, leave it again.
+
+    Only rank 0 logs; ``log=None`` prints each line flushed, so redirected output of long runs
+    shows each epoch as it ends.
+    """
+    ctx = dist.setup(device)
     if not ctx.is_main:
         log = lambda *_: None  # noqa: E731
     elif log is None:
         log = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        return _train(config, existing, progress, log, ctx)
+        return body(log, ctx)
     finally:
         dist.teardown(ctx)
 
@@ -191,7 +218,7 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
     out = _out(config)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    resume = _prepare_folder(config, existing, ctx)
+    resume = prepare_run_folder(out, config, existing, ctx, RESUMABLE_CHANGES)
     device = ctx.device
 
     annotations = load_dataset(config.dataset, config.root, config.partition)
@@ -209,7 +236,7 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema else None
     train_set = PARImageDataset(annotations, plan.train, build_transform(config.image_size, train=True))
-    loader = _train_loader(train_set, config, ctx)
+    loader = train_loader(train_set, config.batch_size, config.seed, config.num_workers, ctx)
     eval_tf = build_transform(config.image_size, train=False)
     sets = {"val": PARImageDataset(annotations, plan.val, eval_tf),
             "test": PARImageDataset(annotations, plan.test, eval_tf)}
@@ -293,7 +320,7 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
         t1 = time.perf_counter()
         evaluated = _eval_model(model, ema)
         val_preds = predict_dataset(evaluated, loaders["val"], ctx, config.amp, config.channels_last, progress)
-        val = _metrics(annotations, val_preds, config.threshold)
+        val = split_metrics(annotations, val_preds, config.threshold)
         val_targets = torch.from_numpy(annotations.labels[val_preds.rows].astype(np.float32))
         val_loss = float(val_criterion(torch.from_numpy(val_preds.logits), val_targets))
         row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
@@ -301,7 +328,7 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
         row |= {f"val_{k}": v for k, v in val.summary().items() if k in METRIC_KEYS}
         selected = val.ma
         if config.select_on == "test":
-            test_now = _metrics(annotations, predict_dataset(evaluated, loaders["test"], ctx, config.amp,
+            test_now = split_metrics(annotations, predict_dataset(evaluated, loaders["test"], ctx, config.amp,
                                                              config.channels_last, progress), config.threshold)
             row |= {f"test_{k}": v for k, v in test_now.summary().items() if k in METRIC_KEYS}
             selected = test_now.ma
@@ -321,7 +348,7 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
 
         if ctx.is_main:
             if is_best:
-                save_atomic(_model_checkpoint(evaluated, config, annotations.attributes, epoch + 1,
+                save_atomic(model_checkpoint(evaluated, config, annotations.attributes, epoch + 1,
                                               val.summary(), None, plan.note), out / "best.pt")
             save_atomic({
                 "format": FORMAT, "kind": "training", "epoch": epoch + 1, "model": model.state_dict(),
@@ -352,38 +379,64 @@ def _finish(config: TrainConfig, annotations, plan: SplitPlan, loaders: dict, be
         model = model.to(memory_format=torch.channels_last)
     args = (ctx, config.amp, config.channels_last, progress)
     val_preds = predict_dataset(model, loaders["val"], *args)
-    val = _metrics(annotations, val_preds, config.threshold)
-    thresholds = tune_thresholds(annotations.labels[val_preds.rows], val_preds.probs, default=config.threshold) \
-        if config.tune_thresholds else None
     test_preds = predict_dataset(model, loaders["test"], *args, desc="test")
-    test = _metrics(annotations, test_preds, config.threshold)
-    tuned = _metrics(annotations, test_preds, thresholds) if thresholds is not None else None
-    wall = time.perf_counter() - start_time
+    evaluation = evaluate_selected(annotations, val_preds, test_preds, config.threshold, config.tune_thresholds)
     if ctx.is_main:
-        results = {
-            "selection": plan.note, "best_epoch": best["epoch"], "epochs": config.epochs,
-            "val": val.summary(), "test": test.summary(),
-            "test_tuned_thresholds": None if tuned is None else tuned.summary(),
-            "thresholds": None if thresholds is None else thresholds.tolist(),
-            "num_degenerate_test": test.num_degenerate, "world_size": ctx.world_size, "wall_s_this_call": wall,
-        }
-        write_json(out / "metrics.json", results)
-        table = test.per_attribute.copy()
-        if tuned is not None:
-            table["tuned_threshold"] = thresholds
-            table["tuned_tpr"], table["tuned_tnr"] = tuned.per_attribute["tpr"], tuned.per_attribute["tnr"]
-        write_atomic(out / "test_per_attribute.csv", table.to_csv)
-        write_atomic(out / "test_predictions.npz",
-                     lambda tmp: np.savez(tmp, logits=test_preds.logits, rows=test_preds.rows))
-        if thresholds is not None:
-            best_ckpt["thresholds"] = thresholds.tolist()
+        if evaluation.thresholds is not None:
+            best_ckpt["thresholds"] = evaluation.thresholds.tolist()
             save_atomic(best_ckpt, out / "best.pt")
-        log(f"best epoch {best['epoch']} ({plan.note})")
-        log("test  " + "  ".join(f"{k} {v:.2f}" for k, v in test.summary().items() if k in METRIC_KEYS))
-        if tuned is not None:
-            log("tuned " + "  ".join(f"{k} {v:.2f}" for k, v in tuned.summary().items() if k in METRIC_KEYS))
+        write_results(out, evaluation, plan.note, best["epoch"], config.epochs, ctx.world_size,
+                      time.perf_counter() - start_time, log)
     dist.barrier(ctx)
-    return RunResult(out, config, pd.DataFrame(history), best["epoch"], plan.note, val, test, tuned, thresholds, wall)
+    return RunResult(out, config, pd.DataFrame(history), best["epoch"], plan.note, evaluation.val, evaluation.test,
+                     evaluation.test_tuned, evaluation.thresholds, time.perf_counter() - start_time)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The selected model on validation and test."""
+
+    val: PARMetrics
+    test: PARMetrics
+    test_tuned: PARMetrics | None
+    thresholds: np.ndarray | None  # (A,) tuned on validation
+    test_preds: Predictions
+
+
+def evaluate_selected(annotations, val_preds: Predictions, test_preds: Predictions, threshold: float,
+                      tune: bool) -> Evaluation:
+    """Validation and test metrics at the fixed threshold, plus test at thresholds tuned on validation."""
+    val = split_metrics(annotations, val_preds, threshold)
+    thresholds = tune_thresholds(annotations.labels[val_preds.rows], val_preds.probs, default=threshold) \
+        if tune else None
+    test = split_metrics(annotations, test_preds, threshold)
+    tuned = split_metrics(annotations, test_preds, thresholds) if thresholds is not None else None
+    return Evaluation(val, test, tuned, thresholds, test_preds)
+
+
+def write_results(out: Path, evaluation: Evaluation, selection: str, best_epoch: int, epochs: int,
+                  world_size: int, wall_s: float, log) -> None:
+    """``metrics.json``, ``test_per_attribute.csv`` and ``test_predictions.npz`` of a finished run."""
+    test, tuned, thresholds = evaluation.test, evaluation.test_tuned, evaluation.thresholds
+    results = {
+        "selection": selection, "best_epoch": best_epoch, "epochs": epochs,
+        "val": evaluation.val.summary(), "test": test.summary(),
+        "test_tuned_thresholds": None if tuned is None else tuned.summary(),
+        "thresholds": None if thresholds is None else thresholds.tolist(),
+        "num_degenerate_test": test.num_degenerate, "world_size": world_size, "wall_s_this_call": wall_s,
+    }
+    write_json(out / "metrics.json", results)
+    table = test.per_attribute.copy()
+    if tuned is not None:
+        table["tuned_threshold"] = thresholds
+        table["tuned_tpr"], table["tuned_tnr"] = tuned.per_attribute["tpr"], tuned.per_attribute["tnr"]
+    write_atomic(out / "test_per_attribute.csv", table.to_csv)
+    preds = evaluation.test_preds
+    write_atomic(out / "test_predictions.npz", lambda tmp: np.savez(tmp, logits=preds.logits, rows=preds.rows))
+    log(f"best epoch {best_epoch} ({selection})")
+    log("test  " + "  ".join(f"{k} {v:.2f}" for k, v in test.summary().items() if k in METRIC_KEYS))
+    if tuned is not None:
+        log("tuned " + "  ".join(f"{k} {v:.2f}" for k, v in tuned.summary().items() if k in METRIC_KEYS))
 
 
 def _epoch_line(row: dict, epochs: int, split: str) -> str:

@@ -7,7 +7,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -43,27 +42,41 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_dataset(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: str = "none",
-                    channels_last: bool = False, progress: bool = False, desc: str = "eval") -> Predictions:
-    """Logits of every image of ``loader``'s dataset, gathered from all ranks, in dataset order."""
+def forward_split(module: nn.Module, loader: DataLoader, ctx: DistContext, amp: str = "none",
+                  channels_last: bool = False, progress: bool = False, desc: str = "eval") -> tuple[torch.Tensor, np.ndarray]:
+    """``module`` on every image of ``loader``'s dataset, gathered from all ranks, in dataset order.
+
+    Returns outputs (n, ...) as float32 on the CPU and their annotation rows (n,). The loader may
+    use any sampler, including one that pads shards with repeats (repeats are dropped).
+    """
     from tqdm.auto import tqdm
 
-    model.eval()
-    logits, rows = [], []
+    module.eval()
+    outputs, rows = [], []
     for x, _, row in tqdm(loader, leave=False, desc=desc, disable=not (progress and ctx.is_main)):
         x = x.to(ctx.device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(ctx.device, amp):
-            out = model(x)
-        logits.append(out.float())
+            outputs.append(module(x).float())
         rows.append(row.to(ctx.device))
-    num_attributes = loader.dataset.annotations.num_attributes
-    local = torch.cat(logits) if logits else torch.zeros(0, num_attributes, device=ctx.device)
-    local_rows = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=ctx.device)
-    all_logits = all_gather_rows(local, ctx).cpu().numpy()
-    all_rows = all_gather_rows(local_rows, ctx).cpu().numpy()
-    order = pd.Index(all_rows).get_indexer(loader.dataset.rows)
-    if (order < 0).any():
-        raise RuntimeError("gathered predictions miss some images of the split")
-    return Predictions(all_logits[order], all_rows[order])
+    if not outputs:  # a rank with no images still has to join the gathers, with the right width
+        with autocast(ctx.device, amp):
+            width = module(loader.dataset[0][0].unsqueeze(0).to(ctx.device)).shape[1:]
+        outputs, rows = [torch.zeros(0, *width, device=ctx.device)], [torch.zeros(0, dtype=torch.long, device=ctx.device)]
+    gathered = all_gather_rows(torch.cat(outputs), ctx).cpu()
+    gathered_rows = all_gather_rows(torch.cat(rows), ctx).cpu().numpy()
+    unique, first = np.unique(gathered_rows, return_index=True)
+    wanted = np.asarray(loader.dataset.rows)
+    pos = np.searchsorted(unique, wanted).clip(max=max(len(unique) - 1, 0))
+    if len(unique) == 0 or (unique[pos] != wanted).any():
+        raise RuntimeError("gathered outputs miss some images of the split")
+    take = first[pos]
+    return gathered[torch.from_numpy(take)], gathered_rows[take]
+
+
+def predict_dataset(model: nn.Module, loader: DataLoader, ctx: DistContext, amp: str = "none",
+                    channels_last: bool = False, progress: bool = False, desc: str = "eval") -> Predictions:
+    """Logits of every image of ``loader``'s dataset, gathered from all ranks, in dataset order."""
+    logits, rows = forward_split(model, loader, ctx, amp, channels_last, progress, desc)
+    return Predictions(logits.numpy(), rows)

@@ -1,0 +1,155 @@
+"""GOAT, FRDL's gradient-oriented feature augmentation (Zhou et al., ICML 2024; methods.md section 4).
+
+The paper describes a Bayesian feature augmentation that adds in-distribution
+novelty through gradient-driven translations. As in the public code, it is
+realised by letting a copy of the stage-1 extractor wander around its
+converged solution: the copy is trained through the **frozen** stage-1
+classifiers on a flooded BCE, ``|l - b| + b`` per element, where the flood
+level ``b`` is the stage-1 model's mean loss of positives (b+) or negatives
+(b-) of that attribute. Elements easier than the flood level are pushed up,
+harder ones down, so the features move without converging anywhere new. Every
+P steps the copy is reset to the stage-1 weights, which are kept in memory.
+The features the copy produces feed FRDL's bank; at test time the extractor
+is always the stage-1 one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from parlab.models.heads import AttributeFeatureHead
+from parlab.training.evaluation import autocast
+
+# Which parts of the stage-1 model GOAT moves: the whole extractor (the paper), or only the
+# attribute-feature layer, which can run on cached pooled backbone features.
+GOAT_MODULES = ("extractor", "attribute_features")
+
+
+def flood_levels(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-attribute mean BCE of positives (b+) and of negatives (b-).
+
+    Args:
+        logits: (N, A) stage-1 logits.
+        labels: (N, A) in {0, 1}; -1 entries are ignored.
+
+    Returns:
+        b_pos, b_neg: (A,) each. An attribute with no positives (negatives) gets b+ (b-) = 0,
+        which makes the flooded loss the plain BCE for those elements.
+    """
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels)
+    per = F.binary_cross_entropy_with_logits(z, y.clamp(min=0).to(z.dtype), reduction="none")
+    levels = []
+    for value in (1, 0):
+        mask = (y == value).to(z.dtype)
+        count = mask.sum(0)
+        levels.append(torch.where(count > 0, (per * mask).sum(0) / count.clamp(min=1), torch.zeros_like(count)))
+    return levels[0].numpy(), levels[1].numpy()
+
+
+def flooded_bce(logits: torch.Tensor, targets: torch.Tensor, b_pos: torch.Tensor, b_neg: torch.Tensor) -> torch.Tensor:
+    """``sum_j |l_ij - b_ij| + b_ij`` averaged over the batch; -1 targets are ignored.
+
+    Args:
+        logits, targets: (B, A).
+        b_pos, b_neg: (A,) flood levels of positives and negatives.
+    """
+    logits = logits.float()
+    per = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).to(logits.dtype), reduction="none")
+    level = torch.where(targets == 1, b_pos.to(logits), b_neg.to(logits))
+    flooded = (per - level).abs() + level
+    return (flooded * (targets >= 0).to(logits.dtype)).sum(dim=1).mean()
+
+
+class PerturbedExtractor(nn.Module):
+    """A trainable copy of the stage-1 extractor in front of the frozen stage-1 classifiers.
+
+    Input: images (B, 3, H, W) for ``modules="extractor"``, pooled features g (B, C) for
+    ``modules="attribute_features"``. Output: attribute features f (B, A, C) and logits (B, A).
+    """
+
+    def __init__(self, stage1: nn.Module, modules: str = "extractor") -> None:
+        super().__init__()
+        if modules not in GOAT_MODULES:
+            raise ValueError(f"GOAT modules must be one of {', '.join(GOAT_MODULES)}, got {modules!r}")
+        if not isinstance(stage1.head, AttributeFeatureHead):
+            raise ValueError("GOAT needs a stage-1 model with FRDL's attribute head (head='attribute')")
+        self.backbone = copy.deepcopy(stage1.backbone) if modules == "extractor" else None
+        self.head = copy.deepcopy(stage1.head)
+        self.requires_grad_(True)  # the stage-1 model may come frozen
+        self.head.classifiers.requires_grad_(False)
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.backbone(inputs) if self.backbone is not None else inputs
+        f = self.head.features(g)
+        return f, self.head.classifiers(torch.relu(f))
+
+
+class GOAT:
+    """The wandering extractor: :meth:`step` trains it once and returns the features it produced.
+
+    Args:
+        stage1: the stage-1 PARModel (not modified).
+        b_pos, b_neg: (A,) flood levels from :func:`flood_levels`.
+        modules: which part is perturbed, one of :data:`GOAT_MODULES`.
+        period: P, steps between resets to the stage-1 weights.
+        lr: Adam learning rate of the perturbed parameters.
+        device: where the copy lives.
+        distributed: wrap the copy in DistributedDataParallel, so that every rank's copy takes the
+            same (averaged) steps and stays identical.
+        amp: autocast of the forward pass ("none", "bf16", "fp16" with loss scaling).
+    """
+
+    def __init__(self, stage1: nn.Module, b_pos, b_neg, modules: str = "extractor", period: int = 50,
+                 lr: float = 1e-5, device: torch.device | str = "cpu", distributed: bool = False,
+                 amp: str = "none") -> None:
+        if period < 1:
+            raise ValueError(f"GOAT period must be >= 1, got {period}")
+        self.module = PerturbedExtractor(stage1, modules).to(device)
+        # BatchNorm keeps stage 1's running statistics: bank features stay in the space of the
+        # test-time features, and only the weights wander.
+        self.module.eval()
+        self.reference = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        self.parameters = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.parameters, lr=lr)
+        self.b_pos = torch.as_tensor(b_pos, dtype=torch.float32, device=device)
+        self.b_neg = torch.as_tensor(b_neg, dtype=torch.float32, device=device)
+        self.period = period
+        self.steps = 0  # since the last reset
+        device = torch.device(device)
+        self.device, self.amp = device, amp
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.net = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None) \
+            if distributed else self.module
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Back to the stage-1 weights, with fresh optimiser moments."""
+        for key, value in self.module.state_dict().items():
+            value.copy_(self.reference[key])
+        self.optimizer.state.clear()
+        self.steps = 0
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One flooded-loss step on a batch; returns its features f (B, A, C), detached, and the loss.
+
+        The features are those of the forward pass, before the update; after every ``period``-th
+        step the weights go back to stage 1.
+        """
+        with autocast(self.device, self.amp):
+            f, logits = self.net(inputs)
+        loss = flooded_bce(logits, targets, self.b_pos, self.b_neg)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.steps += 1
+        if self.steps == self.period:
+            self.reset()
+        return f.detach().float(), float(loss.detach())

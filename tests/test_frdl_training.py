@@ -1,0 +1,222 @@
+"""FRDL stage 2 and GOAT end to end on a small SynthPA, and GOAT's pieces on hand-made inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import parlab
+from parlab.data import load_dataset
+from parlab.labelstats import positive_ratio
+from parlab.methods.frdl_config import FRDLConfig, frdl_defaults
+from parlab.methods.frdl_training import _positive_prior, load_stage1, train_frdl
+from parlab.methods.goat import GOAT, flood_levels, flooded_bce
+from parlab.models import build_model
+from parlab.training import CheckpointError, TrainConfig, load_checkpoint, train
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = {"progress": False, "log": lambda _: None}
+# The small SynthPA has an attribute without training positives; that warning is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:balanced batches cannot balance")
+
+
+@pytest.fixture(scope="module")
+def stage1(synthpa_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stage1") / "run"
+    train(TrainConfig(root=str(synthpa_root), backbone="test_resnet", head="attribute", image_size=(64, 32),
+                      epochs=2, batch_size=16, lr=1e-3, device="cpu", output_dir=str(out)), **QUIET)
+    return out
+
+
+def stage2(stage1: Path, out: Path, **changes) -> FRDLConfig:
+    base = FRDLConfig(stage1=str(stage1), epochs=3, balance_start=1, batch_size=16, lr=1e-3, bank_size=64,
+                      eval_batch_size=64, device="cpu", output_dir=str(out))
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def frdl(stage1, tmp_path_factory):
+    return train_frdl(stage2(stage1, tmp_path_factory.mktemp("frdl") / "run", tune_thresholds=True), **QUIET)
+
+
+def test_run_folder_and_a_complete_test_time_model(frdl, stage1):
+    out = frdl.output_dir
+    for name in ("config.json", "log.csv", "last.pt", "previous.pt", "best.pt", "metrics.json",
+                 "test_per_attribute.csv", "test_predictions.npz", "label_prior.csv"):
+        assert (out / name).is_file(), name
+    assert frdl.method == "FRDL" and json.loads((out / "config.json").read_text())["method"] == "FRDL"
+    best, first = load_checkpoint(out / "best.pt"), load_checkpoint(stage1 / "best.pt")
+    assert best["method"] == "FRDL" and best["stage1"]["sha256"]
+    # The test-time extractor is stage 1's, bit for bit; only the classifiers are new.
+    classifiers = {k for k in best["model"] if k.startswith("head.classifiers.")}
+    assert classifiers == {"head.classifiers.weight", "head.classifiers.bias"}
+    assert all(torch.equal(best["model"][k], first["model"][k]) for k in best["model"] if k not in classifiers)
+    assert not torch.equal(best["model"]["head.classifiers.weight"], first["model"]["head.classifiers.weight"])
+    # The run evaluated cached features; the saved model on images gives the same numbers.
+    assert parlab.evaluate(out / "best.pt").summary() == pytest.approx(frdl.test.summary(), abs=1e-6)
+    assert frdl.test_tuned is not None and len(best["thresholds"]) == 26
+    with pytest.raises(CheckpointError, match="no complete model"):
+        parlab.load_model(out / "last.pt")
+
+
+def test_heads_saw_natural_then_balanced_labels(frdl, synthpa_root):
+    prior = pd.read_csv(frdl.output_dir / "label_prior.csv", index_col="epoch")
+    assert prior["balanced"].tolist() == [False, True, True]
+    values = prior.drop(columns="balanced")
+    ann = load_dataset("synthpa", synthpa_root)
+    natural = positive_ratio(ann.labels[ann.split("train")])
+    # Epoch 1 trains on every training image once (batches of 16 divide the split or drop one image).
+    assert np.abs(values.iloc[0].to_numpy() - natural).max() < 0.02
+    # Balanced epochs: about p = 0.5 for every attribute, however rare (sampling error of ~160 draws),
+    # except one without positives in this small training split, which keeps its only label.
+    balanced = values.iloc[1:].to_numpy()
+    absent = natural == 0
+    assert absent.sum() == 1 and (balanced[:, absent] == 0).all()
+    assert abs(balanced[:, ~absent].mean() - 0.5) < 0.02 and np.abs(balanced[:, ~absent] - 0.5).max() < 0.2
+    assert natural[~absent].min() < 0.1  # so the check above means something
+
+
+def test_cached_views_give_the_recomputing_run(stage1, frdl, tmp_path):
+    cached = train_frdl(stage2(stage1, tmp_path / "cached", feature_cache=3, tune_thresholds=True), **QUIET)
+    a, b = (load_checkpoint(r.output_dir / "last.pt") for r in (frdl, cached))
+    torch.testing.assert_close(a["h_ft"], b["h_ft"], rtol=1e-4, atol=1e-5)
+    assert frdl.history["val_ma"].to_numpy() == pytest.approx(cached.history["val_ma"].to_numpy(), abs=0.5)
+
+
+def test_stage1_must_use_the_attribute_head_and_not_change_under_a_resume(stage1, synthpa_root, tmp_path):
+    plain = tmp_path / "plain"
+    train(TrainConfig(root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32), epochs=1, batch_size=16,
+                      device="cpu", output_dir=str(plain)), **QUIET)
+    with pytest.raises(ValueError, match="head='attribute'"):
+        load_stage1(plain)
+    copy = tmp_path / "stage1"
+    copy.mkdir()
+    (copy / "best.pt").write_bytes((stage1 / "best.pt").read_bytes())
+    config = stage2(copy, tmp_path / "frdl", epochs=1, feature_cache=1)
+    train_frdl(config, **QUIET)
+    ckpt = load_checkpoint(copy / "best.pt")
+    ckpt["thresholds"] = [0.4] * 26
+    torch.save(ckpt, copy / "best.pt")
+    with pytest.raises(CheckpointError, match="stage 1 changed"):
+        train_frdl(config, existing="resume", **QUIET)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_epoch(n: int):
+    def log(line: str) -> None:
+        if line.startswith(f"epoch {n:>3}/"):
+            raise _Stop
+
+    return log
+
+
+def test_goat_run_interrupted_and_resumed_ends_identical(stage1, tmp_path):
+    config = stage2(stage1, tmp_path / "whole", goat=True, goat_period=4)
+    whole = train_frdl(config, **QUIET)
+    assert "goat_loss" in whole.history and whole.method == "FRDL+GOAT"
+    assert (whole.output_dir / "flood_levels.csv").is_file()
+    cut = replace(config, output_dir=str(tmp_path / "cut"))
+    with pytest.raises(_Stop):  # after epoch 2's checkpoint, as a kill would
+        train_frdl(cut, progress=False, log=_stop_after_epoch(2))
+    resumed = train_frdl(cut, existing="resume", **QUIET)
+    a, b = (load_checkpoint(Path(r.output_dir) / "last.pt") for r in (whole, resumed))
+    assert all(torch.equal(a["h_ft"][k], b["h_ft"][k]) for k in a["h_ft"])
+    assert all(torch.equal(a["bank"][k], b["bank"][k]) for k in a["bank"])
+    assert whole.test.summary() == resumed.test.summary()
+
+
+def test_goat_restores_stage1_weights_exactly_every_period():
+    torch.manual_seed(0)
+    stage1 = build_model("test_resnet", 5, head="attribute").eval()
+    before = {k: v.clone() for k, v in stage1.state_dict().items()}
+    goat = GOAT(stage1, torch.full((5,), 0.3), torch.full((5,), 0.2), period=3, lr=1e-2)
+    x, y = torch.randn(8, 3, 64, 32), (torch.rand(8, 5) < 0.4).float()
+
+    def moved() -> bool:
+        state = goat.module.state_dict()
+        return any(not torch.equal(state[k], goat.reference[k]) for k in state)
+
+    f, loss = goat.step(x, y)
+    assert f.shape == (8, 5, stage1.head.expand.in_features) and not f.requires_grad and np.isfinite(loss)
+    assert moved()
+    goat.step(x, y)
+    assert moved()
+    goat.step(x, y)  # the third step ends the excursion
+    assert not moved() and not goat.optimizer.state
+    # The frozen classifiers never move, and stage 1 itself is untouched.
+    assert torch.equal(goat.module.head.classifiers.weight, stage1.head.classifiers.weight)
+    assert all(torch.equal(v, before[k]) for k, v in stage1.state_dict().items())
+
+
+def test_flood_levels_and_flooded_loss_on_hand_made_values():
+    logits = np.array([[2.0, 0.0], [-1.0, 1.0], [0.5, -3.0]])
+    labels = np.array([[1, 0], [0, -1], [1, 0]])
+    b_pos, b_neg = flood_levels(logits, labels)
+    bce = lambda z, y: float(F.binary_cross_entropy_with_logits(torch.tensor(z), torch.tensor(float(y))))  # noqa: E731
+    assert b_pos[0] == pytest.approx((bce(2.0, 1) + bce(0.5, 1)) / 2)
+    assert b_neg[0] == pytest.approx(bce(-1.0, 0))
+    assert b_pos[1] == 0.0  # no positives: no flooding
+    assert b_neg[1] == pytest.approx((bce(0.0, 0) + bce(-3.0, 0)) / 2)
+    # An element easier than its flood level is pushed towards it (the gradient changes sign).
+    z = torch.tensor([[3.0, -3.0]], requires_grad=True)
+    y = torch.tensor([[1.0, 1.0]])
+    loss = flooded_bce(z, y, torch.tensor([0.5, 0.5]), torch.tensor([0.1, 0.1]))
+    loss.backward()
+    assert loss.item() == pytest.approx(abs(bce(3.0, 1) - 0.5) + 0.5 + bce(-3.0, 1))
+    assert z.grad[0, 0] > 0 and z.grad[0, 1] < 0  # the easy positive goes down, the hard one up
+
+
+def test_attribute_with_one_label_keeps_it_in_balanced_batches():
+    labels = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 1]])
+    config = FRDLConfig(positive_prior=0.5)
+    with pytest.warns(UserWarning, match="b \\(no positives\\)"):
+        prior = _positive_prior(config, labels, ["a", "b", "c"])
+    assert prior.tolist() == [0.5, 0.0, 0.5]
+    assert frdl_defaults("PA100k") == {"balance_start": 3, "epochs": 20} and frdl_defaults("synthpa") == {}
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="feature_cache needs a fixed backbone"):
+        FRDLConfig(goat=True, feature_cache=2)
+    with pytest.raises(ValueError, match="balance_start"):
+        FRDLConfig(balance_start=5, epochs=3)
+    FRDLConfig(goat=True, goat_modules="attribute_features", feature_cache=2)  # allowed
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gather_before_pushing(stage1, synthpa_root, tmp_path):
+    out = tmp_path / "ddp"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # One natural epoch, a bank larger than the split: every pushed entry stays.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "parlab", "frdl", "--stage1", str(stage1), "--epochs", "1",
+           "--balance-start", "1", "--batch-size", "16", "--bank-size", "1024", "--device", "cpu", "--no-progress",
+           "--output-dir", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    ann = load_dataset("synthpa", synthpa_root)
+    train_labels = ann.labels[ann.split("train")]
+    assert len(train_labels) % 32 == 0  # two ranks of 16: no padding, no dropped image
+    expected = np.stack([(train_labels == 0).sum(0), (train_labels == 1).sum(0)], axis=1)
+    # Rank 0's bank holds the features of both ranks' images.
+    assert load_checkpoint(out / "last.pt")["bank"]["count"].numpy().tolist() == expected.tolist()
+    distributed = json.loads((out / "metrics.json").read_text())["test"]
+    assert parlab.evaluate(out / "best.pt").summary() == pytest.approx(distributed, abs=1e-6)
