@@ -1,6 +1,7 @@
-"""FRDL feature bank: vectorised push + pop against a per-sample Python loop and a plain copy.
+"""FRDL feature bank: vectorised push + pop against a per-sample Python loop and a plain copy;
+the bank's share of a stage-2 step; cached against recomputed stage-2 features.
 
-Three timings in the same run, one CPU thread, B=64, A=26, C=2048, K=1024:
+Part 1, three timings in the same run, one CPU thread, B=64, A=26, C=2048, K=1024:
 - parlab's ``FeatureBank`` (one (A, 2, K, C) tensor, vectorised push and pop);
 - a straightforward per-sample, per-attribute loop over Python lists of tensors,
   the way the public FRDL code does it (written here, for reference only);
@@ -9,7 +10,12 @@ Three timings in the same run, one CPU thread, B=64, A=26, C=2048, K=1024:
   different place each step so that, as for the bank, the bytes are not
   already in the CPU caches.
 
-    .venv/bin/python benchmarks/frdl_bank.py [--dim 2048] [--threads 1]
+Part 2, the SynthPA default profile (resnet10t attribute head, 64x32 images,
+batch 64, all CPU threads): balanced stage-2 steps timed section by section,
+once recomputing the frozen features from images every step and once reading
+them from a cache of pooled features, plus the one-off extraction of a view.
+
+    .venv/bin/python benchmarks/frdl_bank.py [--dim 2048] [--threads 1] [--no-stage2]
 """
 
 from __future__ import annotations
@@ -75,7 +81,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--no-stage2", action="store_true", help="skip part 2 (SynthPA default profile)")
+    parser.add_argument("--stage2-steps", type=int, default=60)
+    parser.add_argument("--root", default="data/synthpa", help="SynthPA default (generated when missing)")
     args = parser.parse_args()
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     b, a, c, k = args.batch, args.attributes, args.dim, args.size
     g = torch.Generator().manual_seed(0)
@@ -109,6 +119,91 @@ def main() -> None:
     print(f"FeatureBank push+pop:        {fast:9.2f} ms/step")
     print(f"per-sample Python loop:      {slow:9.2f} ms/step  ({slow / fast:.1f}x slower)")
     print(f"copy of the same {mib:.0f} MiB:     {floor:9.2f} ms/step  (bank = {fast / floor:.2f}x the copy)")
+    if not args.no_stage2:
+        torch.set_num_threads(threads)
+        stage2_profile(args.root, args.stage2_steps)
+
+
+def stage2_profile(root: str, steps: int) -> None:
+    """Balanced stage-2 steps of the default profile, recomputed and cached, timed by section."""
+    from parlab.data import load_dataset
+    from parlab.data.images import PARImageDataset, build_transform
+    from parlab.data.synthpa import generate
+    from parlab.models import build_model
+    from parlab.models.heads import AttributeClassifiers
+    from parlab.training.distributed import setup
+    from parlab.training.engine import train_loader
+    from parlab.training.evaluation import eval_loader, forward_split
+    from parlab.training.losses import multilabel_bce
+
+    ann = load_dataset("synthpa", generate(root, "default"))
+    a, batch = ann.num_attributes, 64
+    torch.manual_seed(0)
+    model = build_model("resnet10t", a, head="attribute", image_size=(64, 32)).eval().requires_grad_(False)
+    c = model.head.expand.in_features
+    ctx = setup("cpu")
+    train_set = PARImageDataset(ann, "train", build_transform((64, 32), train=True))
+    loader = train_loader(train_set, batch, 0, 0, ctx)
+    loader.sampler.set_epoch(0)
+
+    start = time.perf_counter()
+    eval_set = PARImageDataset(ann, "train", build_transform((64, 32), train=False))
+    cache, _ = forward_split(model.backbone, eval_loader(eval_set, 128, 0, ctx), ctx)
+    extract_s = time.perf_counter() - start
+    labels_all = torch.from_numpy(ann.labels[train_set.rows].astype("float32"))
+
+    def run(cached: bool) -> dict[str, float]:
+        bank = FeatureBank(a, c, size=1024)
+        heads = AttributeClassifiers(a, c)
+        optimizer = torch.optim.Adam(heads.parameters(), lr=1e-3, weight_decay=5e-4)
+        popped = torch.empty(batch, a, c)
+        draws = torch.Generator().manual_seed(0)
+        times = dict.fromkeys(("data", "backbone", "attribute features", "bank push+pop", "heads"), 0.0)
+        batches = iter(loader)
+        for step in range(steps + 10):  # the first 10 steps fill the bank and are not timed
+            t = [time.perf_counter()]
+            if cached:
+                take = torch.randint(len(cache), (batch,), generator=draws)
+                g, y = cache[take], labels_all[take]
+                t.append(time.perf_counter())
+            else:
+                x, y, _ = next(batches)
+                t.append(time.perf_counter())
+                with torch.no_grad():
+                    g = model.backbone(x)
+            t.append(time.perf_counter())
+            with torch.no_grad():
+                f = model.head.features(g)
+            t.append(time.perf_counter())
+            bank.push(f, y)
+            if step == 9:
+                bank.fill_by_repetition()
+            feats, labels = bank.pop(batch, 0.5, draws, out=popped) if step >= 9 else (f, y)
+            t.append(time.perf_counter())
+            loss = multilabel_bce(heads(torch.relu(feats)), labels.float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            t.append(time.perf_counter())
+            if step >= 10:
+                for key, begin, end in zip(times, t, t[1:]):
+                    times[key] += (end - begin) * 1e3 / steps
+        return times
+
+    print(f"\nstage 2, SynthPA default profile: resnet10t attribute head, A={a} C={c}, batch {batch}, "
+          f"{torch.get_num_threads()} thread(s), {steps} balanced steps")
+    steps_per_epoch = len(loader)
+    results = {}
+    for name, cached in (("recomputed from images", False), ("cached pooled features", True)):
+        times = run(cached)
+        total = sum(times.values())
+        results[name] = total
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in times.items())
+        print(f"{name:>24}: {total:7.1f} ms/step ({parts}); bank share {100 * times['bank push+pop'] / total:.1f}%; "
+              f"epoch of {steps_per_epoch} steps {total * steps_per_epoch / 1e3:.1f} s")
+    ratio = results["recomputed from images"] / results["cached pooled features"]
+    print(f"cached steps are {ratio:.1f}x faster; extracting one cached view of {len(cache)} images took "
+          f"{extract_s:.1f} s")
 
 
 if __name__ == "__main__":

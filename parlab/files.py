@@ -1,11 +1,10 @@
-"""Atomic file writes (a temporary file in the target folder, then a rename) and file digests.
+"""Atomic file writes: a temporary file in the target folder, then a rename.
 
 A run killed mid-write leaves the previous file (or none), never half of one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -47,11 +46,3 @@ def write_json(path: str | Path, obj) -> Path:
     """``obj`` as indented JSON (NumPy scalars become floats)."""
     return write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=float)))
 
-
-def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (read in chunks, so large weight files are fine)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -57,7 +57,7 @@ def test_run_folder_and_a_complete_test_time_model(frdl, stage1):
         assert (out / name).is_file(), name
     assert frdl.method == "FRDL" and json.loads((out / "config.json").read_text())["method"] == "FRDL"
     best, first = load_checkpoint(out / "best.pt"), load_checkpoint(stage1 / "best.pt")
-    assert best["method"] == "FRDL" and best["stage1"]["sha256"]
+    assert best["method"] == "FRDL" and best["stage1"]["weights_sha256"]
     # The test-time extractor is stage 1's, bit for bit; only the classifiers are new.
     classifiers = {k for k in best["model"] if k.startswith("head.classifiers.")}
     assert classifiers == {"head.classifiers.weight", "head.classifiers.bias"}
@@ -106,9 +106,12 @@ def test_stage1_must_use_the_attribute_head_and_not_change_under_a_resume(stage1
     config = stage2(copy, tmp_path / "frdl", epochs=1, feature_cache=1)
     train_frdl(config, **QUIET)
     ckpt = load_checkpoint(copy / "best.pt")
-    ckpt["thresholds"] = [0.4] * 26
+    ckpt["thresholds"] = [0.4] * 26  # the same weights saved again: still the same stage 1
     torch.save(ckpt, copy / "best.pt")
-    with pytest.raises(CheckpointError, match="stage 1 changed"):
+    train_frdl(config, existing="resume", **QUIET)
+    ckpt["model"]["head.classifiers.bias"] += 1.0
+    torch.save(ckpt, copy / "best.pt")
+    with pytest.raises(CheckpointError, match="stage-1 weights changed"):
         train_frdl(config, existing="resume", **QUIET)
 
 

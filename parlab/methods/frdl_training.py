@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from parlab.data import load_dataset
 from parlab.data.images import PARImageDataset, build_transform
-from parlab.files import sha256, write_atomic, write_json
+from parlab.files import write_atomic, write_json
 from parlab.methods.frdl import FeatureBank
 from parlab.methods.frdl_config import FRDLConfig
 from parlab.methods.goat import GOAT, flood_levels
@@ -58,6 +58,7 @@ from parlab.training.checkpoint import (
     load_checkpoint,
     load_state_strict,
     save_atomic,
+    state_digest,
 )
 from parlab.training.config import TrainConfig
 from parlab.training.engine import (
@@ -90,7 +91,7 @@ class Stage1:
     """A stage-1 model read from its checkpoint."""
 
     path: Path
-    sha256: str
+    digest: str  # of the weights (checkpoint.state_digest)
     config: TrainConfig
     attributes: list[str]
     model: PARModel  # eval mode, frozen
@@ -115,7 +116,7 @@ def load_stage1(source: str | Path, device: torch.device | str = "cpu") -> Stage
     model = model_for(config, len(attributes), pretrained=False)
     load_state_strict(model, ckpt["model"], str(path))
     model.requires_grad_(False)
-    return Stage1(path, sha256(path), config, attributes, model.to(device).eval())
+    return Stage1(path, state_digest(ckpt["model"]), config, attributes, model.to(device).eval())
 
 
 def train_frdl(config: FRDLConfig, existing: str = "error", progress: bool = True, log=None) -> RunResult:
@@ -186,9 +187,10 @@ def _train_frdl(config: FRDLConfig, existing: str, progress: bool, log, ctx: dis
         out.mkdir(parents=True, exist_ok=True)
     resume = prepare_run_folder(out, config, existing, ctx, RESUMABLE_CHANGES, EXTRA_FILES, "frdl_config")
     stage1 = load_stage1(config.stage1, device)
-    if resume is not None and resume["stage1"]["sha256"] != stage1.sha256:
-        raise CheckpointError(f"{out / 'last.pt'}: stage 1 changed since this run started ({stage1.path} has "
-                              f"sha256 {stage1.sha256[:12]}..., the run used {resume['stage1']['sha256'][:12]}...)")
+    if resume is not None and resume["stage1"]["weights_sha256"] != stage1.digest:
+        raise CheckpointError(f"{out / 'last.pt'}: the stage-1 weights changed since this run started ({stage1.path} "
+                              f"holds weights {stage1.digest[:12]}..., the run used "
+                              f"{resume['stage1']['weights_sha256'][:12]}...)")
     # Data, splits and image size are stage 1's; only the root may move and the selection split change.
     data_config = replace(stage1.config, root=config.root or stage1.config.root, select_on=config.select_on,
                           device=config.device)
@@ -254,7 +256,7 @@ def _train_frdl(config: FRDLConfig, existing: str, progress: bool, log, ctx: dis
             runlog.write()
         write_json(out / "config.json", {
             "method": config.method, "frdl_config": config.to_dict(), "config": data_config.to_dict(),
-            "stage1": {"path": str(stage1.path), "sha256": stage1.sha256}, "seed": config.seed,
+            "stage1": {"path": str(stage1.path), "weights_sha256": stage1.digest}, "seed": config.seed,
             "world_size": ctx.world_size, "device": str(device), "selection": plan.note,
             "train_images": len(plan.train), "val_images": len(plan.val), "test_images": len(plan.test),
             "attributes": list(annotations.attributes), "versions": library_versions(),
@@ -347,7 +349,7 @@ def _train_frdl(config: FRDLConfig, existing: str, progress: bool, log, ctx: dis
                 "best_h_ft": best_h_ft, "optimizer": optimizer.state_dict(), "bank": bank.state_dict(),
                 "best": best, "history": history, "label_prior": [torch.from_numpy(p) for p in priors],
                 "rng": rng_state(), "frdl_config": config.to_dict(), "config": data_config.to_dict(),
-                "stage1": {"path": str(stage1.path), "sha256": stage1.sha256},
+                "stage1": {"path": str(stage1.path), "weights_sha256": stage1.digest},
                 "attributes": list(annotations.attributes), "versions": library_versions(),
             }, out / "last.pt", keep_previous=True)
             table = pd.DataFrame(np.stack(priors), columns=annotations.attributes,
@@ -376,7 +378,7 @@ def _train_frdl(config: FRDLConfig, existing: str, progress: bool, log, ctx: dis
         ckpt = model_checkpoint(model, data_config, annotations.attributes, best["epoch"], evaluation.val.summary(),
                                 evaluation.thresholds, plan.note)
         ckpt |= {"method": config.method, "method_config": config.to_dict(),
-                 "stage1": {"path": str(stage1.path), "sha256": stage1.sha256}}
+                 "stage1": {"path": str(stage1.path), "weights_sha256": stage1.digest}}
         save_atomic(ckpt, out / "best.pt")
         write_results(out, evaluation, plan.note, best["epoch"], config.epochs, ctx.world_size,
                       time.perf_counter() - start_time, log)

@@ -10,6 +10,7 @@ checkpoint cannot run code.
 from __future__ import annotations
 
 import functools
+import hashlib
 import pickle
 import platform
 import zipfile
@@ -76,6 +77,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a parlab checkpoint (expected format {FORMAT!r})")
     return ckpt
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and bytes: the identity of a set of weights.
+
+    Unlike a digest of the checkpoint file, it does not change when the same weights are saved again
+    (``torch.save`` writes a fresh serialization id each time).
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().reshape(-1).contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(state[key].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def state_dict_difference(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 8) -> list[str]:

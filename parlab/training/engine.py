@@ -382,7 +382,8 @@ def _finish(config: TrainConfig, annotations, plan: SplitPlan, loaders: dict, be
     test_preds = predict_dataset(model, loaders["test"], *args, desc="test")
     evaluation = evaluate_selected(annotations, val_preds, test_preds, config.threshold, config.tune_thresholds)
     if ctx.is_main:
-        if evaluation.thresholds is not None:
+        # Only new thresholds are written: re-opening a finished run leaves its best.pt untouched.
+        if evaluation.thresholds is not None and best_ckpt["thresholds"] != evaluation.thresholds.tolist():
             best_ckpt["thresholds"] = evaluation.thresholds.tolist()
             save_atomic(best_ckpt, out / "best.pt")
         write_results(out, evaluation, plan.note, best["epoch"], config.epochs, ctx.world_size,
