@@ -118,8 +118,8 @@ class GOAT:
         self.reference = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
         self.parameters = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=lr)
-        self.b_pos = torch.as_tensor(b_pos, dtype=torch.float32, device=device)
-        self.b_neg = torch.as_tensor(b_neg, dtype=torch.float32, device=device)
+        self.b_pos = torch.tensor(np.asarray(b_pos, dtype=np.float32), device=device)  # a copy: inputs may be read-only
+        self.b_neg = torch.tensor(np.asarray(b_neg, dtype=np.float32), device=device)
         self.period = period
         self.steps = 0  # since the last reset
         device = torch.device(device)
