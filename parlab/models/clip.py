@@ -1,0 +1,71 @@
+"""CLIP models from open_clip by name, with weights only from local files.
+
+Besides open_clip's own architectures (``ViT-L-14-quickgelu`` and
+``ViT-B-16-quickgelu`` hold OpenAI's CLIP; the names without ``-quickgelu``
+silently use the wrong activation with those weights), parlab registers small
+architectures for CPU work, stored as JSON like open_clip's model configs in
+``parlab/models/clip_configs/``:
+
+- ``parlab-clip-tiny``: a 4-layer ViT (patch 8, width 128) on 64x32 images and a
+  4-layer text transformer, 128-d embeddings; what parlab pretrains on SynthPA's
+  captions when no real CLIP weights can be had.
+
+Nothing is downloaded: ``weights`` must be a local file (an open_clip
+checkpoint or ``.safetensors``), and a missing one is an error saying how to
+get it. ``weights=None`` builds random weights, with a warning.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import warnings
+from pathlib import Path
+
+import torch.nn as nn
+
+CONFIG_DIR = Path(__file__).parent / "clip_configs"
+
+
+@functools.cache
+def _register_configs() -> None:
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+
+
+def clip_models() -> list[str]:
+    """Every architecture name ``create_clip`` accepts (open_clip's and parlab's)."""
+    import open_clip
+
+    _register_configs()
+    return open_clip.list_models()
+
+
+def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
+                image_size: tuple[int, int] | int | None = None) -> nn.Module:
+    """An open_clip CLIP model of architecture ``name`` with weights from the local file ``weights``.
+
+    ``image_size`` overrides the architecture's input size (height, width); position embeddings of
+    the weights are interpolated to the new patch grid when they are loaded.
+    """
+    import open_clip
+
+    names = clip_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        raise ValueError(f"unknown CLIP architecture {name!r}" + (f"; close: {', '.join(close)}" if close else ""))
+    size = tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size
+    if weights is None or str(weights) == "":
+        warnings.warn(f"{name}: random weights (no weights file given); fine for counting parameters and tests, "
+                      "not for training", stacklevel=2)
+        return open_clip.create_model(name, pretrained=None, device=device, force_image_size=size)
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: CLIP weights file not found. parlab never downloads: fetch the file on a connected "
+            f"machine (e.g. open_clip's {name} weights as open_clip_pytorch_model.bin or .safetensors from "
+            "its Hugging Face page) and pass its path"
+        )
+    return open_clip.create_model(name, pretrained=str(path), device=device, force_image_size=size,
+                                  weights_only=True)
