@@ -42,6 +42,14 @@ def clip_models() -> list[str]:
     return open_clip.list_models()
 
 
+def clip_tokenizer(name: str):
+    """open_clip's tokenizer for architecture ``name`` (its vocabulary ships with open_clip: offline)."""
+    import open_clip
+
+    _register_configs()
+    return open_clip.get_tokenizer(name)
+
+
 def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
                 image_size: tuple[int, int] | int | None = None) -> nn.Module:
     """An open_clip CLIP model of architecture ``name`` with weights from the local file ``weights``.
