@@ -63,6 +63,7 @@ from parlab.training.checkpoint import (
 from parlab.training.config import TrainConfig
 from parlab.training.engine import (
     METRIC_KEYS,
+    RESUMABLE_CHANGES,
     RunResult,
     TrainingDiverged,
     drops_last_batch,
@@ -82,7 +83,6 @@ from parlab.training.sampling import EpochSampler, epoch_seed
 from parlab.training.seeding import rng_state, seed_everything, set_rng_state
 from parlab.training.splits import resolve_splits
 
-RESUMABLE_CHANGES = ("device", "num_workers", "output_dir", "tensorboard", "eval_batch_size")
 EXTRA_FILES = ("label_prior.csv", "flood_levels.csv")
 
 
