@@ -163,7 +163,7 @@ def pretrain_clip(config: CLIPPretrainConfig, existing: str = "error", progress:
     write_json(record, {"config": config.to_dict(), "recall": recall,
                                           "zero_shot": zero_shot.summary(), "history": history})
     log(f"{config.clip_model}: recall@1 {recall[1]:.1f}  recall@5 {recall[5]:.1f}  zero-shot mA "
-        f"{zero_shot.ma:.2f}  ({out})")
+        f"{zero_shot.summary()['ma']:.2f}  ({out})")
     return result
 
 
