@@ -245,10 +245,10 @@ def _train_frdl(config: FRDLConfig, existing: str, progress: bool, log, ctx: dis
         train_set = PARImageDataset(annotations, plan.train, build_transform(data_config.image_size, train=True))
         if config.feature_cache:
             cache = _extract_views(stage1.model.backbone, train_set, config, ctx, progress)
+            cached_labels = torch.from_numpy(train_labels.astype(np.float32)).to(device)
+            cached_rows = torch.from_numpy(plan.train.astype(np.int64)).to(device)
         else:
             loader = train_loader(train_set, config.batch_size, config.seed, config.num_workers, ctx)
-    labels_dev = torch.from_numpy(train_labels.astype(np.float32)).to(device)
-    rows_dev = torch.from_numpy(plan.train.astype(np.int64)).to(device)
 
     runlog = RunLog(out, history, config.tensorboard) if ctx.is_main else None
     if ctx.is_main:
@@ -275,7 +275,7 @@ def _train_frdl(config: FRDLConfig, existing: str, progress: bool, log, ctx: dis
         if goat is not None:
             goat.reset()  # excursions restart with the epoch, so a checkpoint needs no copy of the wanderer
         if cache is not None:
-            batches, steps = _cached_batches(cache, labels_dev, rows_dev, epoch, config, ctx), None
+            batches, steps = _cached_batches(cache, cached_labels, cached_rows, epoch, config, ctx), None
         else:
             loader.sampler.set_epoch(epoch)
             batches, steps = loader, len(loader)

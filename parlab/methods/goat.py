@@ -111,18 +111,17 @@ class GOAT:
                  amp: str = "none") -> None:
         if period < 1:
             raise ValueError(f"GOAT period must be >= 1, got {period}")
+        device = torch.device(device)
         self.module = PerturbedExtractor(stage1, modules).to(device)
         # BatchNorm keeps stage 1's running statistics: bank features stay in the space of the
         # test-time features, and only the weights wander.
         self.module.eval()
         self.reference = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-        self.parameters = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.parameters, lr=lr)
+        self.optimizer = torch.optim.Adam([p for p in self.module.parameters() if p.requires_grad], lr=lr)
         self.b_pos = torch.tensor(np.asarray(b_pos, dtype=np.float32), device=device)  # a copy: inputs may be read-only
         self.b_neg = torch.tensor(np.asarray(b_neg, dtype=np.float32), device=device)
         self.period = period
         self.steps = 0  # since the last reset
-        device = torch.device(device)
         self.device, self.amp = device, amp
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         self.net = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None) \

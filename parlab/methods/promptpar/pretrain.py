@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.data import DataLoader, Dataset
 
 from parlab.data import load_dataset
@@ -41,9 +42,6 @@ from parlab.training.optim import WarmupCosine
 from parlab.training.sampling import EpochSampler, epoch_seed
 from parlab.training.seeding import seed_everything
 
-# open_clip's OpenAI normalisation, which every CLIP architecture here expects.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -136,7 +134,8 @@ def pretrain_clip(config: CLIPPretrainConfig, existing: str = "error", progress:
     tokenizer = clip_tokenizer(config.clip_model)
 
     def split(name: str, train: bool) -> _CaptionedImages:
-        tf = PARTransform(config.image_size, train=train, mean=CLIP_MEAN, std=CLIP_STD)
+        # OpenAI normalisation: what every CLIP architecture (and its weights) here expects.
+        tf = PARTransform(config.image_size, train=train, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
         images = PARImageDataset(ann, name, tf)
         names = [str(ann.image_path(r).relative_to(Path(config.root))) for r in images.rows]
         lacking = [n for n in names if n not in captions]
