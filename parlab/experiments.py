@@ -15,6 +15,7 @@ from pathlib import Path
 
 from parlab.methods.frdl_config import FRDLConfig
 from parlab.methods.frdl_training import train_frdl
+from parlab.methods.promptpar import PromptPARConfig, train_promptpar
 from parlab.training import RunResult, TrainConfig, train
 
 
@@ -36,6 +37,10 @@ def open_run(folder: str | Path, device: str = "auto", progress: bool = False) -
         config = FRDLConfig.from_dict(record["frdl_config"], source=str(folder / "config.json"))
         return train_frdl(_here(config, folder, device), existing="resume", progress=progress, log=quiet)
     config = TrainConfig.from_dict(record["config"], source=str(folder / "config.json"))
+    if method == "PromptPAR":
+        model_config = PromptPARConfig.from_dict(record["method_config"], source=str(folder / "config.json"))
+        return train_promptpar(_here(config, folder, device), model_config, existing="resume", progress=progress,
+                               log=quiet)
     return train(_here(config, folder, device), existing="resume", progress=progress, log=quiet)
 
 

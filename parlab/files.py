@@ -5,6 +5,7 @@ A run killed mid-write leaves the previous file (or none), never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -46,3 +47,12 @@ def write_json(path: str | Path, obj) -> Path:
     """``obj`` as indented JSON (NumPy scalars become floats)."""
     return write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=float)))
 
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (CLIP weights files are up to a few GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

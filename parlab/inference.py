@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from parlab.data import load_dataset
-from parlab.data.images import PARImageDataset, build_transform, load_rgb
+from parlab.data.images import PARImageDataset, PARTransform, load_rgb
 from parlab.metrics import PARMetrics, pedestrian_metrics
-from parlab.models import PARModel
-from parlab.training.checkpoint import CheckpointError, check_attributes, load_checkpoint, load_state_strict
+from parlab.training.checkpoint import CheckpointError, check_attributes, load_checkpoint
 from parlab.training.config import TrainConfig
 from parlab.training.distributed import DistContext, resolve_device
-from parlab.training.engine import model_for
+from parlab.training.recipe import Recipe
 from parlab.training.evaluation import autocast, eval_loader, predict_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -31,16 +31,21 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: PARModel  # in eval mode, on ``device``
+    model: nn.Module  # in eval mode, on ``device``
     config: TrainConfig
     attributes: tuple[str, ...]
     thresholds: np.ndarray  # (A,)
     device: torch.device
     source: Path
+    transform: PARTransform  # the evaluation transform the model was trained with
 
 
-def load_model(checkpoint: str | Path, device: str = "cpu") -> LoadedModel:
-    """Rebuild the model of a ``best.pt`` (or ``last.pt``) checkpoint; weights_only loading, strict keys."""
+def load_model(checkpoint: str | Path, device: str = "cpu", clip_weights: str | None = None) -> LoadedModel:
+    """Rebuild the model of a ``best.pt`` (or ``last.pt``) checkpoint; weights_only loading, strict keys.
+
+    A PromptPAR checkpoint holds only its trained parameters: the base CLIP file is read from where
+    the run found it, or from ``clip_weights``, and must be the same file (same sha256).
+    """
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
     if "model" not in ckpt:
@@ -48,13 +53,20 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> LoadedModel:
                               "run's best.pt")
     config = TrainConfig.from_dict(ckpt["config"], source=str(path))
     attributes = tuple(ckpt["attributes"])
-    model = model_for(config, len(attributes), pretrained=False)
+    if ckpt.get("method") == "PromptPAR":
+        from parlab.methods.promptpar.training import recipe_from_checkpoint
+
+        recipe = recipe_from_checkpoint(ckpt, str(path), clip_weights)
+    else:
+        recipe = Recipe(config)
+    model = recipe.build(len(attributes), pretrained=False)
     # A training checkpoint evaluates its EMA weights when the run kept them, like the run itself.
     state = ckpt["ema"] if ckpt.get("kind") == "training" and ckpt.get("ema") is not None else ckpt["model"]
-    load_state_strict(model, state, str(path))
+    recipe.load_state_dict(model, state, str(path))
     dev = resolve_device(device)
     thresholds = ckpt.get("thresholds") or [config.threshold] * len(attributes)
-    return LoadedModel(model.to(dev).eval(), config, attributes, np.asarray(thresholds, dtype=np.float64), dev, path)
+    return LoadedModel(model.to(dev).eval(), config, attributes, np.asarray(thresholds, dtype=np.float64), dev, path,
+                       recipe.transform(train=False))
 
 
 def list_images(images_or_folder) -> list[Path]:
@@ -101,7 +113,7 @@ def predict(checkpoint: str | Path | LoadedModel, images_or_folder, device: str 
     """
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
     files = list_images(images_or_folder)
-    loader = DataLoader(_Files(files, build_transform(loaded.config.image_size, train=False)),
+    loader = DataLoader(_Files(files, loaded.transform),
                         batch_size=batch_size, num_workers=num_workers)
     probs = []
     for x in loader:
@@ -125,7 +137,7 @@ def evaluate(checkpoint: str | Path | LoadedModel, dataset: str | None = None, r
     cfg = loaded.config
     annotations = load_dataset(dataset or cfg.dataset, root or cfg.root, cfg.partition)
     check_attributes(loaded.attributes, annotations.attributes, str(loaded.source), annotations.name)
-    data = PARImageDataset(annotations, split, build_transform(cfg.image_size, train=False))
+    data = PARImageDataset(annotations, split, loaded.transform)
     ctx = DistContext(0, 1, 0, loaded.device)
     preds = predict_dataset(loaded.model, eval_loader(data, batch_size, num_workers, ctx), ctx, cfg.amp)
     thr = cfg.threshold if threshold is None else threshold

@@ -41,7 +41,7 @@ def results_table(runs: dict[str, RunResult], dataset: str = "") -> pd.DataFrame
     rows = []
     for name, run in runs.items():
         row = {"method": name, "dataset": dataset or run.config.dataset, "training": run.method,
-               "backbone": run.config.backbone, "loss": run.config.loss, **_percent(run.test.summary())}
+               "backbone": getattr(run.method_config, "clip_model", run.config.backbone), "loss": run.config.loss, **_percent(run.test.summary())}
         if run.test_tuned is not None:
             tuned = run.test_tuned.summary()
             row |= {"mA (tuned thr.)": tuned["ma"], "F1 (tuned thr.)": tuned["f1"]}

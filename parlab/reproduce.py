@@ -20,10 +20,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 # Ordered notebooks; later ones plug in here.
-NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_label_imbalance", "03_baseline", "04_frdl_goat")
+NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_label_imbalance", "03_baseline", "04_frdl_goat",
+                               "05_promptpar")
 
-# Training notebooks take these parameters from the profile (plus "runs_dir").
-TRAINING = ("03_baseline", "04_frdl_goat")
+# Training notebooks take the profile's training parameters they declare (plus "runs_dir").
+TRAINING = ("03_baseline", "04_frdl_goat", "05_promptpar")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class Profile:
     seed: int = 0
     extra: dict[str, dict] = field(default_factory=dict)  # per-notebook overrides
 
-    def parameters(self, notebook: str, repo: Path) -> dict:
+    def parameters(self, notebook: str, repo: Path, declared: set[str] | None = None) -> dict:
+        """The notebook's parameters; with ``declared`` (its parameter names), shared ones it lacks are left out."""
         params = {
             "dataset": "synthpa",
             "root": str(repo / self.data_root),
@@ -51,6 +53,11 @@ class Profile:
             params |= {"runs_dir": str(repo / self.runs_dir), "progress": False, **self.training}
         else:
             params["interactive"] = False
+        if declared is not None:
+            params = {k: v for k, v in params.items() if k in declared}
+            unknown = sorted(set(self.extra.get(notebook, {})) - declared)
+            if unknown:
+                raise ValueError(f"profile {self.name!r} sets {', '.join(unknown)}, not parameters of {notebook}")
         params.update(self.extra.get(notebook, {}))
         return params
 
@@ -60,7 +67,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "smoke", "data/synthpa-smoke", "runs/smoke/figures", "runs/smoke/train",
                      training={"backbone": "test_resnet", "epochs": 2, "batch_size": 32, "image_size": [64, 32]},
                      extra={"04_frdl_goat": {"frdl_epochs": 2, "balance_start": 1, "feature_cache": 1,
-                                             "seeds": [0, 1]}}),
+                                             "seeds": [0, 1]},
+                            "05_promptpar": {"clip_epochs": 1, "vis_prompt": 10, "count_large_models": False}}),
     # The notebooks' own defaults (a few minutes per run on a 2-core CPU).
     "default": Profile("default", "default", "data/synthpa", "figures", "runs/default/train"),
 }
@@ -107,7 +115,7 @@ def run_notebooks(
         start = time.perf_counter()
         try:
             pm.execute_notebook(
-                str(source), str(target), parameters=prof.parameters(name, repo),
+                str(source), str(target), parameters=prof.parameters(name, repo, set(pm.inspect_notebook(str(source)))),
                 cwd=str(repo / "notebooks"), progress_bar=False, kernel_name="python3",
             )
         except pm.PapermillExecutionError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import warnings
 from pathlib import Path
 
@@ -68,7 +69,11 @@ def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
     if weights is None or str(weights) == "":
         warnings.warn(f"{name}: random weights (no weights file given); fine for counting parameters and tests, "
                       "not for training", stacklevel=2)
-        return open_clip.create_model(name, pretrained=None, device=device, force_image_size=size)
+        logging.disable(logging.WARNING)  # open_clip's own "no pretrained weights" line repeats the warning above
+        try:
+            return open_clip.create_model(name, pretrained=None, device=device, force_image_size=size)
+        finally:
+            logging.disable(logging.NOTSET)
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(

@@ -31,11 +31,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from parlab.data import load_dataset
-from parlab.data.images import PARImageDataset, build_transform
+from parlab.data.images import PARImageDataset
 from parlab.files import write_atomic, write_json
 from parlab.labelstats import positive_ratio
 from parlab.metrics import PARMetrics, pedestrian_metrics
-from parlab.models import build_model
 from parlab.training import distributed as dist
 from parlab.training.checkpoint import (
     FORMAT,
@@ -43,13 +42,12 @@ from parlab.training.checkpoint import (
     check_attributes,
     library_versions,
     load_checkpoint,
-    load_state_strict,
     save_atomic,
 )
 from parlab.training.config import TrainConfig
 from parlab.training.evaluation import Predictions, autocast, eval_loader, predict_dataset
 from parlab.training.losses import PARLoss
-from parlab.training.optim import build_optimizer, build_scheduler, steps_per_batch
+from parlab.training.recipe import Recipe
 from parlab.training.runlog import RunLog
 from parlab.training.sampling import EpochSampler, epoch_seed
 from parlab.training.seeding import rng_state, seed_everything, set_rng_state
@@ -84,9 +82,8 @@ class RunResult:
 
 
 def model_for(config: TrainConfig, num_attributes: int, pretrained: bool = True) -> nn.Module:
-    """The config's model; ``pretrained=False`` skips the weights file (a checkpoint will be loaded)."""
-    return build_model(config.backbone, num_attributes, config.head, config.weights if pretrained else None,
-                       config.drop_rate, config.image_size)
+    """The config's baseline model; ``pretrained=False`` skips the weights file (a checkpoint will be loaded)."""
+    return Recipe(config).build(num_attributes, pretrained=pretrained)
 
 
 def _out(config: TrainConfig) -> Path:
@@ -164,22 +161,24 @@ def _eval_model(model: nn.Module, ema) -> nn.Module:
 
 
 def model_checkpoint(model: nn.Module, config: TrainConfig, attributes, epoch: int, metrics: dict,
-                      thresholds: np.ndarray | None, note: str) -> dict:
+                      thresholds: np.ndarray | None, note: str, recipe: Recipe | None = None) -> dict:
+    recipe = recipe or Recipe(config)
     return {
         "format": FORMAT,
         "kind": "model",
         "epoch": epoch,
-        "model": model.state_dict(),
+        "model": recipe.state_dict(model),
         "config": config.to_dict(),
         "attributes": list(attributes),
         "thresholds": None if thresholds is None else [float(t) for t in thresholds],
         "metrics": metrics,
         "selection": note,
         "versions": library_versions(),
-    }
+    } | recipe.checkpoint_fields()
 
 
-def train(config: TrainConfig, existing: str = "error", progress: bool = True, log=None) -> RunResult:
+def train(config: TrainConfig, existing: str = "error", progress: bool = True, log=None,
+          recipe: Recipe | None = None) -> RunResult:
     """Train, select on validation, test once; see the module docstring for what is written.
 
     Args:
@@ -190,7 +189,8 @@ def train(config: TrainConfig, existing: str = "error", progress: bool = True, l
         log: where the one-line-per-epoch summary goes (default: printed and flushed, so that
             redirected output of long runs shows each epoch as it ends).
     """
-    return launch(lambda line_log, ctx: _train(config, existing, progress, line_log, ctx), config.device, log)
+    recipe = recipe or Recipe(config)
+    return launch(lambda line_log, ctx: _train(config, recipe, existing, progress, line_log, ctx), config.device, log)
 
 
 def launch(body, device: str, log=None):
@@ -210,7 +210,8 @@ def launch(body, device: str, log=None):
         dist.teardown(ctx)
 
 
-def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.DistContext) -> RunResult:
+def _train(config: TrainConfig, recipe: Recipe, existing: str, progress: bool, log,
+           ctx: dist.DistContext) -> RunResult:
     from timm.utils import ModelEmaV3
     from tqdm.auto import tqdm
 
@@ -219,6 +220,8 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     resume = prepare_run_folder(out, config, existing, ctx, RESUMABLE_CHANGES)
+    if resume is not None:
+        recipe.check_resume(resume, str(out / "last.pt"))
     device = ctx.device
 
     annotations = load_dataset(config.dataset, config.root, config.partition)
@@ -229,35 +232,34 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
     if resume is not None:
         check_attributes(resume["attributes"], annotations.attributes, str(out / "last.pt"), annotations.name)
     # A resumed run takes its weights from the checkpoint, not from the pretrained file.
-    model = model_for(config, annotations.num_attributes, pretrained=resume is None).to(device)
+    model = recipe.build(annotations.num_attributes, annotations.sentences, pretrained=resume is None).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if ctx.distributed and config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema else None
-    train_set = PARImageDataset(annotations, plan.train, build_transform(config.image_size, train=True))
+    train_set = PARImageDataset(annotations, plan.train, recipe.transform(train=True))
     loader = train_loader(train_set, config.batch_size, config.seed, config.num_workers, ctx)
-    eval_tf = build_transform(config.image_size, train=False)
+    eval_tf = recipe.transform(train=False)
     sets = {"val": PARImageDataset(annotations, plan.val, eval_tf),
             "test": PARImageDataset(annotations, plan.test, eval_tf)}
     loaders = {k: eval_loader(v, config.eval_batch_size, config.num_workers, ctx) for k, v in sets.items()}
 
-    optimizer = build_optimizer(model.parameters(), config)
-    scheduler = build_scheduler(optimizer, config, len(loader))
+    optimizer, scheduler, per_step = recipe.optimizer(model, len(loader))
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    criterion = PARLoss(config.loss, train_ratio).to(device)
+    criterion = recipe.criterion(train_ratio).to(device)
     val_criterion = PARLoss(config.loss, train_ratio)  # on the gathered CPU logits
 
     start_epoch, best = 0, {"epoch": 0, "value": -np.inf}
     history: list[dict] = []
     if resume is not None:
-        load_state_strict(model, resume["model"], "last.pt")
+        recipe.load_state_dict(model, resume["model"], "last.pt")
         optimizer.load_state_dict(resume["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
         if ema is not None:
-            load_state_strict(ema.module, resume["ema"], "last.pt (EMA)")
+            recipe.load_state_dict(ema.module, resume["ema"], "last.pt (EMA)")
         start_epoch, best, history = resume["epoch"], resume["best"], list(resume["history"])
         # Restored for completeness; what makes the continuation exact is the per-epoch re-seeding below.
         set_rng_state(resume["rng"])
@@ -270,11 +272,10 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
                   "device": str(device), "selection": plan.note, "train_images": len(plan.train),
                   "val_images": len(plan.val), "test_images": len(plan.test),
                   "attributes": list(annotations.attributes), "versions": library_versions()}
-        write_json(out / "config.json", record)
+        write_json(out / "config.json", record | recipe.checkpoint_fields())
 
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if ctx.distributed else model
-    per_step = steps_per_batch(config)
     steps = len(loader)
     for epoch in range(start_epoch, config.epochs):
         # Dropout and anything else drawing from the global RNGs: a function of (seed, epoch, rank).
@@ -349,31 +350,31 @@ def _train(config: TrainConfig, existing: str, progress: bool, log, ctx: dist.Di
         if ctx.is_main:
             if is_best:
                 save_atomic(model_checkpoint(evaluated, config, annotations.attributes, epoch + 1,
-                                              val.summary(), None, plan.note), out / "best.pt")
+                                              val.summary(), None, plan.note, recipe), out / "best.pt")
             save_atomic({
-                "format": FORMAT, "kind": "training", "epoch": epoch + 1, "model": model.state_dict(),
-                "ema": None if ema is None else ema.module.state_dict(), "optimizer": optimizer.state_dict(),
+                "format": FORMAT, "kind": "training", "epoch": epoch + 1, "model": recipe.state_dict(model),
+                "ema": None if ema is None else recipe.state_dict(ema.module), "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "rng": rng_state(), "best": best, "history": history, "config": config.to_dict(),
                 "attributes": list(annotations.attributes), "versions": library_versions(),
                 "thresholds": [config.threshold] * annotations.num_attributes,  # tuned ones go to best.pt
-            }, out / "last.pt", keep_previous=True)
+            } | recipe.checkpoint_fields(), out / "last.pt", keep_previous=True)
             runlog.append(row)
         dist.barrier(ctx)
         log(_epoch_line(row, config.epochs, "test" if config.select_on == "test" else "val"))
 
     if runlog is not None:
         runlog.close()
-    return _finish(config, annotations, plan, loaders, best, history, ctx, start_time, progress, log)
+    return _finish(config, recipe, annotations, plan, loaders, best, history, ctx, start_time, progress, log)
 
 
-def _finish(config: TrainConfig, annotations, plan: SplitPlan, loaders: dict, best: dict, history: list,
-            ctx: dist.DistContext, start_time: float, progress: bool, log) -> RunResult:
+def _finish(config: TrainConfig, recipe: Recipe, annotations, plan: SplitPlan, loaders: dict, best: dict,
+            history: list, ctx: dist.DistContext, start_time: float, progress: bool, log) -> RunResult:
     """Load the selected epoch, tune thresholds on validation if asked, evaluate test once, write results."""
     out = _out(config)
     best_ckpt = load_checkpoint(out / "best.pt", map_location="cpu")
-    model = model_for(config, annotations.num_attributes, pretrained=False)
-    load_state_strict(model, best_ckpt["model"], str(out / "best.pt"))
+    model = recipe.build(annotations.num_attributes, annotations.sentences, pretrained=False)
+    recipe.load_state_dict(model, best_ckpt["model"], str(out / "best.pt"))
     model = model.to(ctx.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -390,7 +391,8 @@ def _finish(config: TrainConfig, annotations, plan: SplitPlan, loaders: dict, be
                       time.perf_counter() - start_time, log)
     dist.barrier(ctx)
     return RunResult(out, config, pd.DataFrame(history), best["epoch"], plan.note, evaluation.val, evaluation.test,
-                     evaluation.test_tuned, evaluation.thresholds, time.perf_counter() - start_time)
+                     evaluation.test_tuned, evaluation.thresholds, time.perf_counter() - start_time, recipe.method,
+                     recipe.method_config)
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,11 @@ class CLIPPretrainConfig(ConfigFile):
     clip_model: str = "parlab-clip-tiny"  # open_clip architecture name
     image_size: tuple[int, int] = (64, 32)  # (height, width) of the images fed to it
     epochs: int = 10  # passes over the training captions
-    batch_size: int = 128  # pairs per contrastive batch
-    lr: float = 5e-4  # AdamW peak learning rate
-    weight_decay: float = 0.1  # AdamW, on every parameter
+    batch_size: int = 64  # pairs per contrastive batch
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.1  # AdamW, on weight matrices only (not on gains, biases, the temperature)
     warmup_steps: int = 50  # linear warm-up before the cosine schedule
+    pad: int = 2  # random-crop padding in pixels (the baseline's 10 is a third of a 32-pixel-wide image)
     seed: int = 0  # initial weights, order and augmentation
     device: str = "auto"  # "auto" picks cuda when available, else cpu
     num_workers: int = 0  # DataLoader worker processes
@@ -135,7 +136,8 @@ def pretrain_clip(config: CLIPPretrainConfig, existing: str = "error", progress:
 
     def split(name: str, train: bool) -> _CaptionedImages:
         # OpenAI normalisation: what every CLIP architecture (and its weights) here expects.
-        tf = PARTransform(config.image_size, train=train, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+        tf = PARTransform(config.image_size, train=train, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD,
+                          pad=config.pad)
         images = PARImageDataset(ann, name, tf)
         names = [str(ann.image_path(r).relative_to(Path(config.root))) for r in images.rows]
         lacking = [n for n in names if n not in captions]
@@ -172,7 +174,11 @@ def _train(model, data: _CaptionedImages, config: CLIPPretrainConfig, device, pr
     sampler = EpochSampler(len(data), config.seed)
     loader = DataLoader(data, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
                         drop_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # open_clip's convention: weight decay on matrices only, not on gains, biases or the temperature.
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config.warmup_steps,
                                                                          config.epochs * len(loader)))
     loss_fn = open_clip.ClipLoss()
@@ -215,21 +221,45 @@ def retrieval_recall(similarity: torch.Tensor, codes: torch.Tensor, ks=(1, 5)) -
 
 
 @torch.no_grad()
-def _evaluate(model, data: _CaptionedImages, ann, tokenizer, device) -> tuple[dict[int, float], PARMetrics]:
-    """Retrieval recall@1/5 and zero-shot attribute metrics on ``data`` (a test split)."""
-    loader = DataLoader(data, batch_size=256)
-    image_emb = torch.cat([model.encode_image(x.to(device), normalize=True) for x, _ in loader]).float()
-    text_emb = torch.cat([model.encode_text(t.to(device), normalize=True) for _, t in loader]).float()
-    similarity = image_emb @ text_emb.T  # (n, n), image i's own caption is column i
-    codes = torch.from_numpy(pd.factorize(pd.Series(data.captions))[0]).to(device)
-    recall = retrieval_recall(similarity, codes, (1, 5))
+def _embed_images(model, loader: DataLoader, device) -> torch.Tensor:
+    """(N, D) normalised image embeddings of every batch of ``loader`` (images first in each item)."""
+    return torch.cat([model.encode_image(batch[0].to(device), normalize=True) for batch in loader]).float()
 
-    sentences = list(ann.sentences)
+
+@torch.no_grad()
+def zero_shot_probs(model, image_emb: torch.Tensor, sentences, tokenizer, device) -> np.ndarray:
+    """(N, A) probability of each attribute sentence against its negation, from image embeddings (N, D)."""
+    sentences = list(sentences)
     pairs = tokenizer(sentences + [negate(s) for s in sentences])
     prompts = model.encode_text(pairs.to(device), normalize=True).float()
     a = len(sentences)
     scale = model.logit_scale.exp().float()
     logits_pos, logits_neg = scale * image_emb @ prompts[:a].T, scale * image_emb @ prompts[a:].T
-    probs = torch.sigmoid(logits_pos - logits_neg).cpu().numpy()  # = softmax over the two sentences
+    return torch.sigmoid(logits_pos - logits_neg).cpu().numpy()  # = softmax over the two sentences
+
+
+def zero_shot(clip_model: str, weights: str | Path, annotations, split: str = "test",
+              image_size: tuple[int, int] | None = None, device: str = "auto", batch_size: int = 128) -> PARMetrics:
+    """Zero-shot attribute metrics of a CLIP file on a split of any dataset (sentence vs negated sentence)."""
+    dev = resolve_device(device)
+    model = create_clip(clip_model, weights, device=str(dev), image_size=image_size).eval()
+    size = image_size or tuple(model.visual.image_size)
+    images = PARImageDataset(annotations, split, PARTransform(size, train=False, mean=OPENAI_DATASET_MEAN,
+                                                              std=OPENAI_DATASET_STD))
+    image_emb = _embed_images(model, DataLoader(images, batch_size=batch_size), dev)
+    probs = zero_shot_probs(model, image_emb, annotations.sentences, clip_tokenizer(clip_model), dev)
+    return pedestrian_metrics(annotations.labels[images.rows], probs, attributes=annotations.attributes)
+
+
+@torch.no_grad()
+def _evaluate(model, data: _CaptionedImages, ann, tokenizer, device) -> tuple[dict[int, float], PARMetrics]:
+    """Retrieval recall@1/5 and zero-shot attribute metrics on ``data`` (a test split)."""
+    loader = DataLoader(data, batch_size=256)
+    image_emb = _embed_images(model, loader, device)
+    text_emb = torch.cat([model.encode_text(t.to(device), normalize=True) for _, t in loader]).float()
+    similarity = image_emb @ text_emb.T  # (n, n), image i's own caption is column i
+    codes = torch.from_numpy(pd.factorize(pd.Series(data.captions))[0]).to(device)
+    recall = retrieval_recall(similarity, codes, (1, 5))
+    probs = zero_shot_probs(model, image_emb, ann.sentences, tokenizer, device)
     labels = ann.labels[data.images.rows]
     return recall, pedestrian_metrics(labels, probs, attributes=ann.attributes)

@@ -1,0 +1,176 @@
+"""PromptPAR prompt tuning on the shared training engine.
+
+:func:`train_promptpar` runs :func:`parlab.training.train` with a
+:class:`PromptPARRecipe`: the data, splits, AMP, EMA, gradient clipping,
+resuming, ``torchrun`` and the final evaluation are the baseline's; the
+recipe supplies the model, two parameter groups (heads and fusion at the
+run's ``lr`` and ``warmup_epochs``; prompts at ``prompt_lr`` and
+``prompt_warmup_epochs``, each with its own warm-up before a common cosine),
+the loss (the run's loss on the main logits plus ``aux_weight`` times the same
+on the global-local logits) and CLIP's input normalisation.
+
+Checkpoints hold only the trained parameters, the PromptPAR config and the
+sha256 of the base CLIP weights file; loading one onto another file is
+refused. :func:`promptpar_run_config` gives the paper's optimisation settings
+as a :class:`~parlab.training.config.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+from parlab.data import load_dataset
+from parlab.data.images import PARTransform
+from parlab.files import file_sha256
+from parlab.methods.promptpar.config import PromptPARConfig
+from parlab.methods.promptpar.model import PromptPAR, build_model
+from parlab.training.checkpoint import CheckpointError
+from parlab.training.config import TrainConfig
+from parlab.training.engine import RunResult, train
+from parlab.training.losses import PARLoss
+from parlab.training.optim import WarmupCosine, build_optimizer, build_scheduler
+from parlab.training.recipe import Recipe
+
+PROMPT_PARAMETERS = ("prompts", "part_tokens", "text_prompts")
+
+# methods.md section 5: SGD (momentum 0.9, weight decay 1e-4), heads and fusion at 8e-3 with 5 warm-up
+# epochs, cosine, gradient clipping at 10, batch 16, weighted BCE; CLIP's square 224 input.
+PAPER_SETTINGS = {"optimizer": "sgd", "lr": 8e-3, "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "cosine",
+                  "warmup_epochs": 5, "grad_clip": 10.0, "batch_size": 16, "loss": "weighted",
+                  "image_size": (224, 224), "output_dir": "runs/promptpar"}
+
+
+def promptpar_run_config(**overrides) -> TrainConfig:
+    """A :class:`TrainConfig` with PromptPAR's optimisation settings, then ``overrides``."""
+    return TrainConfig(**(PAPER_SETTINGS | overrides))
+
+
+class PromptPARLoss(nn.Module):
+    """The run's loss on the main logits plus ``aux_weight`` times it on the auxiliary logits."""
+
+    def __init__(self, loss: PARLoss, aux_weight: float) -> None:
+        super().__init__()
+        self.loss, self.aux_weight = loss, aux_weight
+
+    def forward(self, outputs, targets: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, tuple):
+            logits, aux = outputs
+            return self.loss(logits, targets) + self.aux_weight * self.loss(aux, targets)
+        return self.loss(outputs, targets)
+
+
+def base_weights_record(model_config: PromptPARConfig) -> dict:
+    """Path and sha256 of the base CLIP weights (None for random weights)."""
+    if model_config.weights is None:
+        return {"path": None, "sha256": None}
+    path = Path(model_config.weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CLIP weights file not found (PromptPARConfig.weights)")
+    return {"path": str(path), "sha256": file_sha256(path)}
+
+
+class PromptPARRecipe(Recipe):
+    """PromptPAR for the engine; ``model_config`` must already name the dataset's attributes."""
+
+    method = "PromptPAR"
+
+    def __init__(self, config: TrainConfig, model_config: PromptPARConfig, base: dict | None = None) -> None:
+        super().__init__(config)
+        # The run's image size is the one the data is resized to.
+        self.model_config = self.method_config = replace(model_config, image_size=config.image_size)
+        self.base = base if base is not None else base_weights_record(self.model_config)
+
+    def build(self, num_attributes: int, sentences: tuple[str, ...] = (), pretrained: bool = True) -> PromptPAR:
+        # The base CLIP is always loaded: checkpoints hold only the trained parameters.
+        if num_attributes != self.model_config.num_attributes:
+            raise ValueError(f"PromptPAR config has {self.model_config.num_attributes} attributes, the data "
+                             f"{num_attributes}")
+        return build_model(self.model_config)
+
+    def transform(self, train: bool) -> PARTransform:
+        # CLIP's own input statistics, not ImageNet's.
+        return PARTransform(self.config.image_size, train=train, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+
+    def optimizer(self, model: PromptPAR, steps_per_epoch: int):
+        groups = {"heads": [], "prompts": []}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups["prompts" if name in PROMPT_PARAMETERS else "heads"].append(p)
+        params = [{"params": groups["heads"]}]
+        if groups["prompts"]:
+            params.append({"params": groups["prompts"], "lr": self.model_config.prompt_lr})
+        optimizer = build_optimizer(params, self.config)
+        if self.config.scheduler != "cosine":
+            return optimizer, build_scheduler(optimizer, self.config, steps_per_epoch), False
+        total = self.config.epochs * steps_per_epoch
+        rules = [WarmupCosine(self.config.warmup_epochs * steps_per_epoch, total),
+                 WarmupCosine(self.model_config.prompt_warmup_epochs * steps_per_epoch, total)][:len(params)]
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rules), True
+
+    def criterion(self, train_ratio: np.ndarray) -> nn.Module:
+        return PromptPARLoss(PARLoss(self.config.loss, train_ratio), self.model_config.aux_weight)
+
+    def state_dict(self, model: PromptPAR) -> dict[str, torch.Tensor]:
+        return model.trained_state_dict()
+
+    def load_state_dict(self, model: PromptPAR, state: dict[str, torch.Tensor], source: str) -> None:
+        model.load_trained_state_dict(state, source)
+
+    def checkpoint_fields(self) -> dict:
+        return {"method": self.method, "method_config": self.model_config.to_dict(), "base_weights": self.base}
+
+    def check_resume(self, checkpoint: dict, source: str) -> None:
+        saved = PromptPARConfig.from_dict(checkpoint["method_config"], source=source)
+        diff = saved.differences(self.model_config, ignore=("weights",))
+        if diff:
+            raise CheckpointError(f"{source}: cannot resume with a different PromptPAR config (checkpoint vs "
+                                  "requested):\n  " + "\n  ".join(diff))
+        check_base_weights(checkpoint, self.base, source)
+
+
+def check_base_weights(checkpoint: dict, base: dict, source: str) -> None:
+    """Refuse a checkpoint trained on other base CLIP weights than ``base``."""
+    trained_on = checkpoint.get("base_weights", {}).get("sha256")
+    if trained_on != base["sha256"]:
+        raise CheckpointError(
+            f"{source}: trained on base CLIP weights {_short(trained_on)} "
+            f"({checkpoint.get('base_weights', {}).get('path')}), but {base['path']} is {_short(base['sha256'])}; "
+            "PromptPAR checkpoints hold only the trained parameters, so they need the same base file")
+
+
+def _short(digest: str | None) -> str:
+    return "random (no file)" if digest is None else f"sha256 {digest[:12]}..."
+
+
+def recipe_from_checkpoint(checkpoint: dict, source: str, weights: str | None = None) -> PromptPARRecipe:
+    """The recipe that rebuilds a PromptPAR checkpoint; ``weights`` overrides where the base CLIP file is."""
+    config = TrainConfig.from_dict(checkpoint["config"], source=source)
+    model_config = PromptPARConfig.from_dict(checkpoint["method_config"], source=source)
+    if weights is not None:
+        model_config = replace(model_config, weights=weights)
+    recipe = PromptPARRecipe(config, model_config)
+    check_base_weights(checkpoint, recipe.base, source)
+    return recipe
+
+
+def train_promptpar(config: TrainConfig, model_config: PromptPARConfig, existing: str = "error",
+                    progress: bool = True, log=None) -> RunResult:
+    """Prompt-tune PromptPAR on ``config``'s data and schedule (see the module docstring).
+
+    ``model_config.num_attributes`` and ``attribute_sentences`` are taken from the dataset (its
+    ``Annotations.sentences``) unless sentences are given; ``image_size`` is the run's.
+    """
+    annotations = load_dataset(config.dataset, config.root, config.partition)
+    sentences = model_config.attribute_sentences or annotations.sentences
+    if len(sentences) != annotations.num_attributes:
+        raise ValueError(f"{len(sentences)} attribute sentences for the {annotations.num_attributes} attributes of "
+                         f"{annotations.name}")
+    model_config = replace(model_config, num_attributes=annotations.num_attributes,
+                           attribute_sentences=tuple(sentences))
+    return train(config, existing, progress, log, recipe=PromptPARRecipe(config, model_config))
