@@ -1,14 +1,17 @@
-"""The ``parlab`` command: ``train``, ``frdl``, ``evaluate`` and ``predict``.
+"""The ``parlab`` command: ``train``, ``frdl``, ``promptpar``, ``evaluate`` and ``predict``.
 
 ``parlab train`` takes every :class:`~parlab.training.TrainConfig` field as an
 option (``--backbone resnet50 --epochs 30 --image-size 256 192 --ema``), after
 an optional ``--config file.yaml``; options given on the command line win.
 ``parlab frdl`` does the same with :class:`~parlab.methods.frdl_config.FRDLConfig`
-(FRDL's stage 2 on a stage-1 run, with ``--goat`` for GOAT). Both run on
-several GPUs or nodes under torchrun::
+(FRDL's stage 2 on a stage-1 run, with ``--goat`` for GOAT). ``parlab
+promptpar`` takes the run's TrainConfig fields (defaults: the paper's
+optimisation) and the PromptPARConfig fields (``--weights`` is the CLIP file).
+All run on several GPUs or nodes under torchrun::
 
     torchrun --nproc_per_node 4 -m parlab train --config pa100k.yaml --device cuda
     torchrun --nproc_per_node 4 -m parlab frdl --stage1 runs/pa100k_stage1 --goat --device cuda
+    torchrun --nproc_per_node 4 -m parlab promptpar --config promptpar.yaml --device cuda
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import json
 import os
 import re
 import sys
+import types
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
 from parlab.methods.frdl_config import FRDL_CHOICES, FRDLConfig
-from parlab.training.config import CHOICES, TrainConfig
+from parlab.methods.promptpar.config import FUSIONS, PAPER_SETTINGS, PROMPTPAR_UNUSED, PromptPARConfig
+from parlab.training.config import CHOICES, TrainConfig, read_mapping
 
 
 def _field_comments(cls) -> dict[str, str]:
@@ -37,13 +42,16 @@ def _field_comments(cls) -> dict[str, str]:
     return comments
 
 
-def _add_config_options(parser: argparse.ArgumentParser, cls, choices: dict, title: str) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, cls, choices: dict, title: str,
+                        skip: tuple[str, ...] = (), defaults: dict | None = None) -> None:
     hints = typing.get_type_hints(cls)
     comments = _field_comments(cls)
     group = parser.add_argument_group(title)
     for f in fields(cls):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
+        default = (defaults or {}).get(f.name, f.default if f.default is not MISSING else None)
         hint = hints[f.name]
         about = f"{comments[f.name]} " if f.name in comments else ""
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS,
@@ -52,6 +60,8 @@ def _add_config_options(parser: argparse.ArgumentParser, cls, choices: dict, tit
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is tuple:
             kwargs |= {"nargs": "+", "type": int}
+        elif typing.get_origin(hint) in (typing.Union, types.UnionType):  # "str | None": a path or nothing
+            kwargs["type"] = str
         else:
             kwargs["type"] = hint
             if f.name in choices:
@@ -83,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_options(frdl, FRDLConfig, FRDL_CHOICES,
                         "config fields (defaults: the public code's PA100k setting)")
 
+    promptpar = sub.add_parser("promptpar", help="PromptPAR prompt tuning on a CLIP",
+                               description="Prompt-tune PromptPAR on a local CLIP weights file; writes --output-dir.")
+    _add_run_options(promptpar)
+    _add_config_options(promptpar, TrainConfig, CHOICES, "run fields (defaults: the paper's optimisation)",
+                        skip=PROMPTPAR_UNUSED, defaults=PAPER_SETTINGS)
+    _add_config_options(promptpar, PromptPARConfig, {"fusion": FUSIONS}, "PromptPAR fields",
+                        skip=("num_attributes", "attribute_sentences", "image_size"))
+
     ev = sub.add_parser("evaluate", help="PAR metrics of a checkpoint on a dataset split",
                         description="Evaluate a checkpoint on one split in one process.")
     ev.add_argument("checkpoint", type=Path)
@@ -103,6 +121,25 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--threshold", type=float, help="one threshold for all attributes (default: the checkpoint's)")
     return parser
+
+
+def _promptpar(args: argparse.Namespace) -> int:
+    from parlab.methods.promptpar import promptpar_run_config, train_promptpar
+
+    values = read_mapping(args.config) if args.config else {}
+    names = {f.name for f in fields(PromptPARConfig)} - {"image_size"}
+    model_values = {k: v for k, v in values.items() if k in names}
+    run_values = {k: v for k, v in values.items() if k not in names}
+    run_values |= {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                   if f.name not in PROMPTPAR_UNUSED and hasattr(args, f.name)}
+    model_values |= {f.name: getattr(args, f.name) for f in fields(PromptPARConfig) if hasattr(args, f.name)}
+    config = promptpar_run_config(**run_values)
+    existing = "resume" if args.resume else "overwrite" if args.overwrite else "error"
+    result = train_promptpar(config, PromptPARConfig.from_dict(model_values), existing=existing,
+                             progress=not args.no_progress)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run folder: {result.output_dir}")
+    return 0
 
 
 def _run(args: argparse.Namespace, cls, train) -> int:
@@ -166,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     from parlab.training import CheckpointError, TrainingDiverged
 
     args = _parser().parse_args(argv)
-    handler = {"train": _train, "frdl": _frdl, "evaluate": _evaluate, "predict": _predict}[args.command]
+    handler = {"train": _train, "frdl": _frdl, "promptpar": _promptpar, "evaluate": _evaluate,
+               "predict": _predict}[args.command]
     try:
         return handler(args)
     except (DatasetError, BackboneError, CheckpointError, TrainingDiverged, FileExistsError,

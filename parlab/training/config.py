@@ -22,6 +22,21 @@ CHOICES = {
 }
 
 
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping of config fields in a JSON or YAML file."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields")
+    return values
+
+
 class ConfigFile:
     """Reading, writing and comparing a frozen config dataclass (mixed into each method's config)."""
 
@@ -40,17 +55,7 @@ class ConfigFile:
     @classmethod
     def from_file(cls, path: str | Path):
         """Read a JSON or YAML file of config fields."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(read_mapping(path), source=str(path))
 
     def differences(self, other, ignore: tuple[str, ...] = ()) -> list[str]:
         """Readable 'field: mine vs other' lines for differing fields."""

@@ -15,6 +15,14 @@ from parlab.training.config import ConfigFile
 
 FUSIONS = ("vit_b16", "clip_block", "trainable")
 
+# methods.md section 5, as TrainConfig fields of the run: SGD (momentum 0.9, weight decay 1e-4), heads and
+# fusion at 8e-3 with 5 warm-up epochs, cosine, gradient clipping at 10, batch 16, weighted BCE, 224x224.
+PAPER_SETTINGS = {"optimizer": "sgd", "lr": 8e-3, "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "cosine",
+                  "warmup_epochs": 5, "grad_clip": 10.0, "batch_size": 16, "loss": "weighted",
+                  "image_size": (224, 224), "output_dir": "runs/promptpar"}
+# TrainConfig fields of the baseline's model, which a PromptPAR run does not use.
+PROMPTPAR_UNUSED = ("backbone", "weights", "head", "drop_rate")
+
 
 @dataclass(frozen=True)
 class PromptPARConfig(ConfigFile):
@@ -32,7 +40,7 @@ class PromptPARConfig(ConfigFile):
     overlap_row: int = 2  # patch rows shared by adjacent bands
     use_vismask: bool = True  # a band's part token and prompts see only the patches of that band
     # --- global-local aggregation (auxiliary logits)
-    use_GL: bool = True  # noqa: N815 (the paper's switch name)
+    use_GL: bool = True  # auxiliary logits: CLS and part tokens matched with the sentences
     ag_threshold: float = 0.5  # local term: max over parts when above this, else the min
     # --- text
     use_textprompt: bool = True  # learnable text prompt tokens, placed after the start token

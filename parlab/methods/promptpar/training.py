@@ -28,7 +28,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from parlab.data import load_dataset
 from parlab.data.images import PARTransform
 from parlab.files import file_sha256
-from parlab.methods.promptpar.config import PromptPARConfig
+from parlab.methods.promptpar.config import PAPER_SETTINGS, PROMPTPAR_UNUSED, PromptPARConfig
 from parlab.methods.promptpar.model import PromptPAR, build_model
 from parlab.training.checkpoint import CheckpointError
 from parlab.training.config import TrainConfig
@@ -39,15 +39,13 @@ from parlab.training.recipe import Recipe
 
 PROMPT_PARAMETERS = ("prompts", "part_tokens", "text_prompts")
 
-# methods.md section 5: SGD (momentum 0.9, weight decay 1e-4), heads and fusion at 8e-3 with 5 warm-up
-# epochs, cosine, gradient clipping at 10, batch 16, weighted BCE; CLIP's square 224 input.
-PAPER_SETTINGS = {"optimizer": "sgd", "lr": 8e-3, "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "cosine",
-                  "warmup_epochs": 5, "grad_clip": 10.0, "batch_size": 16, "loss": "weighted",
-                  "image_size": (224, 224), "output_dir": "runs/promptpar"}
-
 
 def promptpar_run_config(**overrides) -> TrainConfig:
     """A :class:`TrainConfig` with PromptPAR's optimisation settings, then ``overrides``."""
+    ignored = sorted(set(overrides) & set(PROMPTPAR_UNUSED))
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)}: not used by PromptPAR (its CLIP is PromptPARConfig.clip_model "
+                         "and .weights)")
     return TrainConfig(**(PAPER_SETTINGS | overrides))
 
 

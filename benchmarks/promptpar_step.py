@@ -1,0 +1,103 @@
+"""PromptPAR training steps: prompt tuning against full fine-tuning, cached against recomputed text.
+
+All variants train the same PromptPAR model (same CLIP, seed, batch, loss and
+SGD settings) on in-memory batches, in this process:
+
+- prompt tuning: only the paper's parameters train (prompts, part tokens, text
+  prompts, embeddings, fusion LayerNorms, heads); the CLIP is frozen, so the
+  backward pass computes no weight gradients for it (activations still need
+  gradients down to the first layer's prompts);
+- full fine-tuning: the same model with every CLIP weight trained too;
+- text features: with no text prompts, the sentence features are constant and
+  cached; the other variant recomputes them through the text tower every step.
+
+Random CLIP weights (speed does not depend on them; nothing is read or downloaded).
+
+    .venv/bin/python benchmarks/promptpar_step.py [--clip-model parlab-clip-tiny] [--image-size 64 32]
+    .venv/bin/python benchmarks/promptpar_step.py --clip-model ViT-B-16-quickgelu --image-size 224 224 \\
+        --vis-depth 12 --batch-size 8 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from parlab.methods.promptpar import PromptPARConfig, build_model
+from parlab.methods.promptpar.training import PromptPARLoss
+from parlab.models import count_parameters
+from parlab.training.losses import PARLoss
+
+
+def images_per_second(model, batch: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
+    """Images/s of forward + loss + backward + clip + SGD step (the first step is not timed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    criterion = PromptPARLoss(PARLoss("weighted", np.full(labels.shape[1], 0.2)), 0.5)
+    model.train()
+    for step in range(steps + 1):
+        if step == 1:  # the first step pays one-off allocation costs
+            start = time.perf_counter()
+        loss = criterion(model(batch), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+    return steps * len(batch) / (time.perf_counter() - start)
+
+
+def build(config: PromptPARConfig):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*random")
+        return build_model(config)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clip-model", default="parlab-clip-tiny")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[64, 32])
+    parser.add_argument("--vis-prompt", type=int, default=20)
+    parser.add_argument("--vis-depth", type=int, default=4)
+    parser.add_argument("--attributes", type=int, default=26)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    config = PromptPARConfig(clip_model=args.clip_model, image_size=tuple(args.image_size), vis_prompt=args.vis_prompt,
+                             vis_depth=args.vis_depth, num_attributes=args.attributes)
+    batch = torch.randn(args.batch_size, 3, *args.image_size)
+    labels = (torch.rand(args.batch_size, args.attributes) < 0.2).float()
+    print(f"{args.clip_model} at {args.image_size[0]}x{args.image_size[1]}, batch {args.batch_size}, "
+          f"{args.steps} timed steps, {args.threads} threads")
+
+    tuned = build(config)
+    trainable, total = count_parameters(tuned)
+    prompt_speed = images_per_second(tuned, batch, labels, args.steps)
+    full = build(config)
+    full.requires_grad_(True)
+    full_trainable = count_parameters(full)[0]
+    full_speed = images_per_second(full, batch, labels, args.steps)
+    print(f"prompt tuning   {prompt_speed:8.1f} img/s  ({trainable:,} of {total:,} parameters trained)")
+    print(f"full fine-tune  {full_speed:8.1f} img/s  ({full_trainable:,} parameters trained)")
+    print(f"prompt tuning / full fine-tuning: {prompt_speed / full_speed:.2f}x")
+
+    text_config = PromptPARConfig(**{**config.to_dict(), "use_textprompt": False})
+    cached = build(text_config)
+    cached_speed = images_per_second(cached, batch, labels, args.steps)
+    recomputed = build(text_config)
+    recomputed.text_cache = None  # text_features() now runs the text tower at every forward
+    recomputed_speed = images_per_second(recomputed, batch, labels, args.steps)
+    print(f"text cached     {cached_speed:8.1f} img/s")
+    print(f"text recomputed {recomputed_speed:8.1f} img/s")
+    print(f"cached / recomputed: {cached_speed / recomputed_speed:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
