@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--threshold", type=float, help="decision threshold (default: the run's fixed one)")
     ev.add_argument("--json", type=Path, help="also write the summary and per-attribute table as JSON")
+    ev.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
 
     pr = sub.add_parser("predict", help="attribute probabilities and labels for images",
                         description="Predict every image of the given files/folders; write CSV or JSON.")
@@ -120,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--threshold", type=float, help="one threshold for all attributes (default: the checkpoint's)")
+    pr.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
     return parser
 
 
@@ -166,9 +168,10 @@ def _frdl(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from parlab.inference import evaluate
+    from parlab.inference import evaluate, load_model
 
-    m = evaluate(args.checkpoint, args.dataset, args.root, args.split, args.device, args.batch_size, args.threshold)
+    loaded = load_model(args.checkpoint, args.device, args.clip_weights)
+    m = evaluate(loaded, args.dataset, args.root, args.split, args.device, args.batch_size, args.threshold)
     summary = m.summary()
     print(f"{args.checkpoint} on {m.setting} {args.split}: "
           + "  ".join(f"{k} {summary[k]:.2f}" for k in ("ma", "acc", "prec", "rec", "f1")))
@@ -183,7 +186,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from parlab.inference import list_images, load_model, predict
 
-    loaded = load_model(args.checkpoint, args.device)
+    loaded = load_model(args.checkpoint, args.device, args.clip_weights)
     files = [f for item in args.inputs for f in list_images(item)]
     table = predict(loaded, files, batch_size=args.batch_size, threshold=args.threshold)
     suffix = args.output.suffix.lower()

@@ -16,6 +16,7 @@ import torch
 import parlab
 from parlab.experiments import open_run
 from parlab.files import file_sha256
+from parlab.inference import load_model
 from parlab.methods.promptpar import PromptPARConfig, promptpar_run_config, train_promptpar
 from parlab.models import create_clip
 from parlab.training.checkpoint import CheckpointError, load_checkpoint
@@ -81,7 +82,10 @@ def test_other_base_weights_are_refused(run, clip_file, tmp_path):
     state["logit_scale"] = state["logit_scale"] + 1.0
     torch.save(state, other)
     with pytest.raises(CheckpointError, match="base CLIP weights"):
-        parlab.inference.load_model(run.output_dir / "best.pt", clip_weights=str(other))
+        load_model(run.output_dir / "best.pt", clip_weights=str(other))
+    done = subprocess.run([sys.executable, "-m", "parlab", "evaluate", str(run.output_dir / "best.pt"),
+                           "--clip-weights", str(other)], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 1 and "base CLIP weights" in done.stderr
 
 
 def test_resume_after_epoch_one_ends_with_the_same_parameters(synthpa_root, clip_file, tmp_path):
