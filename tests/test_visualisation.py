@@ -1,0 +1,86 @@
+"""CAMs per image and attribute for CNN, ViT and PromptPAR models; PromptPAR token attention; overlays."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from parlab.methods.promptpar import PromptPARConfig, build_model as build_promptpar
+from parlab.models import build_model
+from parlab.visualisation import attribute_cams, cam_layer, overlay, token_attention
+
+
+def _promptpar():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*random")
+        return build_promptpar(PromptPARConfig(clip_model="parlab-clip-tiny", num_attributes=4, image_size=(64, 32),
+                                               vis_prompt=10, vis_depth=4)).eval()
+
+
+@pytest.mark.parametrize("backbone,head", [("test_resnet", "linear_bn"), ("test_resnet", "attribute"),
+                                           ("test_vit", "linear_bn")])
+def test_every_image_gets_its_own_target(backbone, head):
+    torch.manual_seed(0)
+    model = build_model(backbone, 4, head, image_size=(64, 32)).eval()
+    images = torch.randn(3, 3, 64, 32)
+    cams = attribute_cams(model, images, [0, 2])
+    assert cams.shape == (3, 2, 64, 32) and cams.min() >= 0 and cams.max() <= 1
+    # Each image's map in a batch is the map it gets alone: no image is left without a target
+    # (a Grad-CAM map may legitimately be all zero when every weighted activation is negative).
+    alone = np.concatenate([attribute_cams(model, images[i:i + 1], [0, 2]) for i in range(3)])
+    np.testing.assert_allclose(cams, alone, atol=1e-5)
+    assert (alone.max(axis=(2, 3)) > 0).any()
+
+
+def test_attribute_heads_give_attribute_specific_maps():
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 4, "attribute", image_size=(64, 32)).eval()
+    cams = attribute_cams(model, torch.randn(2, 3, 64, 32), [0, 1, 3])
+    assert not np.allclose(cams[:, 0], cams[:, 1])
+
+
+def test_vit_tokens_are_laid_out_on_the_actual_grid():
+    model = build_model("test_vit", 4, "linear_bn", image_size=(64, 32)).eval()
+    layer = cam_layer(model)
+    tokens = torch.randn(2, model.backbone.num_prefix_tokens + 4 * 2, 7)
+    maps = layer.reshape(tokens)
+    assert maps.shape == (2, 7, 4, 2)
+    assert torch.equal(maps[:, :, 0, 1], tokens[:, model.backbone.num_prefix_tokens + 1])
+
+
+def test_promptpar_cams_use_patch_tokens_only():
+    model = _promptpar()
+    layer = cam_layer(model)
+    tokens = torch.arange(model.layout.length, dtype=torch.float32).view(1, -1, 1).expand(2, -1, 3)
+    maps = layer.reshape(tokens)
+    assert maps.shape == (2, 3, 8, 4)
+    assert maps.min() == 1 and maps.max() == 32  # patches 1..32: neither CLS (0) nor prompts/part tokens
+    cams = attribute_cams(model, torch.randn(2, 3, 64, 32), [1, 3])
+    assert cams.shape == (2, 2, 64, 32) and np.isfinite(cams).all()
+
+
+def test_part_tokens_attend_only_inside_their_band():
+    model = _promptpar()
+    attention = token_attention(model, torch.randn(2, 3, 64, 32))
+    assert attention.shape == (2, 1 + 4, 8, 4)
+    for k, (first, last) in enumerate(model.bands):
+        row = attention[:, 1 + k]
+        inside = row[:, first:last + 1]
+        outside = torch.cat([row[:, :first], row[:, last + 1:]], dim=1)
+        assert inside.sum() > 0 and outside.abs().sum() == 0
+    total = attention.sum(dim=(2, 3))
+    assert (total > 0).all() and (total <= 1 + 1e-5).all()
+
+
+def test_overlay_keeps_the_original_image_size():
+    image = Image.new("RGB", (64, 128), (200, 10, 10))  # width 64, height 128
+    heat = np.zeros((64, 32), dtype=np.float32)
+    heat[:32] = 1.0  # the upper half of the model input
+    out = overlay(image, heat, alpha=0.5)
+    assert out.shape == (128, 64, 3) and out.min() >= 0 and out.max() <= 1
+    assert not np.allclose(out[10, 30], out[120, 30])  # the hot half differs from the cold half
