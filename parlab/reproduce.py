@@ -21,10 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Ordered notebooks; later ones plug in here.
 NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_label_imbalance", "03_baseline", "04_frdl_goat",
-                               "05_promptpar")
+                               "05_promptpar", "06_visualisation")
 
-# Training notebooks take the profile's training parameters they declare (plus "runs_dir").
-TRAINING = ("03_baseline", "04_frdl_goat", "05_promptpar")
 
 
 @dataclass(frozen=True)
@@ -36,30 +34,32 @@ class Profile:
     data_root: str  # relative to the repository
     figures_dir: str  # relative to the repository
     runs_dir: str  # relative to the repository: one folder per training run
-    training: dict = field(default_factory=dict)  # parameters of every training notebook
+    training: dict = field(default_factory=dict)  # training parameters, for the notebooks that declare them
     seed: int = 0
     extra: dict[str, dict] = field(default_factory=dict)  # per-notebook overrides
 
-    def parameters(self, notebook: str, repo: Path, declared: set[str] | None = None) -> dict:
-        """The notebook's parameters; with ``declared`` (its parameter names), shared ones it lacks are left out."""
-        params = {
+    def parameters(self, notebook: str, repo: Path, declared: set[str]) -> dict:
+        """The profile's parameters that the notebook declares (``declared``: its parameter names).
+
+        Every notebook runs headless (no widgets, no progress bars) on the profile's data and runs
+        folder; per-notebook ``extra`` values must be parameters of that notebook.
+        """
+        shared = {
             "dataset": "synthpa",
             "root": str(repo / self.data_root),
             "synthpa_size": self.synthpa_size,
             "figures_dir": str(repo / self.figures_dir),
+            "runs_dir": str(repo / self.runs_dir),
             "seed": self.seed,
+            "interactive": False,
+            "progress": False,
+            **self.training,
         }
-        if notebook in TRAINING:
-            params |= {"runs_dir": str(repo / self.runs_dir), "progress": False, **self.training}
-        else:
-            params["interactive"] = False
-        if declared is not None:
-            params = {k: v for k, v in params.items() if k in declared}
-            unknown = sorted(set(self.extra.get(notebook, {})) - declared)
-            if unknown:
-                raise ValueError(f"profile {self.name!r} sets {', '.join(unknown)}, not parameters of {notebook}")
-        params.update(self.extra.get(notebook, {}))
-        return params
+        extra = self.extra.get(notebook, {})
+        unknown = sorted(set(extra) - declared)
+        if unknown:
+            raise ValueError(f"profile {self.name!r} sets {', '.join(unknown)}, not parameters of {notebook}")
+        return {k: v for k, v in shared.items() if k in declared} | extra
 
 
 PROFILES: dict[str, Profile] = {

@@ -84,3 +84,26 @@ def test_overlay_keeps_the_original_image_size():
     out = overlay(image, heat, alpha=0.5)
     assert out.shape == (128, 64, 3) and out.min() >= 0 and out.max() <= 1
     assert not np.allclose(out[10, 30], out[120, 30])  # the hot half differs from the cold half
+
+
+def test_strongest_channels_are_sorted_and_frdl_features_match_the_head():
+    from parlab.visualisation import attribute_features, pca_2d, strongest_channels
+
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 4, "attribute", image_size=(64, 32)).eval()
+    image = torch.randn(1, 3, 64, 32)
+    layer = cam_layer(model).layer
+    maps, channels = strongest_channels(model, image, layer, k=3)
+    means = maps.mean(axis=(1, 2))
+    assert maps.shape[0] == 3 and list(means) == sorted(means, reverse=True)
+    images = torch.randn(6, 3, 64, 32)
+    f = attribute_features(model, images, attribute=2)
+    with torch.no_grad():
+        logits = model(images)[:, 2]
+    head = model.head.classifiers
+    np.testing.assert_allclose(f @ head.weight[2].detach().numpy() + head.bias[2].item(), logits.numpy(), rtol=1e-4,
+                               atol=1e-4)
+    points, mean, components = pca_2d(f)
+    assert points.shape == (6, 2) and np.allclose(points.mean(axis=0), 0, atol=1e-5)
+    with pytest.raises(ValueError, match="attribute head"):
+        attribute_features(build_model("test_resnet", 4, "linear_bn"), images, 0)

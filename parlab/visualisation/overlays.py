@@ -19,7 +19,7 @@ def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.45, cmap: 
     resized = Image.fromarray(np.clip(heatmap, 0.0, 1.0).astype(np.float32), mode="F").resize((w0, h0),
                                                                                             Image.Resampling.BILINEAR)
     colours = matplotlib.colormaps[cmap](np.asarray(resized))[..., :3]
-    return (1 - alpha) * rgb + alpha * colours
+    return np.clip((1 - alpha) * rgb + alpha * colours, 0.0, 1.0)  # float rounding may step past 1
 
 
 def upscale_grid(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
