@@ -47,3 +47,17 @@ def open_run(folder: str | Path, device: str = "auto", progress: bool = False) -
 def _here(config, folder: Path, device: str):
     """The config with the folder it was found in (runs may be moved) and the device asked for."""
     return replace(config, output_dir=str(folder), device=device)
+
+
+def collect_runs(runs_dir: str | Path, groups: dict[str, str], device: str = "auto") -> dict[str, list[RunResult]]:
+    """The finished runs of ``runs_dir`` per method: label -> runs whose folder matches a glob pattern.
+
+    ``groups``: e.g. ``{"FRDL": "frdl_seed*", "PromptPAR": "promptpar"}``; repeated runs (seeds) share
+    a label. Labels with no finished run are left out.
+    """
+    found = {}
+    for label, pattern in groups.items():
+        folders = sorted(f for f in Path(runs_dir).glob(pattern) if f.is_dir() and run_finished(f))
+        if folders:
+            found[label] = [open_run(f, device=device) for f in folders]
+    return found

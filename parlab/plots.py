@@ -359,3 +359,43 @@ def head_boundaries(points: np.ndarray, labels: np.ndarray, decisions: dict[str,
     fig.suptitle(attribute, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def per_attribute_vs_ratio(per_attribute: pd.DataFrame, train_ratio: pd.Series):
+    """Test mA per attribute of each method (columns) against the attribute's training positive ratio."""
+    fig, ax = plt.subplots(figsize=(5.8, 3.8))
+    x = 100 * train_ratio.reindex(per_attribute.index)
+    for k, method in enumerate(per_attribute.columns):
+        ax.scatter(x, per_attribute[method], s=16, color=f"C{k}", marker="os^Dvp<>"[k % 8], label=method, alpha=0.85)
+    for name in x.nsmallest(3).index:
+        ax.annotate(name, (x[name], per_attribute.loc[name].min()), fontsize=6, xytext=(3, -8),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("training positive ratio (%)")
+    ax.set_ylabel("test mA (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def method_bars(table: pd.DataFrame, metrics: tuple[str, ...] = ("mA", "F1")):
+    """Mean ± std of each method in the standard and label-balanced settings (a repeated settings table)."""
+    settings = list(dict.fromkeys(table.index.get_level_values("setting")))
+    methods = list(dict.fromkeys(table.index.get_level_values("method")))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    width = 0.8 / len(settings)
+    for ax, metric in zip(axes[0], metrics):
+        for k, setting in enumerate(settings):
+            means = [table.loc[(m, setting), metric] for m in methods]
+            stds = np.nan_to_num([table.loc[(m, setting), f"{metric} std"] for m in methods])
+            ax.bar(np.arange(len(methods)) + (k - (len(settings) - 1) / 2) * width, means, width, yerr=stds,
+                   capsize=2, label=setting, color=f"C{k}")
+        ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(f"test {metric} (%)")
+        low = np.nanmin(table[metric].to_numpy())
+        ax.set_ylim(max(0, low - 10), 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

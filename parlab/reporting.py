@@ -117,6 +117,28 @@ def mean_std_text(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return text
 
 
+def latex_table(table: pd.DataFrame, caption: str = "", label: str = "tab:results", digits: int = 2) -> str:
+    """A :func:`repeated_settings_table` as a paper-style LaTeX table (booktabs), best mean per column bold.
+
+    Rows are methods; the standard and each label-balanced setting are column groups of mA and F1
+    (the other metrics in the standard setting only, as papers print them).
+    """
+    text = mean_std_text(table, digits)
+    settings = list(dict.fromkeys(table.index.get_level_values("setting")))
+    columns = [("standard", c) for c in COLUMNS] + [(s, c) for s in settings if s != "standard" for c in ("mA", "F1")]
+    methods = list(dict.fromkeys(table.index.get_level_values("method")))
+    values = pd.DataFrame({col: [table.loc[(m, col[0]), col[1]] for m in methods] for col in columns}, index=methods)
+    shown = pd.DataFrame({col: [text.loc[(m, col[0]), col[1]] for m in methods] for col in columns}, index=methods)
+    shown = shown.apply(lambda column: column.str.replace("±", r"$\pm$", regex=False))
+    best = values.eq(values.max())
+    shown = shown.where(~best, "\\textbf{" + shown + "}")
+    shown.columns = pd.MultiIndex.from_tuples(columns, names=["setting", "metric"])
+    shown.index.name = "method"
+    styler = shown.style.format(escape=None).format_index(escape="latex", axis=0)
+    return styler.to_latex(caption=caption or None, label=label, hrules=True, multicol_align="c",
+                           column_format="l" + "c" * len(columns), position="t")
+
+
 def per_attribute_ma(runs: dict[str, list[RunResult]]) -> pd.DataFrame:
     """Test mA (percent) per attribute (rows) and method (columns), averaged over each method's runs."""
     return pd.DataFrame({method: 100 * pd.concat([run.test.per_attribute["ma"] for run in group], axis=1).mean(axis=1)

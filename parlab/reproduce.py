@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Ordered notebooks; later ones plug in here.
 NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_label_imbalance", "03_baseline", "04_frdl_goat",
-                               "05_promptpar", "06_visualisation")
+                               "05_promptpar", "06_visualisation", "07_results")
 
 
 
