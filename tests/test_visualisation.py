@@ -107,3 +107,18 @@ def test_strongest_channels_are_sorted_and_frdl_features_match_the_head():
     assert points.shape == (6, 2) and np.allclose(points.mean(axis=0), 0, atol=1e-5)
     with pytest.raises(ValueError, match="attribute head"):
         attribute_features(build_model("test_resnet", 4, "linear_bn"), images, 0)
+
+
+def test_attention_rollout_of_a_vit_is_a_distribution_over_tokens():
+    from parlab.visualisation import attention_rollout
+
+    torch.manual_seed(0)
+    model = build_model("test_vit", 4, "linear_bn", image_size=(64, 32)).eval()
+    images = torch.randn(2, 3, 64, 32)
+    maps = attention_rollout(model, images)
+    assert maps.shape == (2, 4, 2) and (maps > 0).all()
+    assert (maps.sum(dim=(1, 2)) < 1).all()  # the rest stays on the class token itself
+    # With no attention mixing (residual 1) the class token keeps everything to itself.
+    assert torch.allclose(attention_rollout(model, images, residual=1.0), torch.zeros(2, 4, 2))
+    with pytest.raises(ValueError, match="ViT backbone"):
+        attention_rollout(build_model("test_resnet", 4, "linear_bn"), images)

@@ -52,6 +52,15 @@ def clip_tokenizer(name: str):
     return open_clip.get_tokenizer(name)
 
 
+def clip_transform(image_size: tuple[int, int], train: bool, pad: int = 10):
+    """The PAR transform at (height, width) ``image_size`` with CLIP's input statistics, not ImageNet's."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from parlab.data.images import PARTransform
+
+    return PARTransform(image_size, train=train, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, pad=pad)
+
+
 def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
                 image_size: tuple[int, int] | int | None = None) -> nn.Module:
     """An open_clip CLIP model of architecture ``name`` with weights from the local file ``weights``.

@@ -3,16 +3,17 @@
 - :func:`attribute_cams` (:mod:`.cams`): Grad-CAM family maps per image and attribute for
   baseline, FRDL and PromptPAR models;
 - :func:`token_attention` (:mod:`.attention`): where CLS and each region's part token look;
+  :func:`attention_rollout` for ViT backbones;
 - :func:`overlay` (:mod:`.overlays`): a map on the original image at its own aspect ratio;
 - :func:`strongest_channels`, :func:`attribute_features` (:mod:`.features`): a layer's strongest
   feature maps and FRDL's attribute-specific features.
 """
 
-from parlab.visualisation.attention import token_attention
+from parlab.visualisation.attention import attention_rollout, token_attention
 from parlab.visualisation.cams import CAMLayer, attribute_cams, cam_layer, cam_methods
 from parlab.visualisation.features import attribute_features, pca_2d, strongest_channels
 from parlab.visualisation.overlays import overlay, upscale_grid
 from parlab.visualisation.selection import model_inputs, pick_rows
 
-__all__ = ["CAMLayer", "attribute_cams", "attribute_features", "cam_layer", "cam_methods", "model_inputs", "overlay", "pca_2d", "pick_rows",
+__all__ = ["CAMLayer", "attention_rollout", "attribute_cams", "attribute_features", "cam_layer", "cam_methods", "model_inputs", "overlay", "pca_2d", "pick_rows",
            "strongest_channels", "token_attention", "upscale_grid"]

@@ -1,4 +1,4 @@
-"""Where PromptPAR's tokens look: attention of the class token and of each region's part token.
+"""Where attention goes: PromptPAR's class and part tokens, and attention rollout for ViT backbones.
 
 The attention weights are recomputed from the last visual block's input
 (open_clip's blocks do not return them): the block's own LayerNorm and
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from parlab.methods.promptpar.model import PromptPAR
+from parlab.models import PARModel
 
 
 @torch.no_grad()
@@ -54,3 +55,45 @@ def token_attention(model: PromptPAR, images: torch.Tensor, layer: int = -1) -> 
     layout = model.layout
     rows = [0] + [layout.part_token(j) for j in range(layout.regions)]
     return weights[:, rows, layout.patches].reshape(b, len(rows), *layout.grid)
+
+
+@torch.no_grad()
+def attention_rollout(model: PARModel, images: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout (Abnar and Zuidema, 2020) of a timm ViT backbone: what the class token draws
+    on from each patch through all blocks.
+
+    Each block's attention (mean over heads) is recomputed from the block's attention input, mixed
+    with the identity for the residual connection (``residual``), row-normalised, and the blocks'
+    matrices are multiplied in order.
+
+    Returns:
+        (B, rows, cols): the class token's row over the patches, on the backbone's patch grid.
+    """
+    backbone = model.backbone
+    if not (hasattr(backbone, "blocks") and hasattr(backbone, "patch_embed")):
+        raise ValueError("attention rollout needs a ViT backbone (timm VisionTransformer)")
+    model.eval()
+    inputs = []
+
+    def keep_input(_module, args) -> None:
+        inputs.append(args[0])
+
+    hooks = [block.attn.register_forward_pre_hook(keep_input) for block in backbone.blocks]
+    try:
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rollout = None
+    for block, x in zip(backbone.blocks, inputs):
+        attn = block.attn
+        b, n, _ = x.shape
+        q, k, _ = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1).mean(dim=1)  # (B, N, N)
+        mixed = residual * torch.eye(n, device=x.device) + (1 - residual) * weights
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+        rollout = mixed if rollout is None else mixed @ rollout
+    prefix = getattr(backbone, "num_prefix_tokens", 1)
+    rows, cols = backbone.patch_embed.grid_size
+    return rollout[:, 0, prefix:prefix + rows * cols].reshape(len(images), rows, cols)

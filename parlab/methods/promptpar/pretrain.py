@@ -28,14 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.data import DataLoader, Dataset
 
 from parlab.data import load_dataset
-from parlab.data.images import PARImageDataset, PARTransform
+from parlab.data.images import PARImageDataset
 from parlab.files import write_atomic, write_json
 from parlab.metrics import PARMetrics, pedestrian_metrics
-from parlab.models.clip import clip_tokenizer, create_clip
+from parlab.models.clip import clip_tokenizer, clip_transform, create_clip
 from parlab.training.config import ConfigFile
 from parlab.training.distributed import resolve_device
 from parlab.training.optim import WarmupCosine
@@ -136,8 +135,7 @@ def pretrain_clip(config: CLIPPretrainConfig, existing: str = "error", progress:
 
     def split(name: str, train: bool) -> _CaptionedImages:
         # OpenAI normalisation: what every CLIP architecture (and its weights) here expects.
-        tf = PARTransform(config.image_size, train=train, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD,
-                          pad=config.pad)
+        tf = clip_transform(config.image_size, train, config.pad)
         images = PARImageDataset(ann, name, tf)
         names = [str(ann.image_path(r).relative_to(Path(config.root))) for r in images.rows]
         lacking = [n for n in names if n not in captions]
@@ -244,8 +242,7 @@ def zero_shot(clip_model: str, weights: str | Path, annotations, split: str = "t
     dev = resolve_device(device)
     model = create_clip(clip_model, weights, device=str(dev), image_size=image_size).eval()
     size = image_size or tuple(model.visual.image_size)
-    images = PARImageDataset(annotations, split, PARTransform(size, train=False, mean=OPENAI_DATASET_MEAN,
-                                                              std=OPENAI_DATASET_STD))
+    images = PARImageDataset(annotations, split, clip_transform(size, train=False))
     image_emb = _embed_images(model, DataLoader(images, batch_size=batch_size), dev)
     probs = zero_shot_probs(model, image_emb, annotations.sentences, clip_tokenizer(clip_model), dev)
     return pedestrian_metrics(annotations.labels[images.rows], probs, attributes=annotations.attributes)

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from parlab.data import load_dataset
 from parlab.data.images import PARTransform
 from parlab.files import file_sha256
+from parlab.models.clip import clip_transform
 from parlab.methods.promptpar.config import PAPER_SETTINGS, PROMPTPAR_UNUSED, PromptPARConfig
 from parlab.methods.promptpar.model import PromptPAR, build_model
 from parlab.training.checkpoint import CheckpointError
@@ -92,8 +92,7 @@ class PromptPARRecipe(Recipe):
         return build_model(self.model_config)
 
     def transform(self, train: bool) -> PARTransform:
-        # CLIP's own input statistics, not ImageNet's.
-        return PARTransform(self.config.image_size, train=train, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+        return clip_transform(self.config.image_size, train)
 
     def optimizer(self, model: PromptPAR, steps_per_epoch: int):
         groups = {"heads": [], "prompts": []}
