@@ -11,18 +11,25 @@ SGD settings) on in-memory batches, in this process:
 - text features: with no text prompts, the sentence features are constant and
   cached; the other variant recomputes them through the text tower every step.
 
+It also writes a PromptPAR checkpoint's model part (trained parameters only)
+and the whole model's state to a temporary folder and prints both sizes
+(``--sizes-of ViT-L-14-quickgelu`` does this for another CLIP without timing it).
+
 Random CLIP weights (speed does not depend on them; nothing is read or downloaded).
 
     .venv/bin/python benchmarks/promptpar_step.py [--clip-model parlab-clip-tiny] [--image-size 64 32]
     .venv/bin/python benchmarks/promptpar_step.py --clip-model ViT-B-16-quickgelu --image-size 224 224 \\
         --vis-depth 12 --batch-size 8 --steps 5
+    .venv/bin/python benchmarks/promptpar_step.py --sizes-of ViT-L-14-quickgelu --vis-depth 24 --image-size 224 224
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,6 +64,15 @@ def build(config: PromptPARConfig):
         return build_model(config)
 
 
+def checkpoint_sizes(model) -> tuple[int, int]:
+    """Bytes on disk of (the trained parameters, the whole model state), each saved with torch.save."""
+    with tempfile.TemporaryDirectory() as folder:
+        trained, whole = Path(folder) / "trained.pt", Path(folder) / "whole.pt"
+        torch.save(model.trained_state_dict(), trained)
+        torch.save(model.state_dict(), whole)
+        return trained.stat().st_size, whole.stat().st_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip-model", default="parlab-clip-tiny")
@@ -67,11 +83,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--sizes-of", help="only print the checkpoint sizes for this CLIP architecture")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config = PromptPARConfig(clip_model=args.clip_model, image_size=tuple(args.image_size), vis_prompt=args.vis_prompt,
-                             vis_depth=args.vis_depth, num_attributes=args.attributes)
+    config = PromptPARConfig(clip_model=args.sizes_of or args.clip_model, image_size=tuple(args.image_size),
+                             vis_prompt=args.vis_prompt, vis_depth=args.vis_depth, num_attributes=args.attributes)
+    if args.sizes_of:
+        trained, whole = checkpoint_sizes(build(config))
+        print(f"{args.sizes_of}: trained parameters {trained / 2**20:.1f} MiB, whole model {whole / 2**20:.1f} MiB "
+              f"({whole / trained:.0f}x)")
+        return
     batch = torch.randn(args.batch_size, 3, *args.image_size)
     labels = (torch.rand(args.batch_size, args.attributes) < 0.2).float()
     print(f"{args.clip_model} at {args.image_size[0]}x{args.image_size[1]}, batch {args.batch_size}, "
@@ -87,6 +109,9 @@ def main() -> None:
     print(f"prompt tuning   {prompt_speed:8.1f} img/s  ({trainable:,} of {total:,} parameters trained)")
     print(f"full fine-tune  {full_speed:8.1f} img/s  ({full_trainable:,} parameters trained)")
     print(f"prompt tuning / full fine-tuning: {prompt_speed / full_speed:.2f}x")
+    trained_bytes, whole_bytes = checkpoint_sizes(tuned)
+    print(f"checkpoint model part: trained parameters {trained_bytes / 2**20:.2f} MiB, whole model "
+          f"{whole_bytes / 2**20:.2f} MiB ({whole_bytes / trained_bytes:.0f}x)")
 
     text_config = PromptPARConfig(**{**config.to_dict(), "use_textprompt": False})
     cached = build(text_config)
