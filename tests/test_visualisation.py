@@ -122,3 +122,17 @@ def test_attention_rollout_of_a_vit_is_a_distribution_over_tokens():
     assert torch.allclose(attention_rollout(model, images, residual=1.0), torch.zeros(2, 4, 2))
     with pytest.raises(ValueError, match="ViT backbone"):
         attention_rollout(build_model("test_resnet", 4, "linear_bn"), images)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "eigencam", "layercam"])
+@pytest.mark.parametrize("kind", ["cnn", "promptpar"])
+def test_every_cam_method_on_every_model_kind(method, kind):
+    torch.manual_seed(0)
+    model = _promptpar() if kind == "promptpar" else build_model("test_resnet", 4, "attribute").eval()
+    cams = attribute_cams(model, torch.randn(2, 3, 64, 32), [1, 2], method=method)
+    assert cams.shape == (2, 2, 64, 32) and np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1 + 1e-6
+
+
+def test_unknown_cam_method_lists_the_known_ones():
+    with pytest.raises(ValueError, match="gradcam, gradcam\\+\\+, hirescam"):
+        attribute_cams(build_model("test_resnet", 4).eval(), torch.randn(1, 3, 64, 32), [0], method="scorecam")
