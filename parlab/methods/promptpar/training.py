@@ -69,7 +69,8 @@ def base_weights_record(model_config: PromptPARConfig) -> dict:
         return {"path": None, "sha256": None}
     path = Path(model_config.weights)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: CLIP weights file not found (PromptPARConfig.weights)")
+        raise FileNotFoundError(f"{path}: CLIP weights file not found (PromptPARConfig.weights); parlab never "
+                                "downloads: fetch open_clip's weights file on a connected machine and give its path")
     return {"path": str(path), "sha256": file_sha256(path)}
 
 
