@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,10 @@ def test_cli_under_torchrun_matches_single_process_evaluation(synthpa_root, clip
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     distributed = json.loads((out / "metrics.json").read_text())["test"]
     assert parlab.evaluate(out / "best.pt").summary() == pytest.approx(distributed, abs=1e-6)
+
+
+def test_bf16_autocast_trains_with_finite_losses(synthpa_root, clip_file, tmp_path):
+    config, model = _configs(synthpa_root, clip_file, tmp_path / "bf16", amp="bf16", train_limit=48)
+    run = train_promptpar(config, model, progress=False, log=lambda _: None)
+    assert np.isfinite(run.history["train_loss"]).all()
+    assert len(run.history) == 2 and run.test.summary()["ma"] > 0

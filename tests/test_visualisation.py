@@ -136,3 +136,20 @@ def test_every_cam_method_on_every_model_kind(method, kind):
 def test_unknown_cam_method_lists_the_known_ones():
     with pytest.raises(ValueError, match="gradcam, gradcam\\+\\+, hirescam"):
         attribute_cams(build_model("test_resnet", 4).eval(), torch.randn(1, 3, 64, 32), [0], method="scorecam")
+
+
+def test_swin_stages_are_turned_channels_first():
+    import timm
+
+    from parlab.models import PARModel
+    from parlab.models.heads import HEADS
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, embed_dim=24,
+                                 depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), img_size=(64, 32), window_size=4)
+    model = PARModel(backbone, HEADS["linear_bn"](backbone.num_features, 4)).eval()
+    layer = cam_layer(model)
+    assert "channels last" in layer.description
+    assert layer.reshape(torch.zeros(2, 2, 1, 192)).shape == (2, 192, 2, 1)
+    cams = attribute_cams(model, torch.randn(2, 3, 64, 32), [0, 3])
+    assert cams.shape == (2, 2, 64, 32) and np.isfinite(cams).all()
