@@ -15,26 +15,18 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
-
 import numpy as np
 
 from parlab.data.images import PARImageDataset, load_rgb
 from parlab.inference import LoadedModel
 from parlab.metrics import pedestrian_metrics
 from parlab.training.distributed import DistContext
-from parlab.training.evaluation import eval_loader, predict_dataset
+from parlab.training.evaluation import Predictions, eval_loader, predict_dataset
 from parlab.visualisation.cams import attribute_cams
 from parlab.visualisation.overlays import overlay
 
 METRICS = (("ma", "mA"), ("acc", "Acc"), ("prec", "Prec"), ("rec", "Rec"), ("f1", "F1"))
 RIGHT, WRONG, IGNORED = "#2e7d32", "#c62828", "#9e9e9e"
-
-
-@dataclass
-class _SplitPredictions:
-    rows: np.ndarray  # (n,) annotation rows
-    probs: np.ndarray  # (n, A)
 
 
 class _Cache:
@@ -43,13 +35,13 @@ class _Cache:
     def __init__(self, models: dict[str, LoadedModel], annotations, batch_size: int) -> None:
         self.models, self.annotations, self.batch_size, self.done = models, annotations, batch_size, {}
 
-    def __call__(self, method: str, split: str) -> _SplitPredictions:
+    def __call__(self, method: str, split: str) -> Predictions:
         if (method, split) not in self.done:
             loaded = self.models[method]
             data = PARImageDataset(self.annotations, split, loaded.transform)
             ctx = DistContext(0, 1, 0, loaded.device)
-            preds = predict_dataset(loaded.model, eval_loader(data, self.batch_size, 0, ctx), ctx, loaded.config.amp)
-            self.done[(method, split)] = _SplitPredictions(preds.rows, preds.probs)
+            self.done[(method, split)] = predict_dataset(loaded.model, eval_loader(data, self.batch_size, 0, ctx), ctx,
+                                                         loaded.config.amp)
         return self.done[(method, split)]
 
 
