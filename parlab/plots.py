@@ -387,10 +387,12 @@ def method_bars(table: pd.DataFrame, metrics: tuple[str, ...] = ("mA", "F1")):
     width = 0.8 / len(settings)
     for ax, metric in zip(axes[0], metrics):
         for k, setting in enumerate(settings):
-            means = [table.loc[(m, setting), metric] for m in methods]
-            stds = np.nan_to_num([table.loc[(m, setting), f"{metric} std"] for m in methods])
-            ax.bar(np.arange(len(methods)) + (k - (len(settings) - 1) / 2) * width, means, width, yerr=stds,
-                   capsize=2, label=setting, color=f"C{k}")
+            means = np.array([table.loc[(m, setting), metric] for m in methods])
+            stds = np.array([table.loc[(m, setting), f"{metric} std"] for m in methods])
+            x = np.arange(len(methods)) + (k - (len(settings) - 1) / 2) * width
+            ax.bar(x, means, width, label=setting, color=f"C{k}")
+            repeated = np.isfinite(stds)  # single runs have no spread to draw
+            ax.errorbar(x[repeated], means[repeated], yerr=stds[repeated], fmt="none", ecolor="k", capsize=2, lw=1)
         ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(f"test {metric} (%)")
         low = np.nanmin(table[metric].to_numpy())
