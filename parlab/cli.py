@@ -135,21 +135,21 @@ def _promptpar(args: argparse.Namespace) -> int:
     run_values |= {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                    if f.name not in PROMPTPAR_UNUSED and hasattr(args, f.name)}
     model_values |= {f.name: getattr(args, f.name) for f in fields(PromptPARConfig) if hasattr(args, f.name)}
-    config = promptpar_run_config(**run_values)
-    existing = "resume" if args.resume else "overwrite" if args.overwrite else "error"
-    result = train_promptpar(config, PromptPARConfig.from_dict(model_values), existing=existing,
-                             progress=not args.no_progress)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"run folder: {result.output_dir}")
-    return 0
+    model_config = PromptPARConfig.from_dict(model_values)
+    return _start(args, lambda **kw: train_promptpar(promptpar_run_config(**run_values), model_config, **kw))
 
 
 def _run(args: argparse.Namespace, cls, train) -> int:
     values = cls.from_file(args.config).to_dict() if args.config else {}
     values |= {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
     config = cls.from_dict(values)
+    return _start(args, lambda **kw: train(config, **kw))
+
+
+def _start(args: argparse.Namespace, train) -> int:
+    """Run ``train(existing=..., progress=...)`` as the run options say; rank 0 names the run folder."""
     existing = "resume" if args.resume else "overwrite" if args.overwrite else "error"
-    result = train(config, existing=existing, progress=not args.no_progress)
+    result = train(existing=existing, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {result.output_dir}")
     return 0

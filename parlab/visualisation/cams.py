@@ -84,18 +84,6 @@ def cam_layer(model: nn.Module) -> CAMLayer:
     return CAMLayer(layer, None, f"stage {name}")
 
 
-class _Logits(nn.Module):
-    """The model's main logits only (PromptPAR in training mode would also return auxiliary ones)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out[0] if isinstance(out, tuple) else out
-
-
 def attribute_cams(model: nn.Module, images: torch.Tensor, attributes: list[int], method: str = "gradcam",
                    layer: CAMLayer | None = None) -> np.ndarray:
     """CAMs of ``attributes`` for every image: (B, len(attributes), H, W) in [0, 1].
@@ -112,10 +100,10 @@ def attribute_cams(model: nn.Module, images: torch.Tensor, attributes: list[int]
     methods = cam_methods()
     if method not in methods:
         raise ValueError(f"unknown CAM method {method!r}; known: {', '.join(methods)}")
-    model.eval()
+    model.eval()  # also makes PromptPAR return its main logits only
     layer = layer or cam_layer(model)
     maps = []
-    with methods[method](model=_Logits(model), target_layers=[layer.layer], reshape_transform=layer.reshape) as cam:
+    with methods[method](model=model, target_layers=[layer.layer], reshape_transform=layer.reshape) as cam:
         for a in attributes:
             targets = [ClassifierOutputTarget(int(a)) for _ in range(len(images))]
             maps.append(cam(input_tensor=images, targets=targets))  # (B, H, W)

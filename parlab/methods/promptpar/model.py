@@ -57,8 +57,7 @@ class PromptPAR(nn.Module):
         if not hasattr(visual, "grid_size") or visual.attn_pool is not None:
             raise ValueError(f"{config.clip_model}: PromptPAR needs a ViT visual tower with a class token")
         width, depth = visual.class_embedding.shape[0], len(visual.transformer.resblocks)
-        embed_dim = clip.text_projection.shape[1] if isinstance(clip.text_projection, torch.Tensor) \
-            else clip.text_projection.out_features
+        embed_dim = clip.visual.output_dim  # D: the shared image-text embedding width
         if config.vis_depth > depth:
             raise ValueError(f"vis_depth {config.vis_depth} exceeds the {depth} layers of {config.clip_model}")
         a = config.num_attributes
@@ -296,13 +295,13 @@ def build_model(config: PromptPARConfig, device: str | torch.device = "cpu") -> 
     clip = create_clip(config.clip_model, config.weights, image_size=config.image_size)
     clip.eval()
     if not config.use_mm_former:
-        block, norm, width = None, None, clip.text_projection.shape[1]
+        block, norm, width = None, None, clip.visual.output_dim
     elif config.fusion == "clip_block":
         block, norm, width = _clip_fusion(clip)
     elif config.fusion == "vit_b16":
         block, norm, width = _vit_b16_fusion(config.fusion_weights)
     else:
-        block, norm, width = _trainable_fusion(clip.text_projection.shape[1])
+        block, norm, width = _trainable_fusion(clip.visual.output_dim)
     if norm is not None:
         norm.requires_grad_(True)  # the fusion LayerNorms are trained, as in the paper
     model = PromptPAR(config, clip, block, norm, width)
