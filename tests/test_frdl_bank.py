@@ -118,3 +118,57 @@ def test_pop_into_a_given_tensor_matches_a_fresh_pop():
         f1, l1 = fresh.pop(16, generator=torch.Generator().manual_seed(seed))
         f2, l2 = reused.pop(16, generator=torch.Generator().manual_seed(seed), out=out)
         assert f2 is out and torch.equal(f1, f2) and torch.equal(l1, l2)
+
+
+def ring_reference(batches, num_attributes: int, size: int) -> dict[tuple[int, int], dict[int, torch.Tensor]]:
+    """Slot -> feature of every (attribute, label) ring buffer, filled one entry at a time."""
+    slots = {(a, lab): {} for a in range(num_attributes) for lab in (0, 1)}
+    written = dict.fromkeys(slots, 0)
+    for feats, labels in batches:
+        for b in range(len(labels)):
+            for a in range(num_attributes):
+                lab = int(labels[b, a])
+                if lab >= 0:
+                    slots[a, lab][written[a, lab] % size] = feats[b, a]
+                    written[a, lab] += 1
+    return slots
+
+
+@pytest.mark.parametrize("dim, layout", [(3, "contiguous"), (6, "contiguous"), (512, "contiguous"),
+                                         (512, "transposed"), (512, "offset")])
+def test_push_stores_each_row_in_its_ring_slot(dim, layout):
+    # dim 512 at A=4, K=160 makes a 2.5 MiB bank (the huge-page path) whose rows push copies as
+    # 16-byte elements; a transposed or oddly offset batch takes the element-by-element path.
+    g = torch.Generator().manual_seed(dim)
+    a, size = 4, 160
+    bank = FeatureBank(a, dim, size=size)
+    batches = []
+    for _ in range(5):
+        labels = torch.randint(-1, 2, (70, a), generator=g)
+        if layout == "transposed":
+            feats = torch.randn(dim, a, 70, generator=g).permute(2, 1, 0)
+        elif layout == "offset":
+            feats = torch.randn(1 + 70 * a * dim, generator=g)[1:].view(70, a, dim)
+        else:
+            feats = torch.randn(70, a, dim, generator=g)
+        bank.push(feats, labels)
+        batches.append((feats, labels))
+    for (j, lab), slots in ring_reference(batches, a, size).items():
+        assert int(bank.count[j, lab]) == len(slots)
+        for slot, row in slots.items():
+            assert torch.equal(bank.features[j, lab, slot], row)
+
+
+def test_state_dict_round_trip_through_a_checkpoint(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    bank = FeatureBank(4, 512, size=160)  # on the huge-page path
+    labels = (torch.rand(300, 4, generator=g) < 0.4).long()
+    bank.push(torch.randn(300, 4, 512, generator=g), labels)
+    bank.pop(50, generator=g)
+    torch.save(bank.state_dict(), tmp_path / "bank.pt")
+    restored = FeatureBank(4, 512, size=160)
+    restored.load_state_dict(torch.load(tmp_path / "bank.pt", weights_only=True))
+    assert torch.equal(restored.features, bank.features)
+    f1, l1 = bank.pop(40, generator=torch.Generator().manual_seed(5))
+    f2, l2 = restored.pop(40, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(f1, f2) and torch.equal(l1, l2)
