@@ -40,7 +40,10 @@ def _zeros(rows: int, dim: int, device, dtype: torch.dtype) -> torch.Tensor:
         return torch.zeros(rows, dim, device=device, dtype=dtype)
     # Anonymous private memory is zero-filled; the tensor keeps the mapping alive.
     buffer = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buffer.madvise(mmap.MADV_HUGEPAGE)
+    try:
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # a kernel built without transparent huge pages: plain pages, same tensor
+        pass
     address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
     offset = -address % _HUGE_PAGE  # huge pages need 2 MiB-aligned ranges
     return torch.frombuffer(buffer, dtype=torch.uint8, count=nbytes, offset=offset).view(dtype).view(rows, dim)
