@@ -91,7 +91,7 @@ class LeanLoopBank:
     """A leaner per-sample loop: Python ints and lists, copied rows, Python's ``random`` for the
     draws and shuffles, one stack per batch row."""
 
-    def __init__(self, num_attributes: int, size: int, dim: int) -> None:
+    def __init__(self, num_attributes: int, size: int) -> None:
         self.size = size
         self.items = [[[] for _ in range(2)] for _ in range(num_attributes)]
         self.write = [[0, 0] for _ in range(num_attributes)]
@@ -168,7 +168,7 @@ def main() -> None:
     bank = FeatureBank(a, c, size=k)
     np.random.seed(0)
     random.seed(0)
-    loops = {"public-code loop": PublicLoopBank(a, k, c), "lean loop": LeanLoopBank(a, k, c)}
+    loops = {"public-code loop": PublicLoopBank(a, k, c), "lean loop": LeanLoopBank(a, k)}
     bookkeeping = FeatureBank(a, 1, size=k)  # the same indices with one float per row: no data to speak of
     for _ in range(k // 8):  # fill (both labels present in every buffer)
         bank.push(feats, labels)

@@ -118,11 +118,11 @@ class FeatureBank:
             raise ValueError(f"push expects features (B, {self.num_attributes}, {self.dim}) and labels (B, "
                              f"{self.num_attributes}); got {tuple(features.shape)} and {tuple(labels.shape)}")
         labels = labels.to(self.device).long()
-        negatives, positives = (labels == 0).long().cumsum(0), (labels == 1).long().cumsum(0)  # (B, A)
+        positive = labels == 1
+        negatives, positives = (labels == 0).long().cumsum(0), positive.long().cumsum(0)  # (B, A)
         total = torch.stack([negatives[-1], positives[-1]], dim=1)  # (A, 2) entries per buffer
         # Each entry's buffer (number 2j + l of the flattened (A, 2) state), its position within that
         # buffer's share of the batch, and that share's size.
-        positive = labels == 1
         buffer = positive.long() + torch.arange(0, 2 * a, 2, device=self.device)  # (B, A)
         rank = torch.where(positive, positives, negatives) - 1
         share = torch.where(positive, positives[-1], negatives[-1])
