@@ -220,9 +220,9 @@ def stage2_profile(root: str, steps: int) -> None:
     from parlab.models import build_model
     from parlab.models.heads import AttributeClassifiers
     from parlab.training.distributed import setup
-    from parlab.training.engine import train_loader
     from parlab.training.evaluation import eval_loader, forward_split
     from parlab.training.losses import multilabel_bce
+    from parlab.training.sampling import train_loader
 
     ann = load_dataset("synthpa", generate(root, "default"))
     a, batch = ann.num_attributes, 64

@@ -26,8 +26,8 @@ import torch
 from parlab.data import load_dataset
 from parlab.labelstats import positive_ratio
 from parlab.training import PARLoss, TrainConfig, train
-from parlab.training.engine import model_for
 from parlab.training.optim import build_optimizer
+from parlab.training.task import SupervisedTask
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 def bare_loop(config: TrainConfig, num_attributes: int, ratio, steps: int) -> float:
     """Images/s of forward + loss + backward + clip + step on in-memory batches."""
     torch.manual_seed(config.seed)
-    model = model_for(config, num_attributes).train()
+    model = SupervisedTask(config).build_model(num_attributes).train()
     optimizer = build_optimizer(model.parameters(), config)
     criterion = PARLoss(config.loss, ratio)
     x = torch.randn(config.batch_size, 3, *config.image_size)

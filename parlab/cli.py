@@ -1,59 +1,46 @@
-"""The ``parlab`` command: ``train``, ``frdl``, ``promptpar``, ``evaluate`` and ``predict``.
+"""The ``parlab`` command: one subcommand per registered method, plus ``evaluate`` and ``predict``.
 
-``parlab train`` takes every :class:`~parlab.training.TrainConfig` field as an
-option (``--backbone resnet50 --epochs 30 --image-size 256 192 --ema``), after
-an optional ``--config file.yaml``; options given on the command line win.
-``parlab frdl`` does the same with :class:`~parlab.methods.frdl_config.FRDLConfig`
-(FRDL's stage 2 on a stage-1 run, with ``--goat`` for GOAT). ``parlab
-promptpar`` takes the run's TrainConfig fields (defaults: the paper's
-optimisation) and the PromptPARConfig fields (``--weights`` is the CLIP file).
-All run on several GPUs or nodes under torchrun::
+Each method's subcommand (``train``, ``frdl``, ``promptpar``; see
+:mod:`parlab.methods.registry`) takes every field of its config dataclasses
+as an option (``--backbone resnet50 --epochs 30 --image-size 256 192
+--ema``), after an optional ``--config file.yaml``; options given on the
+command line win. An option's help is its field's ``help`` metadata. All run
+on several GPUs or nodes under torchrun::
 
     torchrun --nproc_per_node 4 -m parlab train --config pa100k.yaml --device cuda
     torchrun --nproc_per_node 4 -m parlab frdl --stage1 runs/pa100k_stage1 --goat --device cuda
     torchrun --nproc_per_node 4 -m parlab promptpar --config promptpar.yaml --device cuda
+
+Building the parser imports no torch (the registry and the configs are
+torch-free), so ``parlab --help`` answers at once; a user's mistake
+(any :class:`~parlab.errors.ParlabError`) is one ``error: ...`` line and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
-import re
 import sys
 import types
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from parlab.methods.frdl_config import FRDL_CHOICES, FRDLConfig
-from parlab.methods.promptpar.config import FUSIONS, PAPER_SETTINGS, PROMPTPAR_UNUSED, PromptPARConfig
-from parlab.training.config import CHOICES, TrainConfig, read_mapping
+from parlab.errors import ParlabError
+from parlab.methods.registry import MethodSpec, OptionGroup, available_methods
+from parlab.training.config import choices_of, help_of, read_mapping
 
 
-def _field_comments(cls) -> dict[str, str]:
-    """The comment after each config field, where the fields are documented once."""
-    comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        match = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2)
-    return comments
-
-
-def _add_config_options(parser: argparse.ArgumentParser, cls, choices: dict, title: str,
-                        skip: tuple[str, ...] = (), defaults: dict | None = None) -> None:
-    hints = typing.get_type_hints(cls)
-    comments = _field_comments(cls)
-    group = parser.add_argument_group(title)
-    for f in fields(cls):
-        if f.name in skip:
+def _add_group(parser: argparse.ArgumentParser, group: OptionGroup) -> None:
+    hints = typing.get_type_hints(group.config)
+    options = parser.add_argument_group(group.title)
+    for f in fields(group.config):
+        if f.name in group.skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        default = (defaults or {}).get(f.name, f.default if f.default is not MISSING else None)
+        default = group.defaults.get(f.name, f.default if f.default is not MISSING else None)
         hint = hints[f.name]
-        about = f"{comments[f.name]} " if f.name in comments else ""
+        about = f"{help_of(f)} " if help_of(f) else ""
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS,
                         "help": f"{about}(default: {default!r})".replace("%", "%%")}
         if hint is bool:
@@ -64,9 +51,9 @@ def _add_config_options(parser: argparse.ArgumentParser, cls, choices: dict, tit
             kwargs["type"] = str
         else:
             kwargs["type"] = hint
-            if f.name in choices:
-                kwargs["choices"] = choices[f.name]
-        group.add_argument(flag, **kwargs)
+            if choices_of(f):
+                kwargs["choices"] = choices_of(f)
+        options.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -77,29 +64,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines only)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(methods: dict[str, MethodSpec]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parlab", description="Pedestrian attribute recognition workbench.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train a model (one process, or every process under torchrun)",
-                           description="Train, select on validation, evaluate test once; writes --output-dir.")
-    _add_run_options(train)
-    _add_config_options(train, TrainConfig, CHOICES, "config fields (defaults: the Rethinking_of_PAR baseline)")
-
-    frdl = sub.add_parser("frdl", help="FRDL stage 2 (and GOAT) on a stage-1 run",
-                          description="Train FRDL's balanced heads on a stage-1 run (head 'attribute'); "
-                                      "writes --output-dir.")
-    _add_run_options(frdl)
-    _add_config_options(frdl, FRDLConfig, FRDL_CHOICES,
-                        "config fields (defaults: the public code's PA100k setting)")
-
-    promptpar = sub.add_parser("promptpar", help="PromptPAR prompt tuning on a CLIP",
-                               description="Prompt-tune PromptPAR on a local CLIP weights file; writes --output-dir.")
-    _add_run_options(promptpar)
-    _add_config_options(promptpar, TrainConfig, CHOICES, "run fields (defaults: the paper's optimisation)",
-                        skip=PROMPTPAR_UNUSED, defaults=PAPER_SETTINGS)
-    _add_config_options(promptpar, PromptPARConfig, {"fusion": FUSIONS}, "PromptPAR fields",
-                        skip=("num_attributes", "attribute_sentences", "image_size"))
+    for spec in methods.values():
+        method = sub.add_parser(spec.command, help=spec.help, description=spec.description)
+        _add_run_options(method)
+        for group in spec.groups:
+            _add_group(method, group)
 
     ev = sub.add_parser("evaluate", help="PAR metrics of a checkpoint on a dataset split",
                         description="Evaluate a checkpoint on one split in one process.")
@@ -125,46 +97,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _promptpar(args: argparse.Namespace) -> int:
-    from parlab.methods.promptpar import promptpar_run_config, train_promptpar
+def option_values(spec: MethodSpec, args: argparse.Namespace) -> dict[str, dict]:
+    """Each option group's values: the ``--config`` file's, then the command line's on top.
 
-    values = read_mapping(args.config) if args.config else {}
-    names = {f.name for f in fields(PromptPARConfig)} - {"image_size"}
-    model_values = {k: v for k, v in values.items() if k in names}
-    run_values = {k: v for k, v in values.items() if k not in names}
-    run_values |= {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                   if f.name not in PROMPTPAR_UNUSED and hasattr(args, f.name)}
-    model_values |= {f.name: getattr(args, f.name) for f in fields(PromptPARConfig) if hasattr(args, f.name)}
-    model_config = PromptPARConfig.from_dict(model_values)
-    return _start(args, lambda **kw: train_promptpar(promptpar_run_config(**run_values), model_config, **kw))
-
-
-def _run(args: argparse.Namespace, cls, train) -> int:
-    values = cls.from_file(args.config).to_dict() if args.config else {}
-    values |= {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-    config = cls.from_dict(values)
-    return _start(args, lambda **kw: train(config, **kw))
+    A file's field goes to the group that offers it as an option (else to the first group, whose config
+    then names it as unknown).
+    """
+    values: dict[str, dict] = {g.key: {} for g in spec.groups}
+    offered = {f.name: g.key for g in reversed(spec.groups) for f in fields(g.config) if f.name not in g.skip}
+    for name, value in (read_mapping(args.config) if args.config else {}).items():
+        values[offered.get(name, spec.groups[0].key)][name] = value
+    for g in spec.groups:
+        values[g.key] |= {f.name: getattr(args, f.name) for f in fields(g.config)
+                          if f.name not in g.skip and hasattr(args, f.name)}
+    return values
 
 
-def _start(args: argparse.Namespace, train) -> int:
-    """Run ``train(existing=..., progress=...)`` as the run options say; rank 0 names the run folder."""
+def _train(spec: MethodSpec, args: argparse.Namespace) -> int:
+    """Build the method's task from the options and run it; rank 0 names the run folder."""
+    from parlab.training.engine import fit
+
+    task = spec.task_class().from_options(option_values(spec, args))
     existing = "resume" if args.resume else "overwrite" if args.overwrite else "error"
-    result = train(existing=existing, progress=not args.no_progress)
+    result = fit(task, existing=existing, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {result.output_dir}")
     return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from parlab.training import train
-
-    return _run(args, TrainConfig, train)
-
-
-def _frdl(args: argparse.Namespace) -> int:
-    from parlab.methods.frdl_training import train_frdl
-
-    return _run(args, FRDLConfig, train_frdl)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -186,32 +144,28 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from parlab.inference import list_images, load_model, predict
 
+    suffix = args.output.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise ParlabError(f"--output must end in .csv or .json, got {args.output}")
     loaded = load_model(args.checkpoint, args.device, args.clip_weights)
     files = [f for item in args.inputs for f in list_images(item)]
     table = predict(loaded, files, batch_size=args.batch_size, threshold=args.threshold)
-    suffix = args.output.suffix.lower()
     if suffix == ".csv":
         table.to_csv(args.output)
-    elif suffix == ".json":
-        args.output.write_text(table.to_json(orient="index", indent=2))
     else:
-        raise SystemExit(f"error: --output must end in .csv or .json, got {args.output}")
+        args.output.write_text(table.to_json(orient="index", indent=2))
     print(f"{len(table)} images -> {args.output}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from parlab.data.errors import DatasetError
-    from parlab.models import BackboneError
-    from parlab.training import CheckpointError, TrainingDiverged
-
-    args = _parser().parse_args(argv)
-    handler = {"train": _train, "frdl": _frdl, "promptpar": _promptpar, "evaluate": _evaluate,
-               "predict": _predict}[args.command]
+    methods = available_methods()
+    args = _parser(methods).parse_args(argv)
     try:
-        return handler(args)
-    except (DatasetError, BackboneError, CheckpointError, TrainingDiverged, FileExistsError,
-            FileNotFoundError, ValueError) as exc:
+        if args.command in methods:
+            return _train(methods[args.command], args)
+        return {"evaluate": _evaluate, "predict": _predict}[args.command](args)
+    except ParlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

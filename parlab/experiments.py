@@ -10,13 +10,11 @@ runs trained by earlier notebooks.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
-from parlab.methods.frdl_config import FRDLConfig
-from parlab.methods.frdl_training import train_frdl
-from parlab.methods.promptpar import PromptPARConfig, train_promptpar
-from parlab.training import RunResult, TrainConfig, train
+from parlab.errors import MissingFileError
+from parlab.methods.registry import method_for
+from parlab.training.engine import RunResult, fit
 
 
 def run_finished(folder: str | Path) -> bool:
@@ -28,25 +26,15 @@ def open_run(folder: str | Path, device: str = "auto", progress: bool = False) -
     """The :class:`RunResult` of the finished run in ``folder`` (re-evaluated, nothing retrained)."""
     folder = Path(folder)
     if not run_finished(folder):
-        raise FileNotFoundError(f"{folder}: no finished run here (metrics.json is written when a run ends); "
-                                "train it, or resume it with existing='resume'")
+        raise MissingFileError(f"{folder}: no finished run here (metrics.json is written when a run ends); "
+                               "train it, or resume it with existing='resume'")
+    source = str(folder / "config.json")
     record = json.loads((folder / "config.json").read_text())
-    quiet = lambda *_: None  # noqa: E731
-    method = record.get("method", "baseline")
-    if method in ("FRDL", "FRDL+GOAT"):
-        config = FRDLConfig.from_dict(record["frdl_config"], source=str(folder / "config.json"))
-        return train_frdl(_here(config, folder, device), existing="resume", progress=progress, log=quiet)
-    config = TrainConfig.from_dict(record["config"], source=str(folder / "config.json"))
-    if method == "PromptPAR":
-        model_config = PromptPARConfig.from_dict(record["method_config"], source=str(folder / "config.json"))
-        return train_promptpar(_here(config, folder, device), model_config, existing="resume", progress=progress,
-                               log=quiet)
-    return train(_here(config, folder, device), existing="resume", progress=progress, log=quiet)
-
-
-def _here(config, folder: Path, device: str):
-    """The config with the folder it was found in (runs may be moved) and the device asked for."""
-    return replace(config, output_dir=str(folder), device=device)
+    task_class = method_for(record.get("method") or "baseline").task_class()
+    record = task_class.upgrade_checkpoint(record)
+    # The folder it was found in (runs may be moved) and the device asked for.
+    record[task_class.run_key] = record[task_class.run_key] | {"output_dir": str(folder), "device": device}
+    return fit(task_class.from_record(record, source), existing="resume", progress=progress, log=lambda *_: None)
 
 
 def collect_runs(runs_dir: str | Path, groups: dict[str, str], device: str = "auto") -> dict[str, list[RunResult]]:

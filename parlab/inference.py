@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from parlab.data import load_dataset
 from parlab.data.images import PARImageDataset, PARTransform, load_rgb
+from parlab.errors import MissingFileError
+from parlab.methods.registry import method_for
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training.checkpoint import CheckpointError, check_attributes, load_checkpoint
 from parlab.training.config import TrainConfig
 from parlab.training.distributed import DistContext, resolve_device
-from parlab.training.recipe import Recipe
 from parlab.training.evaluation import autocast, eval_loader, predict_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -48,25 +49,20 @@ def load_model(checkpoint: str | Path, device: str = "cpu", clip_weights: str | 
     """
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
-    if "model" not in ckpt:
-        raise CheckpointError(f"{path}: a {ckpt.get('kind')!r} checkpoint holds no complete model; load the "
-                              "run's best.pt")
-    config = TrainConfig.from_dict(ckpt["config"], source=str(path))
+    task_class = method_for(ckpt.get("method") or "baseline").task_class()
+    if "model" not in ckpt or (ckpt.get("kind") == "training" and not task_class.trains_whole_model):
+        raise CheckpointError(f"{path}: a {ckpt.get('kind')!r} checkpoint of this method holds no complete model; "
+                              "load the run's best.pt")
+    task = task_class.from_record(ckpt, str(path), clip_weights=clip_weights)
     attributes = tuple(ckpt["attributes"])
-    if ckpt.get("method") == "PromptPAR":
-        from parlab.methods.promptpar.training import recipe_from_checkpoint
-
-        recipe = recipe_from_checkpoint(ckpt, str(path), clip_weights)
-    else:
-        recipe = Recipe(config)
-    model = recipe.build(len(attributes), pretrained=False)
     # A training checkpoint evaluates its EMA weights when the run kept them, like the run itself.
     state = ckpt["ema"] if ckpt.get("kind") == "training" and ckpt.get("ema") is not None else ckpt["model"]
-    recipe.load_state_dict(model, state, str(path))
     dev = resolve_device(device)
+    model = task.load_selected(state, len(attributes), str(path), dev)
+    config = task.data_config
     thresholds = ckpt.get("thresholds") or [config.threshold] * len(attributes)
-    return LoadedModel(model.to(dev).eval(), config, attributes, np.asarray(thresholds, dtype=np.float64), dev, path,
-                       recipe.transform(train=False))
+    return LoadedModel(model, config, attributes, np.asarray(thresholds, dtype=np.float64), dev, path,
+                       task.transform(train=False))
 
 
 def list_images(images_or_folder) -> list[Path]:
@@ -76,14 +72,14 @@ def list_images(images_or_folder) -> list[Path]:
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise FileNotFoundError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                raise MissingFileError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             return files
         items = [p]
     else:
         items = [Path(i) for i in images_or_folder]
     missing = [str(i) for i in items if not i.is_file()]
     if missing:
-        raise FileNotFoundError(f"image not found: {', '.join(missing[:5])}")
+        raise MissingFileError(f"image not found: {', '.join(missing[:5])}")
     return items
 
 

@@ -1,7 +1,7 @@
 """Figures of the notebooks.
 
 Each function returns a matplotlib Figure and changes no global state; the
-notebooks save them with :func:`parlab.figures.save_figure`.
+notebooks save them with :func:`parlab.outputs.save_figure`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.figure import Figure
 
 from parlab.data.annotations import Annotations
 from parlab.data.images import load_rgb
 
 
-def split_sizes(annotations: Annotations):
+def split_sizes(annotations: Annotations) -> Figure:
     sizes = {s: len(annotations.split(s)) for s in annotations.splits()}
     fig, ax = plt.subplots(figsize=(4, 2.6))
     ax.bar(list(sizes), list(sizes.values()), color="#4c72b0")
@@ -27,7 +28,7 @@ def split_sizes(annotations: Annotations):
     return fig
 
 
-def image_size_scatter(sizes: np.ndarray, title: str = "image sizes"):
+def image_size_scatter(sizes: np.ndarray, title: str = "image sizes") -> Figure:
     """Scatter of (height, width) pairs with marginal histograms."""
     grid = sns.JointGrid(x=sizes[:, 1], y=sizes[:, 0], height=3.6)
     grid.plot_joint(sns.scatterplot, s=8, alpha=0.4, edgecolor=None)
@@ -37,8 +38,7 @@ def image_size_scatter(sizes: np.ndarray, title: str = "image sizes"):
     return grid.figure
 
 
-def image_grid(annotations: Annotations, rows: np.ndarray, columns: int = 8, max_attributes: int = 6,
-               highlight: str | None = None):
+def image_grid(annotations: Annotations, rows: np.ndarray, columns: int = 8, max_attributes: int = 6) -> Figure:
     """Images with their positive attributes written beneath."""
     n = len(rows)
     nrows = int(np.ceil(n / columns))
@@ -49,13 +49,12 @@ def image_grid(annotations: Annotations, rows: np.ndarray, columns: int = 8, max
         ax.imshow(load_rgb(annotations.image_path(row)))
         pos = [a for a, v in zip(annotations.attributes, annotations.labels[row]) if v == 1]
         shown = pos[:max_attributes] + (["…"] if len(pos) > max_attributes else [])
-        ax.set_title("\n".join(shown), fontsize=6, loc="left",
-                     color="black" if highlight is None else "#c44e52")
+        ax.set_title("\n".join(shown), fontsize=6, loc="left")
     fig.tight_layout()
     return fig
 
 
-def attribute_examples(annotations: Annotations, split: str, seed: int = 0, columns: int = 9):
+def attribute_examples(annotations: Annotations, split: str, seed: int = 0, columns: int = 9) -> Figure:
     """One positive example per attribute (blank where the split has none)."""
     rng = np.random.default_rng(seed)
     rows = annotations.split(split)
@@ -76,7 +75,7 @@ def attribute_examples(annotations: Annotations, split: str, seed: int = 0, colu
 
 
 def positive_ratios(ratios: pd.Series, reference: pd.Series | None = None, log: bool = True,
-                    title: str = "positive ratio per attribute"):
+                    title: str = "positive ratio per attribute") -> Figure:
     """Sorted horizontal bars of positive ratios (optionally beside a reference set)."""
     order = ratios.sort_values().index
     fig, ax = plt.subplots(figsize=(5, 0.2 * len(order) + 1))
@@ -97,7 +96,7 @@ def positive_ratios(ratios: pd.Series, reference: pd.Series | None = None, log: 
     return fig
 
 
-def imbalance_ratios(ratios: pd.Series):
+def imbalance_ratios(ratios: pd.Series) -> Figure:
     order = ratios.sort_values().index
     fig, ax = plt.subplots(figsize=(5, 0.2 * len(order) + 1))
     ax.barh(np.arange(len(order)), ratios[order], color="#dd8452")
@@ -109,7 +108,7 @@ def imbalance_ratios(ratios: pd.Series):
     return fig
 
 
-def cardinality(counts: np.ndarray):
+def cardinality(counts: np.ndarray) -> Figure:
     fig, ax = plt.subplots(figsize=(4, 2.6))
     ax.hist(counts, bins=np.arange(counts.max() + 2) - 0.5, color="#55a868")
     ax.axvline(counts.mean(), color="black", lw=1, ls="--", label=f"mean {counts.mean():.2f}")
@@ -121,7 +120,7 @@ def cardinality(counts: np.ndarray):
 
 
 def heatmap(matrix: np.ndarray, names: list[str] | tuple[str, ...], title: str, center: float | None = 0.0,
-            cmap: str = "vlag", fmt_percent: bool = False):
+            cmap: str = "vlag", fmt_percent: bool = False) -> Figure:
     size = 0.28 * len(names) + 1.5
     fig, ax = plt.subplots(figsize=(size + 1, size))
     sns.heatmap(matrix * (100 if fmt_percent else 1), xticklabels=names, yticklabels=names, center=center,
@@ -132,7 +131,7 @@ def heatmap(matrix: np.ndarray, names: list[str] | tuple[str, ...], title: str, 
     return fig
 
 
-def prior_shift(table: pd.DataFrame):
+def prior_shift(table: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(4, 4))
     lim = [0, 100 * float(np.nanmax(table[["train", "test"]].to_numpy())) * 1.05]
     ax.plot(lim, lim, color="grey", lw=0.8, ls="--")
@@ -147,7 +146,7 @@ def prior_shift(table: pd.DataFrame):
     return fig
 
 
-def balancing(natural: pd.Series, best: pd.Series, max_deviation: float):
+def balancing(natural: pd.Series, best: pd.Series, max_deviation: float) -> Figure:
     """Natural priors vs the priors of the best image weighting, against the 50% goal."""
     order = natural.sort_values().index
     y = np.arange(len(order))
@@ -166,7 +165,7 @@ def balancing(natural: pd.Series, best: pd.Series, max_deviation: float):
 
 # --- training runs (notebooks 03 onwards) ---------------------------------------------------------
 
-def learning_curves(histories: dict[str, pd.DataFrame], split: str = "val"):
+def learning_curves(histories: dict[str, pd.DataFrame], split: str = "val") -> Figure:
     """Loss and ``split`` mA / F1 per epoch for each run (``histories``: name -> per-epoch log)."""
     fig, axes = plt.subplots(1, 3, figsize=(10, 3))
     for k, (name, log) in enumerate(histories.items()):
@@ -190,7 +189,7 @@ def learning_curves(histories: dict[str, pd.DataFrame], split: str = "val"):
     return fig
 
 
-def tpr_tnr_vs_ratio(per_attribute: dict[str, pd.DataFrame], train_ratio: pd.Series):
+def tpr_tnr_vs_ratio(per_attribute: dict[str, pd.DataFrame], train_ratio: pd.Series) -> Figure:
     """Per-attribute TPR and TNR against the training positive ratio, one panel per run.
 
     The imbalance effect: rare attributes get a low TPR and a high TNR under plain BCE.
@@ -213,7 +212,7 @@ def tpr_tnr_vs_ratio(per_attribute: dict[str, pd.DataFrame], train_ratio: pd.Ser
     return fig
 
 
-def gain_vs_ratio(gains: pd.DataFrame, train_ratio: pd.Series, reference: str = "stage 1"):
+def gain_vs_ratio(gains: pd.DataFrame, train_ratio: pd.Series, reference: str = "stage 1") -> Figure:
     """Per-attribute test mA gain (points) of each method (columns of ``gains``) against the training ratio."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     x = 100 * train_ratio.reindex(gains.index)
@@ -232,7 +231,7 @@ def gain_vs_ratio(gains: pd.DataFrame, train_ratio: pd.Series, reference: str = 
     return fig
 
 
-def label_prior(natural: pd.Series, seen: pd.DataFrame, p: float = 0.5):
+def label_prior(natural: pd.Series, seen: pd.DataFrame, p: float = 0.5) -> Figure:
     """The positive prior each head trained on, per attribute.
 
     ``natural``: training positive ratios (what stage-1 heads see); ``seen``: an FRDL run's
@@ -261,7 +260,7 @@ def label_prior(natural: pd.Series, seen: pd.DataFrame, p: float = 0.5):
 
 
 def cam_grid(images: list, cams: dict[str, np.ndarray], probs: dict[str, np.ndarray], labels: np.ndarray,
-             attribute: str, threshold: float = 0.5):
+             attribute: str, threshold: float = 0.5) -> Figure:
     """One attribute's CAMs: a row per method over the same images, the originals on top.
 
     Args:
@@ -295,7 +294,7 @@ def cam_grid(images: list, cams: dict[str, np.ndarray], probs: dict[str, np.ndar
     return fig
 
 
-def token_attention(image, attention: np.ndarray, bands: list[tuple[int, int]], input_size: tuple[int, int]):
+def token_attention(image, attention: np.ndarray, bands: list[tuple[int, int]], input_size: tuple[int, int]) -> Figure:
     """PromptPAR's CLS and part-token attention over the patches, with each part token's band outlined.
 
     Args:
@@ -325,7 +324,7 @@ def token_attention(image, attention: np.ndarray, bands: list[tuple[int, int]], 
     return fig
 
 
-def channel_maps(maps: np.ndarray, channels: np.ndarray, title: str):
+def channel_maps(maps: np.ndarray, channels: np.ndarray, title: str) -> Figure:
     """The strongest channels of a layer on one image, each scaled to its own range."""
     fig, axes = plt.subplots(1, len(maps), figsize=(1.2 * len(maps), 2.4), squeeze=False)
     for ax, m, c in zip(axes[0], maps, channels):
@@ -338,7 +337,7 @@ def channel_maps(maps: np.ndarray, channels: np.ndarray, title: str):
     return fig
 
 
-def head_boundaries(points: np.ndarray, labels: np.ndarray, decisions: dict[str, np.ndarray], attribute: str):
+def head_boundaries(points: np.ndarray, labels: np.ndarray, decisions: dict[str, np.ndarray], attribute: str) -> Figure:
     """2-D embedding of one attribute's features, coloured by each head's decision, ringed by the truth.
 
     ``decisions``: head name -> (N,) 0/1 predictions on the same features (e.g. stage 1 and FRDL).
@@ -361,7 +360,7 @@ def head_boundaries(points: np.ndarray, labels: np.ndarray, decisions: dict[str,
     return fig
 
 
-def per_attribute_vs_ratio(per_attribute: pd.DataFrame, train_ratio: pd.Series):
+def per_attribute_vs_ratio(per_attribute: pd.DataFrame, train_ratio: pd.Series) -> Figure:
     """Test mA per attribute of each method (columns) against the attribute's training positive ratio."""
     fig, ax = plt.subplots(figsize=(5.8, 3.8))
     x = 100 * train_ratio.reindex(per_attribute.index)
@@ -379,7 +378,7 @@ def per_attribute_vs_ratio(per_attribute: pd.DataFrame, train_ratio: pd.Series):
     return fig
 
 
-def method_bars(table: pd.DataFrame, metrics: tuple[str, ...] = ("mA", "F1")):
+def method_bars(table: pd.DataFrame, metrics: tuple[str, ...] = ("mA", "F1")) -> Figure:
     """Mean ± std of each method in the standard and label-balanced settings (a repeated settings table)."""
     settings = list(dict.fromkeys(table.index.get_level_values("setting")))
     methods = list(dict.fromkeys(table.index.get_level_values("method")))

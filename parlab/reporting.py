@@ -17,7 +17,7 @@ from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training.engine import RunResult
 from parlab.training.evaluation import Predictions
 
-# Test settings of methods.md section 1: the standard one and the label-balanced one of the FRDL
+# Test settings of docs/methods.md section 1: the standard one and the label-balanced one of the FRDL
 # paper, keeping the first m_j entries (reference) or a seeded random choice.
 SETTINGS = {
     "standard": {},

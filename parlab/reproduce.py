@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from parlab.errors import ConfigError
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Ordered notebooks; later ones plug in here.
@@ -58,7 +60,7 @@ class Profile:
         extra = self.extra.get(notebook, {})
         unknown = sorted(set(extra) - declared)
         if unknown:
-            raise ValueError(f"profile {self.name!r} sets {', '.join(unknown)}, not parameters of {notebook}")
+            raise ConfigError(f"profile {self.name!r} sets {', '.join(unknown)}, not parameters of {notebook}")
         return {k: v for k, v in shared.items() if k in declared} | extra
 
 
@@ -96,7 +98,7 @@ def run_notebooks(
     import papermill as pm
 
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     prof = PROFILES[profile]
     names = list(NOTEBOOKS)
     if only:
@@ -104,7 +106,7 @@ def run_notebooks(
         names = [n for n in names if n.split("_")[0] in wanted or n in wanted]
         missing = wanted - {n.split("_")[0] for n in names} - set(names)
         if missing:
-            raise ValueError(f"no notebook matches {sorted(missing)}; notebooks: {', '.join(NOTEBOOKS)}")
+            raise ConfigError(f"no notebook matches {sorted(missing)}; notebooks: {', '.join(NOTEBOOKS)}")
     out = Path(output_dir) if output_dir else repo / "runs" / profile
     out.mkdir(parents=True, exist_ok=True)
     runs = []

@@ -23,9 +23,9 @@ def test_pretraining_writes_open_clip_weights_that_load_by_name(synthpa_root, tm
     with pytest.warns(UserWarning):
         fresh = create_clip("parlab-clip-tiny", None)
     assert not torch.equal(loaded.visual.conv1.weight, fresh.visual.conv1.weight)
-    again = pretrain_clip(config, existing="reuse", progress=False, log=lambda _: None)
+    again = pretrain_clip(config, existing="resume", progress=False, log=lambda _: None)
     assert again.recall == result.recall and again.zero_shot.ma == pytest.approx(result.zero_shot.ma)
-    with pytest.raises(FileExistsError, match="existing='reuse'"):
+    with pytest.raises(FileExistsError, match="existing='resume'"):
         pretrain_clip(config, progress=False, log=lambda _: None)
 
 

@@ -21,8 +21,9 @@ from parlab.models import build_model
 from parlab.training.checkpoint import save_atomic
 from parlab.training.config import TrainConfig
 from parlab.training.engine import model_checkpoint
+from parlab.training.task import SupervisedTask
 from parlab.visualisation import model_inputs
-from parlab.visualisation.explorer import METRICS, prediction_explorer
+from parlab.visualisation.prediction_explorer import METRICS, prediction_explorer
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -34,7 +35,7 @@ def checkpoint(synthpa_root, tmp_path_factory) -> Path:
     config = TrainConfig(root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32))
     model = build_model("test_resnet", ann.num_attributes, image_size=(64, 32)).eval()
     path = tmp_path_factory.mktemp("explorer") / "best.pt"
-    save_atomic(model_checkpoint(model, config, ann.attributes, 1, {}, None, "test"), path)
+    save_atomic(model_checkpoint(SupervisedTask(config), model, ann.attributes, 1, {}, None, "test"), path)
     return path
 
 
@@ -83,7 +84,7 @@ def test_explorer_renders_and_reacts_in_jupyterlab_in_chromium(synthpa_root, che
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(
         "from parlab.data import load_dataset\nfrom parlab.inference import load_model\n"
-        "from parlab.visualisation.explorer import prediction_explorer\n"
+        "from parlab.visualisation.prediction_explorer import prediction_explorer\n"
         f"ann = load_dataset('synthpa', {str(synthpa_root)!r})\n"
         f"prediction_explorer({{'random': load_model({str(checkpoint)!r})}}, ann, 'test')")]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

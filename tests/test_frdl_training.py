@@ -50,24 +50,77 @@ def frdl(stage1, tmp_path_factory):
     return train_frdl(stage2(stage1, tmp_path_factory.mktemp("frdl") / "run", tune_thresholds=True), **QUIET)
 
 
-def test_run_folder_and_a_complete_test_time_model(frdl, stage1):
-    out = frdl.output_dir
+def test_run_folder_holds_a_baseline_runs_files_and_the_label_priors(frdl):
     for name in ("config.json", "log.csv", "last.pt", "previous.pt", "best.pt", "metrics.json",
                  "test_per_attribute.csv", "test_predictions.npz", "label_prior.csv"):
-        assert (out / name).is_file(), name
-    assert frdl.method == "FRDL" and json.loads((out / "config.json").read_text())["method"] == "FRDL"
-    best, first = load_checkpoint(out / "best.pt"), load_checkpoint(stage1 / "best.pt")
-    assert best["method"] == "FRDL" and best["stage1"]["weights_sha256"]
-    # The test-time extractor is stage 1's, bit for bit; only the classifiers are new.
+        assert (frdl.output_dir / name).is_file(), name
+
+
+def test_every_file_records_the_method_and_its_config_under_one_key(frdl):
+    out = frdl.output_dir
+    record = json.loads((out / "config.json").read_text())
+    assert frdl.method == record["method"] == "FRDL"
+    for ckpt in (load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")):
+        assert ckpt["method"] == "FRDL" and ckpt["stage1"]["weights_sha256"]
+        assert ckpt["method_config"] == record["method_config"] == frdl.method_config.to_dict()
+        assert "frdl_config" not in ckpt
+
+
+def test_best_pt_is_stage1_bit_for_bit_with_new_classifiers(frdl, stage1):
+    best, first = load_checkpoint(frdl.output_dir / "best.pt"), load_checkpoint(stage1 / "best.pt")
     classifiers = {k for k in best["model"] if k.startswith("head.classifiers.")}
     assert classifiers == {"head.classifiers.weight", "head.classifiers.bias"}
     assert all(torch.equal(best["model"][k], first["model"][k]) for k in best["model"] if k not in classifiers)
     assert not torch.equal(best["model"]["head.classifiers.weight"], first["model"]["head.classifiers.weight"])
-    # The run evaluated cached features; the saved model on images gives the same numbers.
-    assert parlab.evaluate(out / "best.pt").summary() == pytest.approx(frdl.test.summary(), abs=1e-6)
+
+
+def test_the_saved_model_on_images_gives_the_numbers_of_the_cached_features(frdl):
+    assert parlab.evaluate(frdl.output_dir / "best.pt").summary() == pytest.approx(frdl.test.summary(), abs=1e-6)
+
+
+def test_tuned_thresholds_are_kept_in_best_pt(frdl):
+    best = load_checkpoint(frdl.output_dir / "best.pt")
     assert frdl.test_tuned is not None and len(best["thresholds"]) == 26
+    assert best["thresholds"] == pytest.approx(frdl.thresholds.tolist())
+
+
+def test_last_pt_holds_the_heads_only_and_is_not_a_model_to_load(frdl):
+    last = load_checkpoint(frdl.output_dir / "last.pt")
+    assert set(last["model"]) == {"weight", "bias"}  # h_ft
     with pytest.raises(CheckpointError, match="no complete model"):
-        parlab.load_model(out / "last.pt")
+        parlab.load_model(frdl.output_dir / "last.pt")
+
+
+def test_a_finished_run_reopens_with_the_same_results(frdl):
+    from parlab.experiments import open_run
+
+    again = open_run(frdl.output_dir, device="cpu")
+    assert again.method == "FRDL" and again.best_epoch == frdl.best_epoch
+    assert again.test.summary() == frdl.test.summary()
+
+
+def test_a_run_in_the_layout_of_earlier_versions_still_opens(frdl, tmp_path):
+    """Before the shared engine, FRDL kept its config as ``frdl_config`` and ``h_ft`` in a 'frdl-training' last.pt."""
+    import shutil
+
+    from parlab.experiments import open_run
+
+    old = tmp_path / "old"
+    shutil.copytree(frdl.output_dir, old)
+    record = json.loads((old / "config.json").read_text())
+    record["frdl_config"] = record.pop("method_config")
+    (old / "config.json").write_text(json.dumps(record))
+    last = load_checkpoint(old / "last.pt")
+    for key in ("scheduler", "scaler", "ema", "method", "method_config"):
+        last.pop(key)
+    last |= {"kind": "frdl-training", "h_ft": last.pop("model"), "frdl_config": record["frdl_config"]}
+    torch.save(last, old / "last.pt")
+    again = open_run(old, device="cpu")
+    assert again.method == "FRDL" and again.test.summary() == frdl.test.summary()
+    last["epoch"] = 1  # an unfinished run of that layout had no best.pt yet: it cannot be continued
+    torch.save(last, old / "last.pt")
+    with pytest.raises(CheckpointError, match="earlier parlab.*--overwrite"):
+        train_frdl(replace(frdl.method_config, output_dir=str(old)), existing="resume", **QUIET)
 
 
 def test_heads_saw_natural_then_balanced_labels(frdl, synthpa_root):
@@ -90,7 +143,7 @@ def test_heads_saw_natural_then_balanced_labels(frdl, synthpa_root):
 def test_cached_views_give_the_recomputing_run(stage1, frdl, tmp_path):
     cached = train_frdl(stage2(stage1, tmp_path / "cached", feature_cache=3, tune_thresholds=True), **QUIET)
     a, b = (load_checkpoint(r.output_dir / "last.pt") for r in (frdl, cached))
-    torch.testing.assert_close(a["h_ft"], b["h_ft"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a["model"], b["model"], rtol=1e-4, atol=1e-5)  # h_ft
     assert frdl.history["val_ma"].to_numpy() == pytest.approx(cached.history["val_ma"].to_numpy(), abs=0.5)
 
 
@@ -137,7 +190,7 @@ def test_goat_run_interrupted_and_resumed_ends_identical(stage1, tmp_path):
         train_frdl(cut, progress=False, log=_stop_after_epoch(2))
     resumed = train_frdl(cut, existing="resume", **QUIET)
     a, b = (load_checkpoint(Path(r.output_dir) / "last.pt") for r in (whole, resumed))
-    assert all(torch.equal(a["h_ft"][k], b["h_ft"][k]) for k in a["h_ft"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # h_ft
     assert all(torch.equal(a["bank"][k], b["bank"][k]) for k in a["bank"])
     assert whole.test.summary() == resumed.test.summary()
 

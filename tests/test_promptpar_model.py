@@ -11,7 +11,7 @@ import torch
 
 from parlab.methods.promptpar import PromptPARConfig, build_model
 from parlab.methods.promptpar.regions import band_rows
-from parlab.methods.promptpar.training import PromptPARRecipe, promptpar_run_config, recipe_from_checkpoint
+from parlab.methods.promptpar.training import PromptPARTask, promptpar_run_config
 from parlab.models import count_parameters, create_clip
 from parlab.training.checkpoint import CheckpointError
 
@@ -102,8 +102,8 @@ def test_only_the_papers_parameters_train_and_frozen_ones_do_not_move():
             "word_embed.weight", "vis_embed.weight", "bn.weight", "aux_bn.weight"} <= trained
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    recipe = PromptPARRecipe(promptpar_run_config(image_size=(64, 32), epochs=2), TINY)
-    optimizer, _, _ = recipe.optimizer(model, steps_per_epoch=1)
+    task = PromptPARTask(promptpar_run_config(image_size=(64, 32), epochs=2), TINY)
+    optimizer, _, _ = task.optimizer_and_schedule(model, steps_per_epoch=1)
     model.train()
     logits, aux = model(torch.randn(4, 3, 64, 32))
     (logits.sum() + aux.sum()).backward()
@@ -169,27 +169,25 @@ def _base_file(tmp_path, seed: int):
 def test_checkpoint_holds_only_trained_parameters_and_refuses_other_base_weights(tmp_path):
     base = _base_file(tmp_path, 0)
     config = promptpar_run_config(image_size=(64, 32))
-    recipe = PromptPARRecipe(config, replace(TINY, weights=str(base)))
-    model = recipe.build(5).eval()
+    task = PromptPARTask(config, replace(TINY, weights=str(base)))
+    model = task.build_model(5).eval()
     with torch.no_grad():
         model.head_bias.add_(1.0)
         model.prompts.mul_(2.0)
-    state = recipe.state_dict(model)
+    state = task.state_dict(model)
     assert not any(k.startswith("clip.") for k in state)
     trainable, total = count_parameters(model)
     assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == trainable
-    ckpt = {"model": state, "config": config.to_dict()} | recipe.checkpoint_fields()
+    ckpt = {"model": state, "config": config.to_dict()} | task.checkpoint_fields()
     torch.save(ckpt, tmp_path / "best.pt")
     loaded = torch.load(tmp_path / "best.pt", weights_only=True)
-    again = recipe_from_checkpoint(loaded, "best.pt")
-    fresh = again.build(5).eval()
-    again.load_state_dict(fresh, loaded["model"], "best.pt")
+    fresh = PromptPARTask.from_record(loaded, "best.pt").load_selected(loaded["model"], 5, "best.pt")
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         assert torch.equal(model(x), fresh(x))
     other = _base_file(tmp_path, 1)
     with pytest.raises(CheckpointError, match="base CLIP weights"):
-        recipe_from_checkpoint(loaded, "best.pt", weights=str(other))
+        PromptPARTask.from_record(loaded, "best.pt", clip_weights=str(other))
     with pytest.raises(ValueError, match="do not match"):
         fresh.load_trained_state_dict({k: v for k, v in state.items() if k != "prompts"}, "best.pt")
 

@@ -1,5 +1,5 @@
 """FRDL's per-attribute feature bank (Zhou et al., "Pedestrian Attribute Recognition as
-Label-balanced Multi-label Learning", ICML 2024; methods.md section 4).
+Label-balanced Multi-label Learning", ICML 2024; docs/methods.md section 4).
 
 FRDL re-balances in feature space, one attribute at a time: for every
 (attribute j, label l) it keeps a ring buffer of K detached attribute

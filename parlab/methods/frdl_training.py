@@ -1,4 +1,4 @@
-"""FRDL stage 2, with optional GOAT (Zhou et al., ICML 2024; methods.md section 4).
+"""FRDL stage 2, with optional GOAT, as a task on the shared engine (Zhou et al., ICML 2024; docs/methods.md section 4).
 
 Stage 1 is an ordinary parlab run with FRDL's attribute head and plain BCE
 (``train(TrainConfig(head="attribute", loss="bce"))``). :func:`train_frdl`
@@ -10,11 +10,15 @@ With GOAT the features come from a copy of the stage-1 extractor that wanders
 on a flooded loss (:mod:`parlab.methods.goat`). Test-time predictions are
 ``h_ft`` on the stage-1 extractor's features, always.
 
-Because the test-time extractor is frozen, validation and test features are
-computed once. Without GOAT (or when GOAT moves only the attribute-feature
-layer) the training features can be cached too: ``feature_cache=n`` stores
-the pooled backbone features of n augmented views of the training set,
-the views drawn exactly as epochs 1..n of the recomputing mode would draw them.
+:class:`FRDLTask` plugs this into :func:`parlab.training.engine.fit`: the
+engine runs the loop, selection, checkpoints and resume; the task feeds the
+bank, draws the balanced batches, keeps the bank and the label priors in
+``last.pt`` and scores ``h_ft`` on features computed once (the test-time
+extractor is frozen). Without GOAT (or when GOAT moves only the
+attribute-feature layer) the training features can be cached too:
+``feature_cache=n`` stores the pooled backbone features of n augmented views
+of the training set, the views drawn exactly as epochs 1..n of the
+recomputing mode would draw them.
 
 The run folder holds what a baseline run holds, plus ``label_prior.csv`` (the
 positive fraction of the labels ``h_ft`` trained on, per epoch and
@@ -29,61 +33,35 @@ balanced batch and ``h_ft``'s gradients are averaged.
 from __future__ import annotations
 
 import copy
-import time
+import math
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from parlab.data import load_dataset
-from parlab.data.images import PARImageDataset, build_transform
-from parlab.files import write_atomic, write_json
+from parlab.data.images import PARImageDataset
+from parlab.errors import ConfigError
+from parlab.files import write_atomic
 from parlab.methods.frdl import FeatureBank
 from parlab.methods.frdl_config import FRDLConfig
 from parlab.methods.goat import GOAT, flood_levels
 from parlab.models import PARModel
 from parlab.models.heads import AttributeClassifiers, AttributeFeatureHead
 from parlab.training import distributed as dist
-from parlab.training.checkpoint import (
-    FORMAT,
-    CheckpointError,
-    check_attributes,
-    library_versions,
-    load_checkpoint,
-    load_state_strict,
-    save_atomic,
-    state_digest,
-)
+from parlab.training.checkpoint import CheckpointError, load_checkpoint, load_state_strict, state_digest
 from parlab.training.config import TrainConfig
-from parlab.training.engine import (
-    METRIC_KEYS,
-    RESUMABLE_CHANGES,
-    RunResult,
-    TrainingDiverged,
-    drops_last_batch,
-    evaluate_selected,
-    launch,
-    model_checkpoint,
-    model_for,
-    prepare_run_folder,
-    split_metrics,
-    train_loader,
-    write_results,
-)
+from parlab.training.engine import RunResult, fit
 from parlab.training.evaluation import Predictions, autocast, eval_loader, forward_split
-from parlab.training.losses import multilabel_bce
-from parlab.training.runlog import RunLog
-from parlab.training.sampling import EpochSampler, epoch_seed
-from parlab.training.seeding import rng_state, seed_everything, set_rng_state
-from parlab.training.splits import resolve_splits
-
-EXTRA_FILES = ("label_prior.csv", "flood_levels.csv")
+from parlab.training.losses import PARLoss, multilabel_bce
+from parlab.training.sampling import EpochSampler, drops_last_batch, epoch_seed, train_loader
+from parlab.training.seeding import seed_everything
+from parlab.training.task import RunData, SupervisedTask, Task, wrap_ddp
 
 
 @dataclass(frozen=True)
@@ -100,20 +78,20 @@ class Stage1:
 def load_stage1(source: str | Path, device: torch.device | str = "cpu") -> Stage1:
     """Read a stage-1 run folder (its ``best.pt``) or checkpoint; it must use the attribute head."""
     if not str(source):
-        raise ValueError("FRDL needs a stage-1 run: set stage1 to its run folder or best.pt")
+        raise ConfigError("FRDL needs a stage-1 run: set stage1 to its run folder or best.pt")
     path = Path(source)
     path = path / "best.pt" if path.is_dir() else path
     ckpt = load_checkpoint(path)
-    if "model" not in ckpt:
+    if "model" not in ckpt or ckpt.get("kind") != "model":
         raise CheckpointError(f"{path}: holds no complete model (kind {ckpt.get('kind')!r}); use a run's best.pt")
     config = TrainConfig.from_dict(ckpt["config"], source=str(path))
     if config.head != "attribute":
-        raise ValueError(f"{path}: stage 1 was trained with head {config.head!r}; FRDL needs FRDL's "
-                         "attribute-specific features (train stage 1 with head='attribute')")
+        raise ConfigError(f"{path}: stage 1 was trained with head {config.head!r}; FRDL needs FRDL's "
+                          "attribute-specific features (train stage 1 with head='attribute')")
     if ckpt.get("method", "baseline") != "baseline":
-        raise ValueError(f"{path}: a {ckpt['method']} model, not a stage-1 run")
+        raise ConfigError(f"{path}: a {ckpt['method']} model, not a stage-1 run")
     attributes = list(ckpt["attributes"])
-    model = model_for(config, len(attributes), pretrained=False)
+    model = SupervisedTask(config).build_model(len(attributes), pretrained=False)
     load_state_strict(model, ckpt["model"], str(path))
     model.requires_grad_(False)
     return Stage1(path, state_digest(ckpt["model"]), config, attributes, model.to(device).eval())
@@ -128,7 +106,7 @@ def train_frdl(config: FRDLConfig, existing: str = "error", progress: bool = Tru
         progress: tqdm bars (rank 0 only).
         log: where one line per epoch goes (default: printed and flushed).
     """
-    return launch(lambda line_log, ctx: _train_frdl(config, existing, progress, line_log, ctx), config.device, log)
+    return fit(FRDLTask(config), existing, progress, log)
 
 
 def _positive_prior(config: FRDLConfig, labels: np.ndarray, attributes) -> torch.Tensor:
@@ -159,230 +137,240 @@ def _extract_views(backbone: nn.Module, dataset: PARImageDataset, config: FRDLCo
     return torch.stack(views)
 
 
-def _cached_batches(cache: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, epoch: int, config: FRDLConfig,
-                    ctx: dist.DistContext):
-    """(g, labels, rows) batches of an epoch from cached views, in the recomputing mode's order."""
-    sampler = EpochSampler(cache.shape[1], config.seed, ctx.rank, ctx.world_size)
-    sampler.set_epoch(epoch)
-    order = torch.tensor([i for i, _ in sampler], device=cache.device)
-    view = cache[epoch % len(cache)]
-    end = len(order) - int(drops_last_batch(len(order), config.batch_size))
-    for start in range(0, end, config.batch_size):
-        take = order[start:min(start + config.batch_size, end)]
-        yield view[take], labels[take], rows[take]
+class CachedBatches:
+    """An epoch's ``(g, labels, rows)`` batches from cached views, in the recomputing mode's order."""
+
+    def __init__(self, cache: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, epoch: int,
+                 config: FRDLConfig, ctx: dist.DistContext) -> None:
+        sampler = EpochSampler(cache.shape[1], config.seed, ctx.rank, ctx.world_size)
+        sampler.set_epoch(epoch)
+        self.order = torch.tensor([i for i, _ in sampler], device=cache.device)
+        self.view, self.labels, self.rows = cache[epoch % len(cache)], labels, rows
+        self.batch_size = config.batch_size
+        self.end = len(self.order) - int(drops_last_batch(len(self.order), config.batch_size))
+
+    def __len__(self) -> int:
+        return math.ceil(self.end / self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, self.end, self.batch_size):
+            take = self.order[start:min(start + self.batch_size, self.end)]
+            yield self.view[take], self.labels[take], self.rows[take]
 
 
 @torch.no_grad()
-def _head_logits(head: AttributeFeatureHead, classifiers: nn.Module, g: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(n, C) pooled features -> (n, A) logits of ``classifiers`` on ReLU(attribute features), in chunks."""
-    return torch.cat([classifiers(torch.relu(head.features(part))) for part in g.split(chunk)]).float()
+def _head_logits(head: AttributeFeatureHead, g: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(n, C) pooled features -> (n, A) logits of the head's classifiers on ReLU(attribute features), in chunks."""
+    return torch.cat([head.classifiers(torch.relu(head.features(part))) for part in g.split(chunk)]).float()
 
 
-def _train_frdl(config: FRDLConfig, existing: str, progress: bool, log, ctx: dist.DistContext) -> RunResult:
-    from tqdm.auto import tqdm
+class FRDLTask(Task):
+    """FRDL's stage 2 (GOAT with ``config.goat``): new heads ``h_ft`` on a frozen stage-1 model.
 
-    start_time = time.perf_counter()
-    out, device = Path(config.output_dir), ctx.device
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    resume = prepare_run_folder(out, config, existing, ctx, RESUMABLE_CHANGES, EXTRA_FILES, "frdl_config")
-    stage1 = load_stage1(config.stage1, device)
-    if resume is not None and resume["stage1"]["weights_sha256"] != stage1.digest:
-        raise CheckpointError(f"{out / 'last.pt'}: the stage-1 weights changed since this run started ({stage1.path} "
-                              f"holds weights {stage1.digest[:12]}..., the run used "
-                              f"{resume['stage1']['weights_sha256'][:12]}...)")
-    # Data, splits and image size are stage 1's; only the root may move and the selection split change.
-    data_config = replace(stage1.config, root=config.root or stage1.config.root, select_on=config.select_on,
-                          device=config.device)
-    annotations = load_dataset(data_config.dataset, data_config.root, data_config.partition)
-    check_attributes(stage1.attributes, annotations.attributes, str(stage1.path), annotations.name)
-    plan = resolve_splits(annotations, data_config)
-    train_labels = annotations.labels[plan.train]
-    prior = _positive_prior(config, train_labels, annotations.attributes).to(device)
-    a, c = annotations.num_attributes, stage1.model.head.expand.in_features
-    head = stage1.model.head
+    ``data`` is the stage-1 run's config; it is read from the stage-1 checkpoint when the run starts,
+    and given when a finished run's model is rebuilt (:meth:`from_record`).
+    """
 
-    eval_tf = build_transform(data_config.image_size, train=False)
-    sets = {"val": PARImageDataset(annotations, plan.val, eval_tf),
-            "test": PARImageDataset(annotations, plan.test, eval_tf)}
-    # The test-time extractor is stage 1's, frozen: its validation and test features never change.
-    pooled = {k: forward_split(stage1.model.backbone, eval_loader(v, config.eval_batch_size, config.num_workers, ctx),
-                               ctx, config.amp, progress=progress, desc=f"{k} features")[0].to(device)
-              for k, v in sets.items()}
+    trains_whole_model = False
+    extra_files = ("label_prior.csv", "flood_levels.csv")
+    run_key = "method_config"  # the run's config is the FRDLConfig; "config" holds the stage-1 data config
 
-    seed_everything(config.seed)  # h_ft starts the same on every rank
-    h_ft = AttributeClassifiers(a, c).to(device)
-    optimizer = torch.optim.Adam(h_ft.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    bank = FeatureBank(a, c, config.bank_size, device=device, attributes=annotations.attributes)
-    start_epoch, best, history, priors = 0, {"epoch": 0, "value": -np.inf}, [], []
-    best_h_ft = copy.deepcopy(h_ft.state_dict())
-    if resume is not None:
-        load_state_strict(h_ft, resume["h_ft"], "last.pt (h_ft)")
-        optimizer.load_state_dict(resume["optimizer"])
-        bank.load_state_dict({k: v.to(device) for k, v in resume["bank"].items()})
-        best_h_ft = resume["best_h_ft"]
-        start_epoch, best, history = resume["epoch"], resume["best"], list(resume["history"])
-        priors = [np.asarray(p) for p in resume["label_prior"]]
-        set_rng_state(resume["rng"])
-        log(f"resuming {out} after epoch {start_epoch}/{config.epochs}")
+    def __init__(self, config: FRDLConfig, data: TrainConfig | None = None) -> None:
+        super().__init__(config)
+        self.config, self._data = config, data
+        self.stage1: Stage1 | None = None
 
-    # What only training needs (a finished run that is re-opened goes straight to evaluation).
-    goat = cache = loader = None
-    if start_epoch < config.epochs:
-        if config.goat:
-            rows = plan.train if config.flood_source == "train" else plan.val
-            flood_set = PARImageDataset(annotations, rows, eval_tf)
-            logits, rows = forward_split(stage1.model, eval_loader(flood_set, config.eval_batch_size,
-                                                                   config.num_workers, ctx),
-                                         ctx, config.amp, progress=progress, desc="flood levels")
-            b_pos, b_neg = flood_levels(logits.numpy(), annotations.labels[rows])
-            goat = GOAT(stage1.model, b_pos, b_neg, config.goat_modules, config.goat_period, config.goat_lr,
-                        device, ctx.distributed, config.amp)
+    @classmethod
+    def from_options(cls, values: dict[str, dict]) -> FRDLTask:
+        return cls(FRDLConfig.from_dict(values["config"]))
+
+    @classmethod
+    def from_record(cls, record: dict, source: str, **_) -> FRDLTask:
+        """The task of a run's ``config.json`` or checkpoint (runs of earlier versions included)."""
+        record = cls.upgrade_checkpoint(record)
+        return cls(FRDLConfig.from_dict(record["method_config"], source=source),
+                   TrainConfig.from_dict(record["config"], source=source))
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def method_config(self) -> FRDLConfig:
+        return self.config
+
+    @property
+    def data_config(self) -> TrainConfig:
+        return self._data
+
+    def start(self, ctx: dist.DistContext) -> None:
+        self.stage1 = load_stage1(self.config.stage1, ctx.device)
+        # Data, splits and image size are stage 1's; only the root may move and the selection split change.
+        c = self.config
+        self._data = replace(self.stage1.config, root=c.root or self.stage1.config.root, select_on=c.select_on,
+                             device=c.device)
+
+    @classmethod
+    def upgrade_checkpoint(cls, checkpoint: dict) -> dict:
+        return _upgrade(checkpoint)
+
+    def check_resume(self, checkpoint: dict, source: str) -> None:
+        super().check_resume(checkpoint, source)
+        started = checkpoint["stage1"]["weights_sha256"]
+        if started != self.stage1.digest:
+            raise CheckpointError(f"{source}: the stage-1 weights changed since this run started ({self.stage1.path} "
+                                  f"holds weights {self.stage1.digest[:12]}..., the run used {started[:12]}...)")
+
+    def checkpoint_fields(self) -> dict:
+        stage1 = {"path": str(self.stage1.path), "weights_sha256": self.stage1.digest} if self.stage1 else None
+        return super().checkpoint_fields() | {"stage1": stage1}
+
+    def build_model(self, num_attributes: int, pretrained: bool = True) -> nn.Module:
+        return SupervisedTask(self.data_config).build_model(num_attributes, pretrained=False)
+
+    def setup(self, data: RunData, ctx: dist.DistContext, resume: dict | None, progress: bool) -> None:
+        c, ann, plan, stage1 = self.config, data.annotations, data.plan, self.stage1
+        self.ctx = ctx
+        device = ctx.device
+        self.prior = _positive_prior(c, ann.labels[plan.train], ann.attributes).to(device)
+        a, width = ann.num_attributes, stage1.model.head.expand.in_features
+        eval_tf = self.transform(train=False)
+        self.rows = {"val": plan.val, "test": plan.test}
+        # The test-time extractor is stage 1's, frozen: its validation and test features never change.
+        self.pooled = {k: forward_split(stage1.model.backbone,
+                                        eval_loader(PARImageDataset(ann, rows, eval_tf), c.eval_batch_size,
+                                                    c.num_workers, ctx),
+                                        ctx, c.amp, progress=progress, desc=f"{k} features")[0].to(device)
+                       for k, rows in self.rows.items()}
+        seed_everything(c.seed)  # h_ft starts the same on every rank
+        self.model = AttributeClassifiers(a, width).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # h_ft trains in full precision
+        self.validation_loss = PARLoss("bce")
+        self.bank = FeatureBank(a, width, c.bank_size, device=device, attributes=ann.attributes)
+        # The test-time model: stage 1 with h_ft as its classifiers (shared, so it always holds h_ft's weights).
+        self.complete = copy.deepcopy(stage1.model)
+        self.complete.head.classifiers = self.model
+        self.priors: list[np.ndarray] = []
+        self.goat = self.cache = self.loader = None
+        if resume is None or resume["epoch"] < c.epochs:  # a finished run that is re-opened only evaluates
+            self._setup_training(data, progress)
+        self.net = wrap_ddp(self.model, ctx)
+        self.popped = torch.empty(c.batch_size, a, width, device=device)  # reused by every pop
+
+    def _setup_training(self, data: RunData, progress: bool) -> None:
+        """GOAT's wandering copy and flood levels, and the training batches (cached views or a loader)."""
+        c, ann, plan, ctx = self.config, data.annotations, data.plan, self.ctx
+        if c.goat:
+            rows = plan.train if c.flood_source == "train" else plan.val
+            flood_set = PARImageDataset(ann, rows, self.transform(train=False))
+            logits, rows = forward_split(self.stage1.model, eval_loader(flood_set, c.eval_batch_size, c.num_workers,
+                                                                        ctx),
+                                         ctx, c.amp, progress=progress, desc="flood levels")
+            b_pos, b_neg = flood_levels(logits.numpy(), ann.labels[rows])
+            self.goat = GOAT(self.stage1.model, b_pos, b_neg, c.goat_modules, c.goat_period, c.goat_lr, ctx.device,
+                             ctx.distributed, c.amp)
             if ctx.is_main:
                 table = pd.DataFrame({"b_pos": b_pos, "b_neg": b_neg},
-                                     index=pd.Index(annotations.attributes, name="attribute"))
-                write_atomic(out / "flood_levels.csv", table.to_csv)
-        train_set = PARImageDataset(annotations, plan.train, build_transform(data_config.image_size, train=True))
-        if config.feature_cache:
-            cache = _extract_views(stage1.model.backbone, train_set, config, ctx, progress)
-            cached_labels = torch.from_numpy(train_labels.astype(np.float32)).to(device)
-            cached_rows = torch.from_numpy(plan.train.astype(np.int64)).to(device)
+                                     index=pd.Index(ann.attributes, name="attribute"))
+                write_atomic(Path(c.output_dir) / "flood_levels.csv", table.to_csv)
+        train_set = PARImageDataset(ann, plan.train, self.transform(train=True))
+        if c.feature_cache:
+            self.cache = _extract_views(self.stage1.model.backbone, train_set, c, ctx, progress)
+            self.cached_labels = torch.from_numpy(ann.labels[plan.train].astype(np.float32)).to(ctx.device)
+            self.cached_rows = torch.from_numpy(plan.train.astype(np.int64)).to(ctx.device)
         else:
-            loader = train_loader(train_set, config.batch_size, config.seed, config.num_workers, ctx)
+            self.loader = train_loader(train_set, c.batch_size, c.seed, c.num_workers, ctx)
 
-    runlog = RunLog(out, history, config.tensorboard) if ctx.is_main else None
-    if ctx.is_main:
-        if history:
-            runlog.write()
-        write_json(out / "config.json", {
-            "method": config.method, "frdl_config": config.to_dict(), "config": data_config.to_dict(),
-            "stage1": {"path": str(stage1.path), "weights_sha256": stage1.digest}, "seed": config.seed,
-            "world_size": ctx.world_size, "device": str(device), "selection": plan.note,
-            "train_images": len(plan.train), "val_images": len(plan.val), "test_images": len(plan.test),
-            "attributes": list(annotations.attributes), "versions": library_versions(),
-        })
+    def on_epoch_start(self, epoch: int) -> None:
+        c, device = self.config, self.ctx.device
+        self.draws = torch.Generator(device=device).manual_seed(epoch_seed(c.seed, epoch, 100 + self.ctx.rank))
+        self.balanced = epoch >= c.balance_start
+        if self.balanced:
+            self.bank.fill_by_repetition()  # buffers of rare labels that are not full yet
+        if self.goat is not None:
+            self.goat.reset()  # excursions restart with the epoch, so a checkpoint needs no copy of the wanderer
+        if self.loader is not None:
+            self.loader.sampler.set_epoch(epoch)
+        self.net.train()
+        self.positives = torch.zeros(self.bank.num_attributes, dtype=torch.float64, device=device)
+        self.labelled = torch.zeros_like(self.positives)
+        self.goat_total, self.seen = 0.0, 0
 
-    net = DistributedDataParallel(h_ft, device_ids=[device] if device.type == "cuda" else None) \
-        if ctx.distributed else h_ft
-    popped = torch.empty(config.batch_size, a, c, device=device)  # reused by every pop
-    val_labels = torch.from_numpy(annotations.labels[sets["val"].rows].astype(np.float32))
-    for epoch in range(start_epoch, config.epochs):
-        seed_everything(epoch_seed(config.seed, epoch, 2 + ctx.rank))
-        draws = torch.Generator(device=device).manual_seed(epoch_seed(config.seed, epoch, 100 + ctx.rank))
-        balanced = epoch >= config.balance_start
-        if balanced:
-            bank.fill_by_repetition()  # buffers of rare labels that are not full yet
-        if goat is not None:
-            goat.reset()  # excursions restart with the epoch, so a checkpoint needs no copy of the wanderer
-        if cache is not None:
-            batches, steps = _cached_batches(cache, cached_labels, cached_rows, epoch, config, ctx), None
+    def train_batches(self, epoch: int) -> Iterable:
+        if self.cache is not None:
+            return CachedBatches(self.cache, self.cached_labels, self.cached_rows, epoch, self.config, self.ctx)
+        return self.loader
+
+    def training_step(self, batch) -> dict[str, torch.Tensor]:
+        c, device = self.config, self.ctx.device
+        inputs, y, _ = batch
+        inputs, y = inputs.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        g = inputs if self.cache is not None else None
+        if g is None and (self.goat is None or c.goat_modules == "attribute_features"):
+            with torch.no_grad(), autocast(device, c.amp):
+                g = self.stage1.model.backbone(inputs).float()
+        if self.goat is not None:
+            f, goat_loss = self.goat.step(inputs if g is None else g, y)
+            self.goat_total += goat_loss * len(y)
         else:
-            loader.sampler.set_epoch(epoch)
-            batches, steps = loader, len(loader)
-        net.train()
-        t0 = time.perf_counter()
-        total, seen, goat_total = 0.0, 0, 0.0
-        positives = torch.zeros(a, dtype=torch.float64, device=device)
-        labelled = torch.zeros(a, dtype=torch.float64, device=device)
-        bar = tqdm(batches, total=steps, leave=False, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not (progress and ctx.is_main))
-        for step, (inputs, y, rows) in enumerate(bar):
-            inputs, y = inputs.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            g = inputs if cache is not None else None
-            if g is None and (goat is None or config.goat_modules == "attribute_features"):
-                with torch.no_grad(), autocast(device, config.amp):
-                    g = stage1.model.backbone(inputs).float()
-            if goat is not None:
-                f, goat_loss = goat.step(inputs if g is None else g, y)
-                goat_total += goat_loss * len(y)
-            else:
-                with torch.no_grad():
-                    f = head.features(g)
-            bank.push(dist.all_gather_rows(f, ctx), dist.all_gather_rows(y, ctx))
-            feats, labels = bank.pop(config.batch_size, prior, draws, out=popped) if balanced else (f, y)
-            loss = multilabel_bce(net(torch.relu(feats)), labels.float())
-            value = float(dist.all_reduce_mean(loss.detach(), ctx))
-            if not np.isfinite(value):
-                raise TrainingDiverged(f"stage-2 loss is {value} at epoch {epoch + 1}, step {step + 1}, batch of "
-                                       f"annotation rows {rows[:8].tolist()}; last good checkpoint: "
-                                       f"{out / 'last.pt' if epoch > 0 else 'none written yet'}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            positives += (labels == 1).sum(0)
-            labelled += (labels >= 0).sum(0)
-            total += value * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{value:.3f}")
-        train_s = time.perf_counter() - t0
+            with torch.no_grad():
+                f = self.stage1.model.head.features(g)
+        self.bank.push(dist.all_gather_rows(f, self.ctx), dist.all_gather_rows(y, self.ctx))
+        feats, labels = self.bank.pop(c.batch_size, self.prior, self.draws, out=self.popped) if self.balanced \
+            else (f, y)
+        logits = self.net(torch.relu(feats))
+        self.positives += (labels == 1).sum(0)
+        self.labelled += (labels >= 0).sum(0)
+        self.seen += len(y)
+        return {"loss": multilabel_bce(logits, labels.float()), "output": logits}
 
-        t1 = time.perf_counter()
-        counts = dist.all_reduce_mean(torch.stack([positives, labelled]), ctx)
-        priors.append((counts[0] / counts[1].clamp(min=1)).cpu().numpy())
-        val_logits = _head_logits(head, h_ft, pooled["val"], config.eval_batch_size).cpu()
-        val_preds = Predictions(val_logits.numpy(), sets["val"].rows)
-        val = split_metrics(annotations, val_preds, data_config.threshold)
-        row = {"epoch": epoch + 1, "balanced": balanced, "train_loss": total / max(seen, 1),
-               "val_loss": float(multilabel_bce(val_logits, val_labels)), "lr": optimizer.param_groups[0]["lr"]}
-        if goat is not None:
-            row["goat_loss"] = goat_total / max(seen, 1)
-        row |= {f"val_{k}": v for k, v in val.summary().items() if k in METRIC_KEYS}
-        selected = val.ma
-        if config.select_on == "test":
-            test_preds = Predictions(_head_logits(head, h_ft, pooled["test"], config.eval_batch_size).cpu().numpy(),
-                                     sets["test"].rows)
-            test_now = split_metrics(annotations, test_preds, data_config.threshold)
-            row |= {f"test_{k}": v for k, v in test_now.summary().items() if k in METRIC_KEYS}
-            selected = test_now.ma
-        row |= {"train_s": train_s, "train_img_s": seen * ctx.world_size / train_s,
-                "eval_s": time.perf_counter() - t1}
-        is_best = bool(selected > best["value"]) or best["epoch"] == 0
-        if is_best:
-            best = {"epoch": epoch + 1, "value": float(selected) if np.isfinite(selected) else -np.inf}
-            best_h_ft = copy.deepcopy(h_ft.state_dict())
-        row["best"] = is_best
-        history.append(row)
+    def epoch_summary(self) -> dict:
+        counts = dist.all_reduce_mean(torch.stack([self.positives, self.labelled]), self.ctx)
+        self.priors.append((counts[0] / counts[1].clamp(min=1)).cpu().numpy())
+        summary = {"balanced": self.balanced}
+        if self.goat is not None:
+            summary["goat_loss"] = self.goat_total / max(self.seen, 1)
+        return summary
 
-        if ctx.is_main:
-            save_atomic({
-                "format": FORMAT, "kind": "frdl-training", "epoch": epoch + 1, "h_ft": h_ft.state_dict(),
-                "best_h_ft": best_h_ft, "optimizer": optimizer.state_dict(), "bank": bank.state_dict(),
-                "best": best, "history": history, "label_prior": [torch.from_numpy(p) for p in priors],
-                "rng": rng_state(), "frdl_config": config.to_dict(), "config": data_config.to_dict(),
-                "stage1": {"path": str(stage1.path), "weights_sha256": stage1.digest},
-                "attributes": list(annotations.attributes), "versions": library_versions(),
-            }, out / "last.pt", keep_previous=True)
-            table = pd.DataFrame(np.stack(priors), columns=annotations.attributes,
-                                 index=pd.RangeIndex(1, len(priors) + 1, name="epoch"))
-            table.insert(0, "balanced", [r["balanced"] for r in history])
-            write_atomic(out / "label_prior.csv", table.to_csv)
-            runlog.append(row)
-        dist.barrier(ctx)
-        split = "test" if config.select_on == "test" else "val"
-        metrics = "  ".join(f"{k} {row[f'{split}_{k}']:.2f}" for k in METRIC_KEYS)
-        log(f"epoch {epoch + 1:>3}/{config.epochs}  {'balanced' if balanced else 'natural '}  loss "
-            f"{row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  {split}: {metrics}  "
-            f"{row['train_img_s']:.0f} img/s  {train_s + row['eval_s']:.0f} s{'  *' if is_best else ''}")
+    def epoch_tag(self, epoch: int) -> str:
+        return "balanced" if epoch >= self.config.balance_start else "natural "
 
-    if runlog is not None:
-        runlog.close()
+    def extra_state(self) -> dict:
+        return {"bank": self.bank.state_dict(), "label_prior": [torch.from_numpy(p) for p in self.priors]}
 
-    # The selected h_ft becomes the classifiers of a copy of stage 1: a complete test-time model.
-    model = copy.deepcopy(stage1.model)
-    model.head.classifiers.load_state_dict(best_h_ft)
-    preds = {k: Predictions(_head_logits(model.head, model.head.classifiers, pooled[k],
-                                         config.eval_batch_size).cpu().numpy(), sets[k].rows) for k in sets}
-    evaluation = evaluate_selected(annotations, preds["val"], preds["test"], data_config.threshold,
-                                   config.tune_thresholds)
-    if ctx.is_main:
-        ckpt = model_checkpoint(model, data_config, annotations.attributes, best["epoch"], evaluation.val.summary(),
-                                evaluation.thresholds, plan.note)
-        ckpt |= {"method": config.method, "method_config": config.to_dict(),
-                 "stage1": {"path": str(stage1.path), "weights_sha256": stage1.digest}}
-        save_atomic(ckpt, out / "best.pt")
-        write_results(out, evaluation, plan.note, best["epoch"], config.epochs, ctx.world_size,
-                      time.perf_counter() - start_time, log)
-    dist.barrier(ctx)
-    return RunResult(out, data_config, pd.DataFrame(history), best["epoch"], plan.note, evaluation.val,
-                     evaluation.test, evaluation.test_tuned, evaluation.thresholds,
-                     time.perf_counter() - start_time, config.method, config)
+    def load_extra_state(self, checkpoint: dict) -> None:
+        self.bank.load_state_dict({k: v.to(self.ctx.device) for k, v in checkpoint["bank"].items()})
+        self.priors = [np.asarray(p) for p in checkpoint["label_prior"]]
+
+    def save_files(self, out: Path) -> None:
+        table = pd.DataFrame(np.stack(self.priors), columns=self.bank.attributes,
+                             index=pd.RangeIndex(1, len(self.priors) + 1, name="epoch"))
+        table.insert(0, "balanced", [e >= self.config.balance_start for e in range(len(self.priors))])
+        write_atomic(out / "label_prior.csv", table.to_csv)
+
+    def evaluation_model(self) -> nn.Module:
+        return self.complete
+
+    def predict(self, model: nn.Module, split: str, progress: bool = False) -> Predictions:
+        logits = _head_logits(model.head, self.pooled[split], self.config.eval_batch_size)
+        return Predictions(logits.cpu().numpy(), self.rows[split])
+
+
+def _upgrade(record: dict) -> dict:
+    """A checkpoint or ``config.json`` of an FRDL run written before the shared engine, in today's layout.
+
+    Those runs kept their config under ``frdl_config`` and ``h_ft`` in ``last.pt``; a finished one opens
+    as it is. An unfinished one had no ``best.pt`` yet, so it cannot be continued.
+    """
+    if "frdl_config" not in record:
+        return record
+    record = dict(record)
+    record["method_config"] = record.pop("frdl_config")
+    if record.get("kind") == "frdl-training":
+        config = FRDLConfig.from_dict(record["method_config"])
+        if record["epoch"] < config.epochs:
+            raise CheckpointError(f"an unfinished FRDL run of an earlier parlab (epoch {record['epoch']}/"
+                                  f"{config.epochs}) cannot be continued; start it again (--overwrite)")
+        record |= {"kind": "training", "model": record.pop("h_ft"), "scheduler": None, "scaler": {}, "ema": None}
+    return record

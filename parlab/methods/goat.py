@@ -1,4 +1,4 @@
-"""GOAT, FRDL's gradient-oriented feature augmentation (Zhou et al., ICML 2024; methods.md section 4).
+"""GOAT, FRDL's gradient-oriented feature augmentation (Zhou et al., ICML 2024; docs/methods.md section 4).
 
 The paper describes a Bayesian feature augmentation that adds in-distribution
 novelty through gradient-driven translations. As in the public code, it is
@@ -23,12 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from parlab.methods.frdl_config import GOAT_MODULES
 from parlab.models.heads import AttributeFeatureHead
 from parlab.training.evaluation import autocast
-
-# Which parts of the stage-1 model GOAT moves: the whole extractor (the paper), or only the
-# attribute-feature layer, which can run on cached pooled backbone features.
-GOAT_MODULES = ("extractor", "attribute_features")
 
 
 def flood_levels(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from parlab.errors import ConfigError
+
 
 def balanced_labels(
     gt: np.ndarray, selection: str = "first", seed: int = 0
@@ -24,7 +26,7 @@ def balanced_labels(
         (gt_masked (n, A) with dropped entries set to -1, rows (n,) kept row indices).
     """
     if selection not in ("first", "random"):
-        raise ValueError(f"selection must be 'first' or 'random', got {selection!r}")
+        raise ConfigError(f"selection must be 'first' or 'random', got {selection!r}")
     gt = np.asarray(gt)
     n, a = gt.shape
     if selection == "first":

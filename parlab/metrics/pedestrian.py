@@ -50,6 +50,103 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
 
 
+@dataclass(frozen=True)
+class _Counts:
+    """Per-attribute (A,) counts over the non-ignored entries, as float64."""
+
+    pos: np.ndarray
+    neg: np.ndarray
+    tp: np.ndarray
+    tn: np.ndarray
+    fp: np.ndarray
+
+
+def _checked_inputs(
+    gt: np.ndarray,
+    probs: np.ndarray,
+    threshold: float | np.ndarray,
+    attributes: list[str] | tuple[str, ...] | None,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Validate the inputs; returns (gt, float64 probs, A names, (A,) thresholds)."""
+    gt = np.asarray(gt)
+    probs = np.asarray(probs, dtype=np.float64)
+    if gt.shape != probs.shape or gt.ndim != 2:
+        raise ValueError(f"gt and probs must both be (N, A); got {gt.shape} and {probs.shape}")
+    bad = ~np.isin(gt, (-1, 0, 1))
+    if bad.any():
+        raise ValueError(f"gt holds values outside {{-1, 0, 1}}, e.g. {gt[bad][0]!r}")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError("probs holds NaN or infinite values")
+    a = gt.shape[1]
+    names = list(attributes) if attributes is not None else [f"attr{j}" for j in range(a)]
+    if len(names) != a:
+        raise ValueError(f"{len(names)} attribute names for {a} columns")
+    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (a,))
+    return gt, probs, names, thr
+
+
+def _attribute_counts(y: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> _Counts:
+    """Counts per column of (N, A) boolean labels, predictions and validity."""
+    return _Counts(
+        pos=(y & valid).sum(0).astype(np.float64),
+        neg=(~y & valid).sum(0).astype(np.float64),
+        tp=(pred & y).sum(0).astype(np.float64),
+        tn=(~pred & ~y & valid).sum(0).astype(np.float64),
+        fp=(pred & ~y).sum(0).astype(np.float64),
+    )
+
+
+def _label_scores(c: _Counts, parity: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Per-attribute (TPR, TNR, mA) and their mean mA."""
+    if parity:
+        tpr, tnr = c.tp / (c.pos + _EPS), c.tn / (c.neg + _EPS)
+        label_ma = (tpr + tnr) / 2
+        return tpr, tnr, label_ma, float(label_ma.mean()) if len(label_ma) else float("nan")
+    tpr = np.where(c.pos > 0, _safe_div(c.tp, c.pos), np.nan)
+    tnr = np.where(c.neg > 0, _safe_div(c.tn, c.neg), np.nan)
+    label_ma = (tpr + tnr) / 2
+    # all-NaN would make nanmean warn; no scorable attribute means no mA
+    scorable = ((c.pos > 0) & (c.neg > 0)).any()
+    return tpr, tnr, label_ma, float(np.nanmean(label_ma)) if scorable else float("nan")
+
+
+def _instance_scores(y: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(Acc, Prec, Rec, F1 of the means, mean per-image F1) over the rows; NaN for no rows."""
+    inter = (pred & y).sum(1).astype(np.float64)
+    n_gt = (y & valid).sum(1).astype(np.float64)
+    n_pred = pred.sum(1).astype(np.float64)
+    union = n_gt + n_pred - inter
+    acc_i, prec_i, rec_i = _safe_div(inter, union), _safe_div(inter, n_pred), _safe_div(inter, n_gt)
+    f1_i = _safe_div(2 * prec_i * rec_i, prec_i + rec_i)
+    n = len(y)
+    acc, prec, rec = (float(v.mean()) if n else float("nan") for v in (acc_i, prec_i, rec_i))
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
+    return acc, prec, rec, f1, float(f1_i.mean()) if n else float("nan")
+
+
+def _attribute_table(
+    names: list[str], c: _Counts, tpr: np.ndarray, tnr: np.ndarray, label_ma: np.ndarray, thr: np.ndarray
+) -> pd.DataFrame:
+    """The per-attribute table, indexed by attribute name."""
+    prec_j = _safe_div(c.tp, c.tp + c.fp)
+    rec_j = _safe_div(c.tp, c.pos)
+    return pd.DataFrame(
+        {
+            "attribute": names,
+            "positives": c.pos.astype(int),
+            "negatives": c.neg.astype(int),
+            "positive_ratio": _safe_div(c.pos, c.pos + c.neg),
+            "tpr": tpr,
+            "tnr": tnr,
+            "ma": label_ma,
+            "precision": prec_j,
+            "recall": rec_j,
+            "f1": _safe_div(2 * prec_j * rec_j, prec_j + rec_j),
+            "threshold": thr,
+        }
+    ).set_index("attribute")
+
+
 def pedestrian_metrics(
     gt: np.ndarray,
     probs: np.ndarray,
@@ -71,76 +168,21 @@ def pedestrian_metrics(
         balanced: use the label-balanced test setting (see :mod:`.balanced`).
         selection, seed: how the balanced setting picks its entries.
     """
-    gt = np.asarray(gt)
-    probs = np.asarray(probs, dtype=np.float64)
-    if gt.shape != probs.shape or gt.ndim != 2:
-        raise ValueError(f"gt and probs must both be (N, A); got {gt.shape} and {probs.shape}")
-    bad = ~np.isin(gt, (-1, 0, 1))
-    if bad.any():
-        raise ValueError(f"gt holds values outside {{-1, 0, 1}}, e.g. {gt[bad][0]!r}")
-    if not np.all(np.isfinite(probs)):
-        raise ValueError("probs holds NaN or infinite values")
-    a = gt.shape[1]
-    names = list(attributes) if attributes is not None else [f"attr{j}" for j in range(a)]
-    if len(names) != a:
-        raise ValueError(f"{len(names)} attribute names for {a} columns")
-    thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (a,))
+    gt, probs, names, thr = _checked_inputs(gt, probs, threshold, attributes)
     if balanced:
         gt, rows = balanced_labels(gt, selection, seed)
         probs = probs[rows]
-
     valid = gt >= 0
     y = gt == 1
     pred = (probs > thr) & valid
-    pos = (y & valid).sum(0).astype(np.float64)
-    neg = (~y & valid).sum(0).astype(np.float64)
-    tp = (pred & y).sum(0).astype(np.float64)
-    tn = (~pred & ~y & valid).sum(0).astype(np.float64)
-    fp = (pred & ~y).sum(0).astype(np.float64)
-
-    degenerate = (pos == 0) | (neg == 0)
-    if parity:
-        tpr, tnr = tp / (pos + _EPS), tn / (neg + _EPS)
-        label_ma = (tpr + tnr) / 2
-        ma = float(label_ma.mean()) if a else float("nan")
-    else:
-        tpr = np.where(pos > 0, _safe_div(tp, pos), np.nan)
-        tnr = np.where(neg > 0, _safe_div(tn, neg), np.nan)
-        label_ma = (tpr + tnr) / 2
-        ma = float(np.nanmean(label_ma)) if (~degenerate).any() else float("nan")
-    prec_j = _safe_div(tp, tp + fp)
-    rec_j = _safe_div(tp, pos)
-    f1_j = _safe_div(2 * prec_j * rec_j, prec_j + rec_j)
-
-    inter = (pred & y).sum(1).astype(np.float64)
-    n_gt = (y & valid).sum(1).astype(np.float64)
-    n_pred = pred.sum(1).astype(np.float64)
-    union = n_gt + n_pred - inter
-    acc_i, prec_i, rec_i = _safe_div(inter, union), _safe_div(inter, n_pred), _safe_div(inter, n_gt)
-    f1_i = _safe_div(2 * prec_i * rec_i, prec_i + rec_i)
-    n = len(gt)
-    acc, prec, rec = (float(v.mean()) if n else float("nan") for v in (acc_i, prec_i, rec_i))
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
-
-    table = pd.DataFrame(
-        {
-            "attribute": names,
-            "positives": pos.astype(int),
-            "negatives": neg.astype(int),
-            "positive_ratio": _safe_div(pos, pos + neg),
-            "tpr": tpr,
-            "tnr": tnr,
-            "ma": label_ma,
-            "precision": prec_j,
-            "recall": rec_j,
-            "f1": f1_j,
-            "threshold": thr,
-        }
-    ).set_index("attribute")
+    counts = _attribute_counts(y, pred, valid)
+    tpr, tnr, label_ma, ma = _label_scores(counts, parity)
+    acc, prec, rec, f1, instance_f1 = _instance_scores(y, pred, valid)
+    degenerate = (counts.pos == 0) | (counts.neg == 0)
     return PARMetrics(
-        ma=ma, acc=acc, prec=prec, rec=rec, f1=f1,
-        instance_f1=float(f1_i.mean()) if n else float("nan"),
-        num_images=n, num_degenerate=int(degenerate.sum()), per_attribute=table,
+        ma=ma, acc=acc, prec=prec, rec=rec, f1=f1, instance_f1=instance_f1,
+        num_images=len(gt), num_degenerate=int(degenerate.sum()),
+        per_attribute=_attribute_table(names, counts, tpr, tnr, label_ma, thr),
         threshold=float(thr[0]) if np.ndim(threshold) == 0 else tuple(thr.tolist()),
         setting=f"balanced ({selection})" if balanced else "standard",
     )

@@ -18,8 +18,10 @@ from pathlib import Path
 import timm
 import torch.nn as nn
 
+from parlab.errors import ParlabError
 
-class BackboneError(ValueError):
+
+class BackboneError(ParlabError, ValueError):
     """An unknown backbone name or an unusable weights file."""
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from parlab.errors import ConfigError
 from parlab.models.backbones import create_backbone
 from parlab.models.heads import HEADS
 
@@ -40,6 +41,6 @@ def build_model(
     ``image_size`` (height, width) matters only for fixed-grid architectures (ViT, Swin).
     """
     if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
+        raise ConfigError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
     net = create_backbone(backbone, weights=weights, drop_rate=drop_rate, image_size=image_size)
     return PARModel(net, HEADS[head](net.num_features, num_attributes))

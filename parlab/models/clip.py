@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from parlab.errors import ConfigError, MissingFileError
+
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 
 
@@ -73,7 +75,7 @@ def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
     names = clip_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-        raise ValueError(f"unknown CLIP architecture {name!r}" + (f"; close: {', '.join(close)}" if close else ""))
+        raise ConfigError(f"unknown CLIP architecture {name!r}" + (f"; close: {', '.join(close)}" if close else ""))
     size = tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size
     if weights is None or str(weights) == "":
         warnings.warn(f"{name}: random weights (no weights file given); fine for counting parameters and tests, "
@@ -85,7 +87,7 @@ def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
             logging.disable(logging.NOTSET)
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: CLIP weights file not found. parlab never downloads: fetch the file on a connected "
             f"machine (e.g. open_clip's {name} weights as open_clip_pytorch_model.bin or .safetensors from "
             "its Hugging Face page) and pass its path"

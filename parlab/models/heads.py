@@ -1,10 +1,10 @@
 """PAR heads on pooled backbone features.
 
 - :class:`LinearHead`: the Rethinking_of_PAR classifier, one linear layer to A
-  logits with an optional BatchNorm after it (methods.md section 3).
+  logits with an optional BatchNorm after it (docs/methods.md section 3).
 - :class:`AttributeFeatureHead`: FRDL's attribute-specific features
   (Zhou et al., ICML 2024): f = BN(Linear(C, A*C)(g)) reshaped to (A, C), then
-  one Linear(C, 1) per attribute on ReLU(f_j) (methods.md section 4).
+  one Linear(C, 1) per attribute on ReLU(f_j) (docs/methods.md section 4).
 - :class:`AttributeClassifiers`: the A per-attribute linear classifiers alone,
   stored as one (A, C) weight so they run as a single einsum; FRDL's stage-2
   head set is another instance of it.

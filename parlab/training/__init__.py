@@ -1,24 +1,27 @@
-"""Training engine shared by every method: config, losses, optimisation, checkpoints, DDP.
+"""Training engine shared by every method: config, tasks, losses, optimisation, checkpoints, DDP.
 
-``train(TrainConfig(...))`` runs one experiment and writes its folder; see
-:mod:`parlab.training.engine`.
+``train(TrainConfig(...))`` runs one baseline experiment and writes its folder;
+``fit(task)`` runs any method's :class:`~parlab.training.task.Task` on the same
+loop (:mod:`parlab.training.engine`). The names below are imported on first
+use, so that reading a config (``parlab --help``) does not import torch.
 """
 
-from parlab.training.checkpoint import CheckpointError, load_checkpoint
-from parlab.training.config import TrainConfig
-from parlab.training.engine import RunResult, TrainingDiverged, train
-from parlab.training.losses import PARLoss, multilabel_bce, ratio_weights
-from parlab.training.thresholds import tune_thresholds
+import importlib
 
-__all__ = [
-    "CheckpointError",
-    "PARLoss",
-    "RunResult",
-    "TrainConfig",
-    "TrainingDiverged",
-    "load_checkpoint",
-    "multilabel_bce",
-    "ratio_weights",
-    "train",
-    "tune_thresholds",
-]
+from parlab.training.config import RunFields, TrainConfig
+
+_LAZY = {
+    "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint",
+    "RunResult": "engine", "TrainingDiverged": "engine", "fit": "engine", "train": "engine",
+    "PARLoss": "losses", "multilabel_bce": "losses", "ratio_weights": "losses",
+    "SupervisedTask": "task", "Task": "task",
+    "tune_thresholds": "thresholds",
+}
+
+__all__ = ["RunFields", "TrainConfig", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"parlab.training.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'parlab.training' has no attribute {name!r}")

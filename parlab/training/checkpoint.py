@@ -20,12 +20,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from parlab._version import __version__
+from parlab.errors import ParlabError
 from parlab.files import write_atomic
 
 FORMAT = "parlab-checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ParlabError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the model/dataset."""
 
 
@@ -34,10 +36,8 @@ def library_versions() -> dict[str, str]:
     import numpy
     import timm
 
-    import parlab
-
     return {
-        "parlab": parlab.__version__,
+        "parlab": __version__,
         "python": platform.python_version(),
         "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
         "timm": timm.__version__,

@@ -1,44 +1,141 @@
-"""The experiment configuration: one frozen dataclass, saved with every run.
+"""Experiment configuration: frozen dataclasses, saved with every run.
 
-Each field maps onto a notebook parameter and a ``parlab train --<field>``
-option. Defaults are the Rethinking_of_PAR strong baseline on PA100k
-(methods.md section 3), except selection, which uses the validation split.
+Each field maps onto a notebook parameter and a ``parlab <command> --<field>``
+option, and carries its help text (``option(default, help)``), which the
+command line shows. :class:`RunFields` holds what every training run has,
+whatever the method; :class:`TrainConfig` adds the data, model and
+optimisation of the baseline. Defaults are the Rethinking_of_PAR strong
+baseline on PA100k (``docs/methods.md`` section 3), except selection, which uses the
+validation split.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-CHOICES = {
-    "select_on": ("val", "test"),
-    "head": ("linear", "linear_bn", "attribute"),
-    "loss": ("bce", "weighted", "sqrt"),
-    "optimizer": ("adam", "adamw", "sgd"),
-    "scheduler": ("plateau", "multistep", "cosine", "none"),
-    "amp": ("none", "bf16", "fp16"),
-}
+from parlab.errors import ConfigError, MissingFileError
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:  # noqa: A002 (argparse's word)
+    """A config field with its default, the help the command line shows and, for a word, its allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def help_of(f) -> str:
+    """The help text of a config field (empty when it has none)."""
+    return f.metadata.get("help", "")
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
-    """The mapping of config fields in a JSON or YAML file."""
+    """The mapping of config fields in a JSON or YAML file; a missing or broken file is a one-line error."""
     path = Path(path)
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read this config file ({exc.__class__.__name__}: {exc})") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        values = yaml.safe_load(text) or {}
-    else:
-        values = json.loads(text)
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except ValueError as exc:  # json.JSONDecodeError
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except Exception as exc:  # yaml.YAMLError, imported only for YAML files
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(first[:1] + first[-1:])})") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of config fields")
+        raise ConfigError(f"{path}: expected a mapping of config fields, got {type(values).__name__}")
     return values
 
 
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's type: numbers written as strings (as YAML reads ``1e-3``) become numbers.
+
+    Anything that is not the type, or a lossless spelling of it, is an error naming the field and the
+    type: ``"ten"`` or ``2.5`` for an int, ``64`` for a (height, width) pair, ``"yes"`` for a bool.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # "str | None"
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field {name!r} must be a list, got {value!r}")
+        item = args[0]
+        length = None if len(args) == 2 and args[1] is Ellipsis else len(args)
+        if length is not None and len(value) != length:
+            raise ConfigError(f"config field {name!r} must be a list of {length} values, got {list(value)!r}")
+        return tuple(_coerce(name, v, item) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config field {name!r} must be true or false, got {value!r}")
+    if hint is int:
+        number = _number(value)
+        if number is None or isinstance(value, bool) or number != int(number):
+            raise ConfigError(f"config field {name!r} must be an integer, got {value!r}")
+        return int(number)
+    if hint is float:
+        number = _number(value)
+        if number is None or isinstance(value, bool):
+            raise ConfigError(f"config field {name!r} must be a number, got {value!r}")
+        return float(number)
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"config field {name!r} must be a string, got {value!r}")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def choices_of(f) -> tuple[str, ...]:
+    """The allowed values of a config field (empty: any value of its type)."""
+    return f.metadata.get("choices", ())
+
+
+def check_choices(config) -> None:
+    """Refuse a field whose value is not one of its allowed ones, naming both."""
+    for f in fields(config):
+        allowed, value = choices_of(f), getattr(config, f.name)
+        if allowed and value not in allowed:
+            raise ConfigError(f"config field {f.name!r}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def check_at_least(config, minimum: int, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(config, name) < minimum:
+            raise ConfigError(f"config field {name!r} must be >= {minimum}, got {getattr(config, name)}")
+
+
 class ConfigFile:
-    """Reading, writing and comparing a frozen config dataclass (mixed into each method's config)."""
+    """Reading, writing, checking and comparing a frozen config dataclass (mixed into each method's config)."""
+
+    def coerce_fields(self) -> None:
+        """Give every field its declared type (see :func:`_coerce`); call first in ``__post_init__``."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +146,7 @@ class ConfigFile:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown config field(s) {', '.join(unknown)}")
+            raise ConfigError(f"{source}: unknown config field(s) {', '.join(unknown)}")
         return cls(**values)
 
     @classmethod
@@ -64,70 +161,81 @@ class ConfigFile:
 
 
 @dataclass(frozen=True)
-class TrainConfig(ConfigFile):
-    # --- data
-    dataset: str = "synthpa"  # registry name (parlab.data.available_datasets())
-    root: str = "data/synthpa"  # dataset folder
-    partition: int = 0  # official random partition (PETA, RAP, WIDER have several)
-    train_split: str = "train"  # "trainval" where a dataset has no separate val split (RAPv1)
-    val_split: str = "val"  # carved out of train_split (seeded, val_fraction) when the dataset has none
-    test_split: str = "test"  # evaluated once, after training
-    val_fraction: float = 0.1  # only used to carve a validation split (RAPv1)
-    select_on: str = "val"  # "test" reproduces the reference practice, labelled as such
-    image_size: tuple[int, int] = (256, 192)  # (height, width) fed to the model
-    train_limit: int = 0  # use only the first n training images (0: all); for quick runs
-    num_workers: int = 0  # DataLoader worker processes
-    # --- model
-    backbone: str = "resnet50"  # any timm name
-    weights: str = ""  # local pretrained backbone file; "" trains from scratch
-    head: str = "linear_bn"  # "attribute" is FRDL's attribute-specific head
-    drop_rate: float = 0.0  # dropout on the pooled features
-    # --- loss and optimisation
-    loss: str = "bce"  # bce; weighted: exp(1-r)/exp(r) (reference); sqrt: Tan et al. AAAI 2020
-    optimizer: str = "adam"  # adam, adamw or sgd
-    lr: float = 1e-4  # initial learning rate, every parameter
-    weight_decay: float = 5e-4  # L2 (adam, sgd) or decoupled (adamw)
-    momentum: float = 0.9  # SGD only
-    scheduler: str = "plateau"  # plateau on validation mA, multistep, cosine (per step) or none
-    plateau_factor: float = 0.1  # lr multiplier when validation mA stops improving
-    plateau_patience: int = 4  # epochs without improvement before the lr drops
-    milestones: tuple[int, ...] = (10, 20)  # multistep, in epochs
-    gamma: float = 0.1  # multistep decay
-    warmup_epochs: int = 0  # linear warm-up before the cosine schedule
-    epochs: int = 30  # training epochs
-    batch_size: int = 64  # per process
-    eval_batch_size: int = 128  # per process, validation and test
-    grad_clip: float = 10.0  # max gradient norm; 0 disables
-    ema: bool = False  # evaluate an exponential moving average of the weights
-    ema_decay: float = 0.9998  # per optimiser step
-    amp: str = "none"  # bf16 on CPU or GPU, fp16 on GPU only
-    channels_last: bool = False  # NHWC memory layout (faster convolutions on recent GPUs)
-    sync_bn: bool = False  # SyncBatchNorm under DistributedDataParallel
-    # --- run
-    device: str = "auto"  # "auto" picks cuda when available, else cpu
-    seed: int = 0  # weights, order, augmentation and the carved validation split
-    threshold: float = 0.5  # fixed decision threshold of the standard metrics
-    tune_thresholds: bool = False  # per-attribute thresholds on validation, reported beside 0.5
-    output_dir: str = "runs/baseline"  # the run folder (config, log, checkpoints, results)
-    tensorboard: bool = False  # also log to TensorBoard when it is installed
+class RunFields(ConfigFile):
+    """What every training run has, whatever the method: schedule length, batches, device, seed, folder."""
+
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(64, "training batch, per process")
+    eval_batch_size: int = option(128, "validation and test batch, per process")
+    num_workers: int = option(0, "DataLoader worker processes")
+    amp: str = option("none", "bf16 on CPU or GPU, fp16 on GPU only", ("none", "bf16", "fp16"))
+    device: str = option("auto", '"auto" picks cuda when available, else cpu')
+    seed: int = option(0, "weights, order, augmentation and the carved validation split")
+    select_on: str = option("val", '"test" reproduces the reference practice, labelled as such', ("val", "test"))
+    tune_thresholds: bool = option(False, "per-attribute thresholds on validation, reported beside the fixed one")
+    output_dir: str = option("runs/baseline", "the run folder (config, log, checkpoints, results)")
+    tensorboard: bool = option(False, "also log to TensorBoard when it is installed")
 
     def __post_init__(self) -> None:
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"config field {name!r}: {value!r} is not one of {', '.join(allowed)}")
-        positive = ("epochs", "batch_size", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        self.coerce_fields()
+        check_choices(self)
+        check_at_least(self, 1, ("epochs", "batch_size", "eval_batch_size"))
+        check_at_least(self, 0, ("num_workers",))
+
+
+# Run fields that may change when a run is resumed: they do not affect the numbers.
+RESUMABLE_CHANGES = ("device", "num_workers", "output_dir", "tensorboard", "eval_batch_size")
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunFields):
+    # --- data
+    dataset: str = option("synthpa", "registry name (parlab.data.available_datasets())")
+    root: str = option("data/synthpa", "dataset folder")
+    partition: int = option(0, "official random partition (PETA, RAP, WIDER have several)")
+    train_split: str = option("train", '"trainval" where a dataset has no separate val split (RAPv1)')
+    val_split: str = option("val", "carved out of train_split (seeded, val_fraction) when the dataset has none")
+    test_split: str = option("test", "evaluated once, after training")
+    val_fraction: float = option(0.1, "only used to carve a validation split (RAPv1)")
+    image_size: tuple[int, int] = option((256, 192), "(height, width) fed to the model")
+    train_limit: int = option(0, "use only the first n training images (0: all); for quick runs")
+    # --- model
+    backbone: str = option("resnet50", "any timm name")
+    weights: str = option("", 'local pretrained backbone file; "" trains from scratch')
+    head: str = option("linear_bn", '"attribute" is FRDL\'s attribute-specific head',
+                       ("linear", "linear_bn", "attribute"))
+    drop_rate: float = option(0.0, "dropout on the pooled features")
+    # --- loss and optimisation
+    loss: str = option("bce", "bce; weighted: exp(1-r)/exp(r) (reference); sqrt: Tan et al. AAAI 2020",
+                       ("bce", "weighted", "sqrt"))
+    optimizer: str = option("adam", "adam, adamw or sgd", ("adam", "adamw", "sgd"))
+    lr: float = option(1e-4, "initial learning rate, every parameter")
+    weight_decay: float = option(5e-4, "L2 (adam, sgd) or decoupled (adamw)")
+    momentum: float = option(0.9, "SGD only")
+    scheduler: str = option("plateau", "plateau on validation mA, multistep, cosine (per step) or none",
+                            ("plateau", "multistep", "cosine", "none"))
+    plateau_factor: float = option(0.1, "lr multiplier when validation mA stops improving")
+    plateau_patience: int = option(4, "epochs without improvement before the lr drops")
+    milestones: tuple[int, ...] = option((10, 20), "multistep, in epochs")
+    gamma: float = option(0.1, "multistep decay")
+    warmup_epochs: int = option(0, "linear warm-up before the cosine schedule")
+    grad_clip: float = option(10.0, "max gradient norm; 0 disables")
+    ema: bool = option(False, "evaluate an exponential moving average of the weights")
+    ema_decay: float = option(0.9998, "per optimiser step")
+    channels_last: bool = option(False, "NHWC memory layout (faster convolutions on recent GPUs)")
+    sync_bn: bool = option(False, "SyncBatchNorm under DistributedDataParallel")
+    threshold: float = option(0.5, "fixed decision threshold of the standard metrics")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.image_size) != 2 or min(self.image_size) < 8:
-            raise ValueError(f"config field 'image_size' must be (height, width), got {self.image_size}")
+            raise ConfigError(f"config field 'image_size' must be (height, width), got {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"config field 'val_fraction' must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"config field 'val_fraction' must be in (0, 1), got {self.val_fraction}")
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"config field 'threshold' must be in (0, 1), got {self.threshold}")
+            raise ConfigError(f"config field 'threshold' must be in (0, 1), got {self.threshold}")
         if self.lr <= 0:
-            raise ValueError(f"config field 'lr' must be > 0, got {self.lr}")
-        # Lists from JSON/YAML/papermill become tuples so the config stays hashable and comparable.
-        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
-        object.__setattr__(self, "milestones", tuple(int(v) for v in self.milestones))
+            raise ConfigError(f"config field 'lr' must be > 0, got {self.lr}")
+        for name in ("weight_decay", "momentum", "grad_clip", "drop_rate", "warmup_epochs", "train_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")

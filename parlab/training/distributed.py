@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from parlab.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -38,7 +40,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+            raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev

@@ -12,6 +12,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from parlab.data.images import PARImageDataset
+from parlab.errors import ConfigError
 from parlab.training.distributed import DistContext, all_gather_rows
 from parlab.training.sampling import ShardSampler
 
@@ -21,7 +22,7 @@ def autocast(device: torch.device, amp: str):
     if amp == "none":
         return contextlib.nullcontext()
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on the CPU")
+        raise ConfigError("amp='fp16' needs a CUDA device; use amp='bf16' on the CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from parlab.errors import ConfigError
+
 # Attributes with no positives (or no negatives) in train would get an infinite
 # sqrt weight; clamping r keeps the weight finite and large.
 _RATIO_EPS = 1e-4
@@ -29,7 +31,7 @@ def ratio_weights(targets: torch.Tensor, ratio: torch.Tensor, scheme: str) -> to
         return torch.where(pos, torch.exp(1 - r), torch.exp(r))
     if scheme == "sqrt":
         return torch.where(pos, torch.sqrt(0.5 / r), torch.sqrt(0.5 / (1 - r)))
-    raise ValueError(f"unknown weighting {scheme!r}; known: weighted, sqrt")
+    raise ConfigError(f"unknown weighting {scheme!r}; known: weighted, sqrt")
 
 
 def multilabel_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,9 +54,9 @@ class PARLoss(torch.nn.Module):
     def __init__(self, kind: str, train_ratio: np.ndarray | torch.Tensor | None = None) -> None:
         super().__init__()
         if kind not in ("bce", "weighted", "sqrt"):
-            raise ValueError(f"unknown loss {kind!r}; known: bce, weighted, sqrt")
+            raise ConfigError(f"unknown loss {kind!r}; known: bce, weighted, sqrt")
         if kind != "bce" and train_ratio is None:
-            raise ValueError(f"loss {kind!r} needs the training positive ratios")
+            raise ConfigError(f"loss {kind!r} needs the training positive ratios")
         self.kind = kind
         ratio = torch.as_tensor(np.zeros(0) if train_ratio is None else train_ratio, dtype=torch.float32)
         self.register_buffer("ratio", ratio, persistent=False)

@@ -12,7 +12,8 @@ torch's DistributedSampler does).
 from __future__ import annotations
 
 import numpy as np
-from torch.utils.data import Sampler
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -57,3 +58,20 @@ class ShardSampler(Sampler):
     def __iter__(self):
         return iter(self.indices)
 
+
+def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, ctx) -> DataLoader:
+    """Training batches: the epoch's seeded permutation (call ``loader.sampler.set_epoch``), sharded by rank.
+
+    ``ctx``: the run's :class:`~parlab.training.distributed.DistContext` (rank, world size, device).
+    """
+    sampler = EpochSampler(len(dataset), seed, ctx.rank, ctx.world_size)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        drop_last=drops_last_batch(len(sampler), batch_size), pin_memory=ctx.device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def drops_last_batch(samples: int, batch_size: int) -> bool:
+    # BatchNorm cannot train on a batch of one; drop a final batch of exactly one image.
+    return samples % batch_size == 1

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from parlab.errors import ConfigError
 from parlab.methods.promptpar.model import PromptPAR
 from parlab.models import PARModel
 
@@ -99,7 +100,7 @@ def attribute_cams(model: nn.Module, images: torch.Tensor, attributes: list[int]
 
     methods = cam_methods()
     if method not in methods:
-        raise ValueError(f"unknown CAM method {method!r}; known: {', '.join(methods)}")
+        raise ConfigError(f"unknown CAM method {method!r}; known: {', '.join(methods)}")
     model.eval()  # also makes PromptPAR return its main logits only
     layer = layer or cam_layer(model)
     maps = []

@@ -6,12 +6,13 @@ import numpy as np
 import torch
 
 from parlab.data.images import load_rgb
+from parlab.errors import ConfigError
 
 
 def pick_rows(annotations, split: str, attribute: str, n: int = 8, seed: int = 0) -> np.ndarray:
     """Annotation rows of ``split``: half with ``attribute`` present, half absent (seeded), positives first."""
     if attribute not in annotations.attributes:
-        raise ValueError(f"{annotations.name}: no attribute {attribute!r}; attributes: {', '.join(annotations.attributes)}")
+        raise ConfigError(f"{annotations.name}: no attribute {attribute!r}; attributes: {', '.join(annotations.attributes)}")
     j = annotations.attributes.index(attribute)
     rows = annotations.split(split)
     rng = np.random.default_rng(seed)

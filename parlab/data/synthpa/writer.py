@@ -29,6 +29,7 @@ from parlab.data.pa100k import EVAL_COLUMNS
 from parlab.data.sentences import sentence_for
 from parlab.data.synthpa.network import ATTRIBUTES, sample_labels
 from parlab.data.synthpa.render import render_jpeg
+from parlab.errors import ConfigError
 
 SIZES = {"smoke": 800, "default": 12000}
 SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
@@ -98,11 +99,11 @@ def generate(
     Returns:
         ``root`` as a Path.
     """
-    from parlab import __version__
+    from parlab._version import __version__
 
     n = SIZES[n] if isinstance(n, str) else int(n)
     if n < 10:
-        raise ValueError(f"SynthPA needs at least 10 images for its three splits, got n={n}")
+        raise ConfigError(f"SynthPA needs at least 10 images for its three splits, got n={n}")
     root = Path(root)
     manifest = {"dataset": "synthpa", "n": n, "seed": seed, "image_size": list(image_size), "version": __version__}
     manifest_file = root / "synthpa.json"

@@ -1,4 +1,4 @@
-"""The PromptPAR model on an unmodified open_clip CLIP (methods.md section 5).
+"""The PromptPAR model on an unmodified open_clip CLIP (docs/methods.md section 5).
 
 The CLIP model is built by open_clip and never forked: this module runs its
 pieces (patch embedding, residual blocks, final LayerNorm, projection, text

@@ -16,7 +16,7 @@ from parlab.methods.promptpar.config import PromptPARConfig
 from parlab.methods.promptpar.model import build_model
 from parlab.models.parameters import count_parameters
 
-# Trainable parameters the paper reports (methods.md section 5).
+# Trainable parameters the paper reports (docs/methods.md section 5).
 PAPER_TRAINABLE = {"ViT-L-14-quickgelu": 3.2e6, "ViT-B-16-quickgelu": 2.30e6}
 
 # Trained parameters by role, matched on the first component of their names.

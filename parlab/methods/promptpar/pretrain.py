@@ -31,50 +31,51 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from parlab.data import load_dataset
+from parlab.data.errors import DatasetError
 from parlab.data.images import PARImageDataset
+from parlab.errors import ConfigError, MissingFileError, RunFolderError
 from parlab.files import write_atomic, write_json
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.models.clip import clip_tokenizer, clip_transform, create_clip
-from parlab.training.config import ConfigFile
+from parlab.training.config import ConfigFile, option
 from parlab.training.distributed import resolve_device
 from parlab.training.optim import WarmupCosine
 from parlab.training.sampling import EpochSampler, epoch_seed
 from parlab.training.seeding import seed_everything
 
 
-
 @dataclass(frozen=True)
 class CLIPPretrainConfig(ConfigFile):
-    root: str = "data/synthpa"  # SynthPA folder holding captions.tsv
-    clip_model: str = "parlab-clip-tiny"  # open_clip architecture name
-    image_size: tuple[int, int] = (64, 32)  # (height, width) of the images fed to it
-    epochs: int = 10  # passes over the training captions
-    batch_size: int = 64  # pairs per contrastive batch
-    lr: float = 1e-3  # AdamW peak learning rate
-    weight_decay: float = 0.1  # AdamW, on weight matrices only (not on gains, biases, the temperature)
-    warmup_steps: int = 50  # linear warm-up before the cosine schedule
-    pad: int = 2  # random-crop padding in pixels (the baseline's 10 is a third of a 32-pixel-wide image)
-    seed: int = 0  # initial weights, order and augmentation
-    device: str = "auto"  # "auto" picks cuda when available, else cpu
-    num_workers: int = 0  # DataLoader worker processes
-    output: str = "runs/clip/parlab-clip-tiny.pt"  # the weights file (open_clip state dict)
+    root: str = option("data/synthpa", "SynthPA folder holding captions.tsv")
+    clip_model: str = option("parlab-clip-tiny", "open_clip architecture name")
+    image_size: tuple[int, int] = option((64, 32), "(height, width) of the images fed to it")
+    epochs: int = option(10, "passes over the training captions")
+    batch_size: int = option(64, "pairs per contrastive batch")
+    lr: float = option(1e-3, "AdamW peak learning rate")
+    weight_decay: float = option(0.1, "AdamW, on weight matrices only (not on gains, biases, the temperature)")
+    warmup_steps: int = option(50, "linear warm-up before the cosine schedule")
+    pad: int = option(2, "random-crop padding in pixels (the baseline's 10 is a third of a 32-pixel-wide image)")
+    seed: int = option(0, "initial weights, order and augmentation")
+    device: str = option("auto", "\"auto\" picks cuda when available, else cpu")
+    num_workers: int = option(0, "DataLoader worker processes")
+    output: str = option("runs/clip/parlab-clip-tiny.pt", "the weights file (open_clip state dict)")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        self.coerce_fields()
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
 
 
 def read_captions(root: str | Path) -> dict[str, str]:
     """``captions.tsv`` of a SynthPA folder: image path (relative to root) -> caption."""
     path = Path(root) / "captions.tsv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no captions; SynthPA writes them (python -m parlab.data.synthpa {root})")
+        raise MissingFileError(f"{path}: no captions; SynthPA writes them (python -m parlab.data.synthpa {root})")
     table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     missing = {"filepath", "caption"} - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
     return dict(zip(table["filepath"], table["caption"]))
 
 
@@ -117,17 +118,17 @@ def pretrain_clip(config: CLIPPretrainConfig, existing: str = "error", progress:
                   log=print) -> CLIPPretrainResult:
     """Train ``config.clip_model`` contrastively on SynthPA's training captions; evaluate on test.
 
-    ``existing``: what to do when ``config.output`` exists: "error", "reuse" (only evaluate it) or
+    ``existing``: what to do when ``config.output`` exists: "error", "resume" (only evaluate it) or
     "overwrite".
     """
     from tqdm.auto import tqdm
 
-    if existing not in ("error", "reuse", "overwrite"):
-        raise ValueError(f"existing must be 'error', 'reuse' or 'overwrite', got {existing!r}")
+    if existing not in ("error", "resume", "overwrite"):
+        raise ConfigError(f"existing must be 'error', 'resume' or 'overwrite', got {existing!r}")
     start = time.perf_counter()
     out = Path(config.output)
     if out.exists() and existing == "error":
-        raise FileExistsError(f"{out} exists; reuse it (existing='reuse') or train again (existing='overwrite')")
+        raise RunFolderError(f"{out} exists; use it (existing='resume') or train again (existing='overwrite')")
     device = resolve_device(config.device)
     ann = load_dataset("synthpa", config.root)
     captions = read_captions(config.root)
@@ -140,12 +141,12 @@ def pretrain_clip(config: CLIPPretrainConfig, existing: str = "error", progress:
         names = [str(ann.image_path(r).relative_to(Path(config.root))) for r in images.rows]
         lacking = [n for n in names if n not in captions]
         if lacking:
-            raise ValueError(f"{Path(config.root) / 'captions.tsv'}: no caption for {len(lacking)} image(s), "
+            raise DatasetError(f"{Path(config.root) / 'captions.tsv'}: no caption for {len(lacking)} image(s), "
                              f"e.g. {lacking[0]}")
         return _CaptionedImages(images, [captions[n] for n in names], tokenizer)
 
     record = out.with_suffix(".json")  # config, training log and evaluation, beside the weights
-    if out.exists() and existing == "reuse":
+    if out.exists() and existing == "resume":
         model = create_clip(config.clip_model, out, device=str(device), image_size=config.image_size)
         history = json.loads(record.read_text())["history"] if record.is_file() else []
     else:

@@ -1,7 +1,7 @@
 """Region-aware prompts of PromptPAR: bands of the patch grid, token layout, attention mask.
 
 PromptPAR (Wang et al., "Pedestrian Attribute Recognition via CLIP based
-Vision-Language Fusion with Prompt Tuning"; methods.md section 5) cuts the
+Vision-Language Fusion with Prompt Tuning"; docs/methods.md section 5) cuts the
 patch grid into horizontal bands that overlap by a few rows, gives each band a
 part token and a group of prompts, and masks attention so that a band's
 tokens see only themselves and the patches of their band; the class token,

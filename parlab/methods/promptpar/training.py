@@ -1,9 +1,9 @@
 """PromptPAR prompt tuning on the shared training engine.
 
-:func:`train_promptpar` runs :func:`parlab.training.train` with a
-:class:`PromptPARRecipe`: the data, splits, AMP, EMA, gradient clipping,
+:func:`train_promptpar` runs :func:`parlab.training.engine.fit` with a
+:class:`PromptPARTask`: the data, splits, AMP, EMA, gradient clipping,
 resuming, ``torchrun`` and the final evaluation are the baseline's; the
-recipe supplies the model, two parameter groups (heads and fusion at the
+task supplies the model, two parameter groups (heads and fusion at the
 run's ``lr`` and ``warmup_epochs``; prompts at ``prompt_lr`` and
 ``prompt_warmup_epochs``, each with its own warm-up before a common cosine),
 the loss (the run's loss on the main logits plus ``aux_weight`` times the same
@@ -26,16 +26,17 @@ import torch.nn as nn
 
 from parlab.data import load_dataset
 from parlab.data.images import PARTransform
+from parlab.errors import ConfigError, MissingFileError
 from parlab.files import file_sha256
-from parlab.models.clip import clip_transform
 from parlab.methods.promptpar.config import PAPER_SETTINGS, PROMPTPAR_UNUSED, PromptPARConfig
 from parlab.methods.promptpar.model import PromptPAR, build_model
+from parlab.models.clip import clip_transform
 from parlab.training.checkpoint import CheckpointError
 from parlab.training.config import TrainConfig
-from parlab.training.engine import RunResult, train
+from parlab.training.engine import RunResult, fit
 from parlab.training.losses import PARLoss
 from parlab.training.optim import WarmupCosine, build_optimizer, build_scheduler
-from parlab.training.recipe import Recipe
+from parlab.training.task import SupervisedTask, refuse_differences
 
 PROMPT_PARAMETERS = ("prompts", "part_tokens", "text_prompts")
 
@@ -44,7 +45,7 @@ def promptpar_run_config(**overrides) -> TrainConfig:
     """A :class:`TrainConfig` with PromptPAR's optimisation settings, then ``overrides``."""
     ignored = sorted(set(overrides) & set(PROMPTPAR_UNUSED))
     if ignored:
-        raise ValueError(f"{', '.join(ignored)}: not used by PromptPAR (its CLIP is PromptPARConfig.clip_model "
+        raise ConfigError(f"{', '.join(ignored)}: not used by PromptPAR (its CLIP is PromptPARConfig.clip_model "
                          "and .weights)")
     return TrainConfig(**(PAPER_SETTINGS | overrides))
 
@@ -69,12 +70,12 @@ def base_weights_record(model_config: PromptPARConfig) -> dict:
         return {"path": None, "sha256": None}
     path = Path(model_config.weights)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: CLIP weights file not found (PromptPARConfig.weights); parlab never "
+        raise MissingFileError(f"{path}: CLIP weights file not found (PromptPARConfig.weights); parlab never "
                                 "downloads: fetch open_clip's weights file on a connected machine and give its path")
     return {"path": str(path), "sha256": file_sha256(path)}
 
 
-class PromptPARRecipe(Recipe):
+class PromptPARTask(SupervisedTask):
     """PromptPAR for the engine; ``model_config`` must already name the dataset's attributes."""
 
     method = "PromptPAR"
@@ -82,20 +83,58 @@ class PromptPARRecipe(Recipe):
     def __init__(self, config: TrainConfig, model_config: PromptPARConfig, base: dict | None = None) -> None:
         super().__init__(config)
         # The run's image size is the one the data is resized to.
-        self.model_config = self.method_config = replace(model_config, image_size=config.image_size)
+        self.model_config = replace(model_config, image_size=config.image_size)
         self.base = base if base is not None else base_weights_record(self.model_config)
 
-    def build(self, num_attributes: int, sentences: tuple[str, ...] = (), pretrained: bool = True) -> PromptPAR:
+    @classmethod
+    def from_record(cls, record: dict, source: str, clip_weights: str | None = None, **_) -> PromptPARTask:
+        """The task of a run's checkpoint or ``config.json``; ``clip_weights``: where the base CLIP is now.
+
+        A checkpoint (it has weights) must have been trained on that same base file.
+        """
+        config = TrainConfig.from_dict(record["config"], source=source)
+        model_config = PromptPARConfig.from_dict(record["method_config"], source=source)
+        if clip_weights is not None:
+            model_config = replace(model_config, weights=clip_weights)
+        task = cls(config, model_config)
+        if "model" in record:
+            check_base_weights(record, task.base, source)
+        return task
+
+    @classmethod
+    def from_options(cls, values: dict[str, dict]) -> PromptPARTask:
+        """Run fields default to the paper's optimisation (:func:`promptpar_run_config`)."""
+        return cls.for_dataset(promptpar_run_config(**values["config"]), PromptPARConfig.from_dict(values["model"]))
+
+    @classmethod
+    def for_dataset(cls, config: TrainConfig, model_config: PromptPARConfig) -> PromptPARTask:
+        """The task with ``model_config`` completed from the dataset: its attribute count and sentences.
+
+        The dataset's own sentences (``Annotations.sentences``) are used unless ``model_config`` gives some.
+        """
+        annotations = load_dataset(config.dataset, config.root, config.partition)
+        sentences = model_config.attribute_sentences or annotations.sentences
+        if len(sentences) != annotations.num_attributes:
+            raise ConfigError(f"{len(sentences)} attribute sentences for the {annotations.num_attributes} "
+                              f"attributes of {annotations.name}")
+        return cls(config, replace(model_config, num_attributes=annotations.num_attributes,
+                                   attribute_sentences=tuple(sentences)))
+
+    @property
+    def method_config(self) -> PromptPARConfig:
+        return self.model_config
+
+    def build_model(self, num_attributes: int, pretrained: bool = True) -> PromptPAR:
         # The base CLIP is always loaded: checkpoints hold only the trained parameters.
         if num_attributes != self.model_config.num_attributes:
-            raise ValueError(f"PromptPAR config has {self.model_config.num_attributes} attributes, the data "
+            raise ConfigError(f"PromptPAR config has {self.model_config.num_attributes} attributes, the data "
                              f"{num_attributes}")
         return build_model(self.model_config)
 
     def transform(self, train: bool) -> PARTransform:
         return clip_transform(self.config.image_size, train)
 
-    def optimizer(self, model: PromptPAR, steps_per_epoch: int):
+    def optimizer_and_schedule(self, model: PromptPAR, steps_per_epoch: int):
         groups = {"heads": [], "prompts": []}
         for name, p in model.named_parameters():
             if p.requires_grad:
@@ -121,14 +160,12 @@ class PromptPARRecipe(Recipe):
         model.load_trained_state_dict(state, source)
 
     def checkpoint_fields(self) -> dict:
-        return {"method": self.method, "method_config": self.model_config.to_dict(), "base_weights": self.base}
+        return super().checkpoint_fields() | {"base_weights": self.base}
 
     def check_resume(self, checkpoint: dict, source: str) -> None:
+        super().check_resume(checkpoint, source)
         saved = PromptPARConfig.from_dict(checkpoint["method_config"], source=source)
-        diff = saved.differences(self.model_config, ignore=("weights",))
-        if diff:
-            raise CheckpointError(f"{source}: cannot resume with a different PromptPAR config (checkpoint vs "
-                                  "requested):\n  " + "\n  ".join(diff))
+        refuse_differences(saved.differences(self.model_config, ignore=("weights",)), source, "PromptPAR config")
         check_base_weights(checkpoint, self.base, source)
 
 
@@ -146,17 +183,6 @@ def _short(digest: str | None) -> str:
     return "random (no file)" if digest is None else f"sha256 {digest[:12]}..."
 
 
-def recipe_from_checkpoint(checkpoint: dict, source: str, weights: str | None = None) -> PromptPARRecipe:
-    """The recipe that rebuilds a PromptPAR checkpoint; ``weights`` overrides where the base CLIP file is."""
-    config = TrainConfig.from_dict(checkpoint["config"], source=source)
-    model_config = PromptPARConfig.from_dict(checkpoint["method_config"], source=source)
-    if weights is not None:
-        model_config = replace(model_config, weights=weights)
-    recipe = PromptPARRecipe(config, model_config)
-    check_base_weights(checkpoint, recipe.base, source)
-    return recipe
-
-
 def train_promptpar(config: TrainConfig, model_config: PromptPARConfig, existing: str = "error",
                     progress: bool = True, log=None) -> RunResult:
     """Prompt-tune PromptPAR on ``config``'s data and schedule (see the module docstring).
@@ -164,11 +190,4 @@ def train_promptpar(config: TrainConfig, model_config: PromptPARConfig, existing
     ``model_config.num_attributes`` and ``attribute_sentences`` are taken from the dataset (its
     ``Annotations.sentences``) unless sentences are given; ``image_size`` is the run's.
     """
-    annotations = load_dataset(config.dataset, config.root, config.partition)
-    sentences = model_config.attribute_sentences or annotations.sentences
-    if len(sentences) != annotations.num_attributes:
-        raise ValueError(f"{len(sentences)} attribute sentences for the {annotations.num_attributes} attributes of "
-                         f"{annotations.name}")
-    model_config = replace(model_config, num_attributes=annotations.num_attributes,
-                           attribute_sentences=tuple(sentences))
-    return train(config, existing, progress, log, recipe=PromptPARRecipe(config, model_config))
+    return fit(PromptPARTask.for_dataset(config, model_config), existing, progress, log)

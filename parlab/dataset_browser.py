@@ -1,4 +1,4 @@
-"""An ipywidgets browser of a dataset split, with a static fallback for papermill.
+"""The dataset browser: images of a dataset split with their labels, in ipywidgets (static figure for papermill).
 
 ``browser(annotations, split, interactive=True)`` returns a widget to display
 in JupyterLab; with ``interactive=False`` (headless runs) it returns a figure

@@ -1,4 +1,4 @@
-"""An ipywidgets explorer of trained models' predictions, with a static page for papermill.
+"""The prediction explorer: trained models' predictions in ipywidgets, with a static page for papermill.
 
 ``prediction_explorer(models, annotations)`` shows, for a chosen split and
 method, one image at a time with every attribute's ground truth, probability
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+
 import numpy as np
 
 from parlab.data.images import PARImageDataset, load_rgb

@@ -1,4 +1,4 @@
-"""Saving figures and tables: PDF (TrueType fonts) + PNG, CSV, written atomically."""
+"""The notebooks' outputs on disk: figures as PDF (TrueType fonts) + PNG, tables as CSV, written atomically."""
 
 from __future__ import annotations
 

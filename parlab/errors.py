@@ -1,0 +1,23 @@
+"""parlab's errors: one base class, so that a caller (the command line) can tell a user's mistake from a bug.
+
+Every error that a wrong file, field, dataset or checkpoint can cause derives
+from :class:`ParlabError`; ``parlab`` prints it as one ``error: ...`` line.
+The subclasses also derive from the built-in error a caller would expect
+(``ValueError``, ``FileNotFoundError`` ...), so ``except ValueError`` keeps working.
+"""
+
+
+class ParlabError(Exception):
+    """A problem with what the user gave parlab (a file, a field, a dataset, a checkpoint)."""
+
+
+class ConfigError(ParlabError, ValueError):
+    """A config field with a wrong value, or an unknown field."""
+
+
+class RunFolderError(ParlabError, FileExistsError):
+    """A run folder that cannot be used as asked (it holds a run, or another process trains in it)."""
+
+
+class MissingFileError(ParlabError, FileNotFoundError):
+    """A file the user named (weights, images, a run) is not there."""

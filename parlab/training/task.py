@@ -1,0 +1,287 @@
+"""What the engine trains: a :class:`Task` per method, on one loop for all.
+
+The engine (:mod:`parlab.training.engine`) owns what every method shares: the
+run folder, data and splits, per-epoch seeding, the optimiser step (AMP loss
+scaling, gradient clipping, EMA, per-step schedules), the NaN guard,
+validation, selection, checkpoints, exact resume and the final test. A task
+supplies the rest, the way timm's ``task`` classes and Lightning's hooks do:
+
+- :meth:`Task.setup` builds the trained module (:attr:`Task.model`), its
+  optimiser and schedule and whatever the method needs besides;
+- :meth:`Task.on_epoch_start` and :meth:`Task.train_batches` give an epoch's
+  ``(inputs, targets, rows)`` batches; :meth:`Task.training_step` returns
+  ``{"loss", "output"}`` for one of them;
+- :meth:`Task.evaluation_model` and :meth:`Task.predict` are what validation
+  and test score; :meth:`Task.load_selected` rebuilds the selected model from
+  the weights saved in ``best.pt``;
+- :meth:`Task.extra_state` / :meth:`Task.load_extra_state` carry what an exact
+  resume needs beyond weights and optimiser (FRDL's bank, GOAT's state).
+
+:class:`SupervisedTask` is the baseline (a timm backbone and a PAR head trained
+end to end); PromptPAR subclasses it, FRDL's stage 2 derives from :class:`Task`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from parlab.data.annotations import Annotations
+from parlab.data.images import PARImageDataset, PARTransform, build_transform
+from parlab.models import build_model
+from parlab.training import distributed as dist
+from parlab.training.checkpoint import CheckpointError, load_state_strict
+from parlab.training.config import RESUMABLE_CHANGES, RunFields, TrainConfig
+from parlab.training.evaluation import Predictions, autocast, eval_loader, predict_dataset
+from parlab.training.losses import PARLoss
+from parlab.training.optim import build_optimizer, build_scheduler, steps_per_batch
+from parlab.training.sampling import train_loader
+from parlab.training.seeding import seed_everything
+from parlab.training.splits import SplitPlan
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The dataset of a run and how it is split (the same for every method)."""
+
+    annotations: Annotations
+    plan: SplitPlan
+    train_ratio: np.ndarray  # (A,) positive ratio of the training split
+
+
+class Task:
+    """A method's part of a training run; see the module docstring for the hooks and their order."""
+
+    method = "baseline"  # what runs record as their method (and the registry knows them by)
+    # False when the trained module is only part of the evaluation model (FRDL trains heads on a frozen
+    # extractor): then only best.pt holds a complete model.
+    trains_whole_model = True
+    extra_files: tuple[str, ...] = ()  # the method's own files in the run folder (removed by an overwrite)
+
+    # Built by setup().
+    model: nn.Module  # the trained module, whose parameters the optimiser steps
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None  # an lr scheduler, or None
+    per_step: bool = False  # whether the scheduler steps after every batch (else after every epoch)
+    scaler: torch.amp.GradScaler
+    ema: Any = None  # timm's ModelEmaV3 of `model`, or None
+    validation_loss: nn.Module  # on validation logits (CPU) and targets
+
+    run_key = "config"  # where checkpoints and config.json keep the run's config
+
+    def __init__(self, run: RunFields) -> None:
+        self.run = run
+
+    @classmethod
+    def from_options(cls, values: dict[str, dict]) -> Task:
+        """The task of a method's option groups (the command line): ``{group key: {field: value}}``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_record(cls, record: dict, source: str, **options) -> Task:
+        """The task of a run's ``config.json`` or checkpoint (``options``: method-specific, e.g. moved files)."""
+        raise NotImplementedError
+
+    @classmethod
+    def upgrade_checkpoint(cls, checkpoint: dict) -> dict:
+        """A checkpoint or ``config.json`` written by an earlier parlab, in today's layout."""
+        return checkpoint
+
+    @property
+    def data_config(self) -> TrainConfig:
+        """The config that names the dataset, its splits, the image size and the decision threshold."""
+        return self.run
+
+    @property
+    def method_config(self) -> Any:
+        """The method's own config beside the run's (None for the baseline)."""
+        return None
+
+    @property
+    def grad_clip(self) -> float:
+        """Max gradient norm of the trained parameters; 0 disables clipping."""
+        return 0.0
+
+    # --- before the data is loaded
+    def start(self, ctx: dist.DistContext) -> None:
+        """Read what the method needs before the data (FRDL: the stage-1 model)."""
+
+    def check_resume(self, checkpoint: dict, source: str) -> None:
+        """Refuse to resume ``checkpoint`` when the run's config (but for ``RESUMABLE_CHANGES``) changed."""
+        saved = type(self.run).from_dict(checkpoint[self.run_key], source=source)
+        refuse_differences(saved.differences(self.run, ignore=RESUMABLE_CHANGES), source)
+
+    # --- building
+    def setup(self, data: RunData, ctx: dist.DistContext, resume: dict | None, progress: bool) -> None:
+        """Build :attr:`model`, the optimiser and the rest; ``resume`` is the checkpoint being resumed."""
+        raise NotImplementedError
+
+    def checkpoint_fields(self) -> dict:
+        """Fields of every checkpoint and of ``config.json``: the method, its config and its inputs."""
+        config = self.method_config
+        return {"method": self.method, "method_config": None if config is None else config.to_dict()}
+
+    # --- training
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called after the global RNGs were seeded for ``epoch`` (0-based), before its first batch."""
+
+    def train_batches(self, epoch: int) -> Iterable:
+        """The epoch's ``(inputs, targets, rows)`` batches; ``len()`` gives their number."""
+        raise NotImplementedError
+
+    def training_step(self, batch) -> dict[str, torch.Tensor]:
+        """``{"loss": scalar, "output": outputs}`` of one batch; the engine does backward and the step."""
+        raise NotImplementedError
+
+    def epoch_summary(self) -> dict[str, Any]:
+        """Method-specific columns of the epoch's row in ``log.csv``."""
+        return {}
+
+    def epoch_tag(self, epoch: int) -> str:
+        """A word for the epoch line of the log (FRDL: natural or balanced)."""
+        return ""
+
+    def extra_state(self) -> dict[str, Any]:
+        """What ``last.pt`` must hold beyond weights, optimiser and RNGs for an exact resume."""
+        return {}
+
+    def load_extra_state(self, checkpoint: dict) -> None:
+        """Restore :meth:`extra_state` from a resumed ``last.pt``."""
+
+    def save_files(self, out) -> None:
+        """Write the method's own files of the run folder after each epoch (rank 0)."""
+
+    # --- evaluation
+    def evaluation_model(self) -> nn.Module:
+        """The model that validation scores and ``best.pt`` saves (the EMA copy when there is one)."""
+        return self.model if self.ema is None else self.ema.module
+
+    def predict(self, model: nn.Module, split: str, progress: bool = False) -> Predictions:
+        """Logits of ``model`` on every image of ``split`` ("val" or "test"), gathered from all ranks."""
+        raise NotImplementedError
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What checkpoints store of a model."""
+        return model.state_dict()
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+        load_state_strict(model, state, source)
+
+    def build_model(self, num_attributes: int, pretrained: bool = True) -> nn.Module:
+        """The evaluation model's architecture; ``pretrained=False`` when a checkpoint will be loaded."""
+        raise NotImplementedError
+
+    def load_selected(self, state: dict[str, torch.Tensor], num_attributes: int, source: str,
+                      device: torch.device | str = "cpu") -> nn.Module:
+        """The evaluation model with the weights ``state`` (of ``best.pt``), on ``device``, in eval mode."""
+        model = self.build_model(num_attributes, pretrained=False)
+        self.load_state_dict(model, state, source)
+        return model.to(device).eval()
+
+    def transform(self, train: bool) -> PARTransform:
+        return build_transform(self.data_config.image_size, train=train)
+
+
+def refuse_differences(diff: list[str], source: str, what: str = "config") -> None:
+    if diff:
+        raise CheckpointError(f"{source}: cannot resume with a different {what} (checkpoint vs requested):\n  "
+                              + "\n  ".join(diff))
+
+
+def wrap_ddp(module: nn.Module, ctx: dist.DistContext) -> nn.Module:
+    """``module`` in DistributedDataParallel under torchrun, else itself."""
+    if not ctx.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+
+
+class SupervisedTask(Task):
+    """The baseline: ``config.backbone`` with ``config.head``, trained end to end on the config's loss."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        self.config = config
+
+    @classmethod
+    def from_options(cls, values: dict[str, dict]) -> SupervisedTask:
+        return cls(TrainConfig.from_dict(values["config"]))
+
+    @classmethod
+    def from_record(cls, record: dict, source: str, **_) -> SupervisedTask:
+        return cls(TrainConfig.from_dict(record["config"], source=source))
+
+    @property
+    def grad_clip(self) -> float:
+        return self.config.grad_clip
+
+    def build_model(self, num_attributes: int, pretrained: bool = True) -> nn.Module:
+        c = self.config
+        return build_model(c.backbone, num_attributes, c.head, c.weights if pretrained else None, c.drop_rate,
+                           c.image_size)
+
+    def criterion(self, train_ratio: np.ndarray) -> nn.Module:
+        """The training loss: ``criterion(outputs, targets)`` with outputs as the model returns them."""
+        return PARLoss(self.config.loss, train_ratio)
+
+    def optimizer_and_schedule(self, model: nn.Module, steps_per_epoch: int):
+        """(optimizer, scheduler or None, whether the scheduler steps per batch)."""
+        optimizer = build_optimizer(model.parameters(), self.config)
+        return optimizer, build_scheduler(optimizer, self.config, steps_per_epoch), steps_per_batch(self.config)
+
+    def setup(self, data: RunData, ctx: dist.DistContext, resume: dict | None, progress: bool) -> None:
+        from timm.utils import ModelEmaV3
+
+        c, ann = self.config, data.annotations
+        self.ctx = ctx
+        seed_everything(c.seed)  # same initial weights on every rank
+        # A resumed run takes its weights from the checkpoint, not from the pretrained file.
+        model = self.build_model(ann.num_attributes, pretrained=resume is None).to(ctx.device)
+        if c.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if ctx.distributed and c.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.ema = ModelEmaV3(model, decay=c.ema_decay) if c.ema else None
+        train_set = PARImageDataset(ann, data.plan.train, self.transform(train=True))
+        self.loader = train_loader(train_set, c.batch_size, c.seed, c.num_workers, ctx)
+        eval_tf = self.transform(train=False)
+        self.loaders = {split: eval_loader(PARImageDataset(ann, rows, eval_tf), c.eval_batch_size, c.num_workers,
+                                           ctx) for split, rows in (("val", data.plan.val), ("test", data.plan.test))}
+        self.optimizer, self.scheduler, self.per_step = self.optimizer_and_schedule(model, len(self.loader))
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=c.amp == "fp16")
+        self.loss = self.criterion(data.train_ratio).to(ctx.device)
+        self.validation_loss = PARLoss(c.loss, data.train_ratio)
+        self.net = wrap_ddp(model, ctx)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.loader.sampler.set_epoch(epoch)
+        self.net.train()
+
+    def train_batches(self, epoch: int) -> Iterable:
+        return self.loader
+
+    def training_step(self, batch) -> dict[str, torch.Tensor]:
+        x, y, _ = batch
+        device = self.ctx.device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, self.config.amp):
+            logits = self.net(x)
+        return {"loss": self.loss(logits, y), "output": logits}
+
+    def predict(self, model: nn.Module, split: str, progress: bool = False) -> Predictions:
+        c = self.config
+        return predict_dataset(model, self.loaders[split], self.ctx, c.amp, c.channels_last, progress,
+                               desc="test" if split == "test" else "eval")
+
+    def load_selected(self, state: dict[str, torch.Tensor], num_attributes: int, source: str,
+                      device: torch.device | str = "cpu") -> nn.Module:
+        model = super().load_selected(state, num_attributes, source, device)
+        return model.to(memory_format=torch.channels_last) if self.config.channels_last else model

@@ -1,0 +1,124 @@
+"""The command line and the method registry: help from field metadata, light start-up, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from parlab.cli import _parser, main, option_values
+from parlab.errors import ParlabError
+from parlab.methods.registry import MethodSpec, OptionGroup, available_methods, method_for, register_method
+from parlab.training.config import RunFields, TrainConfig, help_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_config_field_of_every_method_has_help():
+    configs = {group.config for spec in available_methods().values() for group in spec.groups}
+    from parlab.methods.promptpar.pretrain import CLIPPretrainConfig
+
+    assert len(configs) == 3  # TrainConfig, FRDLConfig, PromptPARConfig
+    for cls in configs | {CLIPPretrainConfig}:
+        missing = [f.name for f in fields(cls) if not help_of(f).strip()]
+        assert not missing, f"{cls.__name__}: fields without help: {missing}"
+
+
+def test_help_of_an_option_is_its_field_help_including_awkward_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["frdl", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # An inherited run field and a default string holding a '#' or quotes keep their help.
+    assert "training batch, per process (default: 64)" in text
+    assert 'dataset folder; "" uses the stage-1 run\'s' in text
+    assert "stage-2 epochs (default: 20)" in text
+
+
+def test_run_fields_are_defined_once_and_shared():
+    shared = {f.name for f in fields(RunFields)}
+    assert {"device", "amp", "num_workers", "seed", "output_dir", "select_on", "tensorboard"} <= shared
+    for spec in available_methods().values():
+        run_config = spec.groups[0].config
+        assert issubclass(run_config, RunFields), spec.command
+
+
+def test_parser_builds_without_source_for_a_registered_method_defined_at_run_time():
+    # A config class made at run time has no source file: help comes from metadata only.
+    from dataclasses import make_dataclass
+
+    from parlab.training.config import option
+
+    Made = make_dataclass("Made", [("steps", int, option(3, "how many # steps"))], bases=(RunFields,), frozen=True)
+    spec = MethodSpec(command="made", task="parlab.training.task:SupervisedTask", labels=("Made",),
+                      groups=(OptionGroup("config", Made, "made fields"),), help="a method made here")
+    before = dict(available_methods())
+    register_method(spec)
+    try:
+        text = _parser(available_methods()).format_help()
+        assert "made" in text
+        sub = _parser(available_methods())._subparsers._group_actions[0].choices["made"].format_help()
+        assert "how many # steps (default: 3)" in " ".join(sub.split())
+    finally:
+        from parlab.methods import registry
+
+        registry.METHODS.clear()
+        registry.METHODS.update(before)
+
+
+def test_methods_are_found_by_what_their_runs_record():
+    assert method_for("baseline").command == "train"
+    assert method_for("FRDL").command == method_for("FRDL+GOAT").command == "frdl"
+    assert method_for("PromptPAR").command == "promptpar"
+    with pytest.raises(ParlabError, match="unknown method 'FRDl'.*did you mean FRDL"):
+        method_for("FRDl")
+
+
+def test_config_file_values_go_to_the_group_that_offers_them(tmp_path):
+    spec = available_methods()["promptpar"]
+    (tmp_path / "run.yaml").write_text("epochs: 3\nweights: clip.pt\nuse_div: false\n")
+    args = _parser(available_methods()).parse_args(["promptpar", "--config", str(tmp_path / "run.yaml"),
+                                                    "--epochs", "4", "--vis-prompt", "8"])
+    values = option_values(spec, args)
+    assert values["config"] == {"epochs": 4}  # the command line wins
+    assert values["model"] == {"weights": "clip.pt", "use_div": False, "vis_prompt": 8}
+
+
+def test_help_answers_without_importing_torch():
+    code = ("import sys, parlab.cli; from parlab.methods.registry import available_methods; available_methods(); "
+            "parlab.cli._parser(available_methods()).format_help(); "
+            "print(sorted(m for m in ('torch', 'timm', 'open_clip', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_version_has_its_own_module_and_nothing_reads_it_from_the_package_face():
+    from parlab import __version__
+    from parlab._version import __version__ as version
+
+    assert __version__ == version
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "parlab").rglob("*.py")
+                 if "from parlab import __version__" in p.read_text() or "parlab.__version__" in p.read_text()]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "0"], "config field 'epochs' must be >= 1"),
+    (["train", "--dataset", "pa1000k", "--root", "/nonexistent"], "unknown dataset 'pa1000k'"),
+    (["frdl", "--stage1", ""], "FRDL needs a stage-1 run"),
+    (["evaluate", "/nonexistent/best.pt"], "/nonexistent/best.pt"),
+])
+def test_user_mistakes_are_one_error_line_and_exit_status_1(argv, message, capsys, tmp_path):
+    argv = [*argv, "--output-dir", str(tmp_path / "run")] if argv[0] in ("train", "frdl") else argv
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_a_config_error_is_a_parlab_error_and_still_a_value_error():
+    with pytest.raises(ParlabError) as caught:
+        TrainConfig(head="linear_bnn")
+    assert isinstance(caught.value, ValueError) and "not one of linear, linear_bn, attribute" in str(caught.value)

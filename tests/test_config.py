@@ -1,0 +1,63 @@
+"""Config fields are checked and coerced by their declared type, and files that cannot be read say why."""
+
+from __future__ import annotations
+
+import pytest
+
+from parlab.errors import ConfigError, MissingFileError
+from parlab.methods.frdl_config import FRDLConfig
+from parlab.methods.promptpar.config import PromptPARConfig
+from parlab.training.config import TrainConfig
+
+
+def test_numbers_written_as_strings_become_numbers(tmp_path):
+    # PyYAML reads 1e-3 (no dot) as a string; a YAML file with it must still train.
+    (tmp_path / "run.yaml").write_text("lr: 1e-3\nepochs: '3'\nimage_size: [64, 32]\nmilestones: [2, '4']\n")
+    config = TrainConfig.from_file(tmp_path / "run.yaml")
+    assert config.lr == 1e-3 and isinstance(config.lr, float)
+    assert config.epochs == 3 and isinstance(config.epochs, int)
+    assert config.image_size == (64, 32) and config.milestones == (2, 4)
+    assert TrainConfig(epochs=4.0).epochs == 4  # a whole float is an int
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", "ten", "'epochs' must be an integer, got 'ten'"),
+    ("epochs", 2.5, "'epochs' must be an integer, got 2.5"),
+    ("lr", "fast", "'lr' must be a number, got 'fast'"),
+    ("lr", float("nan"), "'lr' must be a number"),
+    ("image_size", 64, "'image_size' must be a list, got 64"),
+    ("image_size", [64, 32, 3], "'image_size' must be a list of 2 values"),
+    ("ema", "yes", "'ema' must be true or false, got 'yes'"),
+    ("backbone", 50, "'backbone' must be a string, got 50"),
+    ("grad_clip", -5, "'grad_clip' must be >= 0, got -5"),
+    ("weight_decay", -1e-4, "'weight_decay' must be >= 0"),
+])
+def test_wrong_values_name_the_field_and_the_expected_type(field, value, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        TrainConfig(**{field: value})
+
+
+def test_every_method_config_coerces_its_fields():
+    assert FRDLConfig(epochs="6", balance_start="2", lr="1e-3").balance_start == 2
+    assert PromptPARConfig(image_size=["64", 32], vis_prompt="4").image_size == (64, 32)
+    with pytest.raises(ConfigError, match="'goat' must be true or false"):
+        FRDLConfig(goat="no")
+    with pytest.raises(ConfigError, match="'fusion': 'vit' is not one of"):
+        PromptPARConfig(fusion="vit")
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("broken.yaml", "epochs: [3\n", "broken.yaml: not valid YAML"),
+    ("broken.json", "{\"epochs\": }", "broken.json: not valid JSON"),
+    ("list.yaml", "- 1\n- 2\n", "expected a mapping of config fields, got list"),
+])
+def test_unreadable_config_files_are_one_line_errors(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        TrainConfig.from_file(tmp_path / name)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_missing_config_file_names_itself(tmp_path):
+    with pytest.raises(MissingFileError, match="absent.yaml: config file not found"):
+        TrainConfig.from_file(tmp_path / "absent.yaml")
