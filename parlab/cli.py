@@ -1,4 +1,4 @@
-"""The ``parlab`` command: one subcommand per registered method, plus ``evaluate`` and ``predict``.
+"""The ``parlab`` command: one subcommand per registered method, plus ``evaluate``, ``predict`` and ``export``.
 
 Each method's subcommand (``train``, ``frdl``, ``promptpar``; see
 :mod:`parlab.methods.registry`) takes every field of its config dataclasses
@@ -83,6 +83,7 @@ def _parser(methods: dict[str, MethodSpec]) -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--threshold", type=float, help="decision threshold (default: the run's fixed one)")
     ev.add_argument("--json", type=Path, help="also write the summary and per-attribute table as JSON")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     ev.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
 
     pr = sub.add_parser("predict", help="attribute probabilities and labels for images",
@@ -90,10 +91,20 @@ def _parser(methods: dict[str, MethodSpec]) -> argparse.ArgumentParser:
     pr.add_argument("checkpoint", type=Path)
     pr.add_argument("inputs", nargs="+", type=Path, help="image files or folders (searched recursively)")
     pr.add_argument("--output", type=Path, required=True, help="result file, .csv or .json")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--threshold", type=float, help="one threshold for all attributes (default: the checkpoint's)")
     pr.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
+
+    ex = sub.add_parser("export", help="an ONNX file of a checkpoint, checked against PyTorch with onnxruntime",
+                        description="Export a best.pt to ONNX (dynamic batch; attributes, thresholds, input size "
+                                    "and normalisation in its metadata); needs pip install parlab[onnx].")
+    ex.add_argument("checkpoint", type=Path)
+    ex.add_argument("--output", type=Path, required=True, help="the .onnx file")
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    ex.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
     return parser
 
 
@@ -125,9 +136,31 @@ def _train(spec: MethodSpec, args: argparse.Namespace) -> int:
     return 0
 
 
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an output path before any work: an existing file (unless ``overwrite``), a missing folder."""
+    if path.exists() and not overwrite:
+        raise ParlabError(f"{path} exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise ParlabError(f"{path} is a folder; name the output file")
+    if not path.parent.is_dir():
+        raise ParlabError(f"{path.parent}: no such folder for the output {path.name}")
+
+
+def write_output(path: Path, write) -> None:
+    """``write(tmp)`` into a temporary file, renamed onto ``path``: a failed write leaves no partial file."""
+    from parlab.files import write_atomic
+
+    try:
+        write_atomic(path, write)
+    except OSError as exc:
+        raise ParlabError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from parlab.inference import evaluate, load_model
 
+    if args.json:
+        check_output(args.json, args.overwrite)
     loaded = load_model(args.checkpoint, args.device, args.clip_weights)
     m = evaluate(loaded, args.dataset, args.root, args.split, args.device, args.batch_size, args.threshold)
     summary = m.summary()
@@ -137,7 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{m.num_degenerate} degenerate attribute(s) excluded from mA")
     if args.json:
         payload = {"summary": summary, "per_attribute": json.loads(m.per_attribute.to_json(orient="index"))}
-        args.json.write_text(json.dumps(payload, indent=2))
+        write_output(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
     return 0
 
 
@@ -147,14 +180,24 @@ def _predict(args: argparse.Namespace) -> int:
     suffix = args.output.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise ParlabError(f"--output must end in .csv or .json, got {args.output}")
+    check_output(args.output, args.overwrite)
     loaded = load_model(args.checkpoint, args.device, args.clip_weights)
     files = [f for item in args.inputs for f in list_images(item)]
     table = predict(loaded, files, batch_size=args.batch_size, threshold=args.threshold)
     if suffix == ".csv":
-        table.to_csv(args.output)
+        write_output(args.output, table.to_csv)
     else:
-        args.output.write_text(table.to_json(orient="index", indent=2))
+        write_output(args.output, lambda tmp: Path(tmp).write_text(table.to_json(orient="index", indent=2)))
     print(f"{len(table)} images -> {args.output}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from parlab.export import export_onnx
+
+    check_output(args.output, args.overwrite)
+    report = export_onnx(args.checkpoint, args.output, opset=args.opset, clip_weights=args.clip_weights)
+    print(report.summary())
     return 0
 
 
@@ -164,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in methods:
             return _train(methods[args.command], args)
-        return {"evaluate": _evaluate, "predict": _predict}[args.command](args)
+        return {"evaluate": _evaluate, "predict": _predict, "export": _export}[args.command](args)
     except ParlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

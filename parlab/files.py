@@ -1,16 +1,21 @@
 """Atomic file writes: a temporary file in the target folder, then a rename.
 
 A run killed mid-write leaves the previous file (or none), never half of one.
+Its half-written temporary file, ``.{name}.tmp-{pid}-{random}{suffix}``, is
+removed by the next write to the same path once that process is gone.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+_TMP_PREFIX = ".{name}.tmp-"  # then the writer's process id, "-", mkstemp's random part, the suffix
 
 
 def write_atomic(path: str | Path, write: Callable[[str], None], previous: str | Path | None = None) -> Path:
@@ -21,7 +26,10 @@ def write_atomic(path: str | Path, write: Callable[[str], None], previous: str |
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    remove_stale_temporaries(path)
+    # The suffix stays last: savefig and to_csv choose the format/compression from it.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX.format(name=path.name)}{os.getpid()}-",
+                               suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)
@@ -35,6 +43,38 @@ def write_atomic(path: str | Path, write: Callable[[str], None], previous: str |
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files of writes to ``path`` by processes that no longer run; return them.
+
+    Only this machine's process ids can be checked: a file whose process id is alive here (or whose
+    name does not parse) is left alone. A reused process id only delays the removal.
+    """
+    path = Path(path)
+    prefix = _TMP_PREFIX.format(name=path.name)
+    removed = []
+    if os.name != "posix" or not path.parent.is_dir():  # os.kill(pid, 0) is a real kill on Windows
+        return removed
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = tmp.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                tmp.unlink()
+            except OSError:  # gone already, or not a plain file: not ours to force
+                continue
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user
+        return True
+    return True
 
 
 def _umask() -> int:

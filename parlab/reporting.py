@@ -2,7 +2,13 @@
 
 Every table says how the epoch was selected: numbers selected on test
 (the reference practice) are not comparable with numbers selected on
-validation, and the ``selection`` column keeps them apart.
+validation, and the ``selection`` column keeps them apart. Every table names
+the head the run's model used (``linear`` is the reference baseline's).
+
+Differences between methods come with a 95% interval (:func:`differences`):
+over seeds (Welch's t) when both sides were repeated, else a paired bootstrap
+over test images; a difference is called a gain or a loss only when its
+interval excludes zero.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from parlab.data import load_dataset
+from parlab.errors import ConfigError, MissingFileError
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training.engine import RunResult
 from parlab.training.evaluation import Predictions
@@ -26,6 +33,7 @@ SETTINGS = {
 }
 
 COLUMNS = ["mA", "Acc", "Prec", "Rec", "F1"]
+TUNED = " (tuned thr.)"  # suffix of rows scored at per-attribute thresholds tuned on validation
 
 
 def _percent(summary: dict) -> dict:
@@ -41,13 +49,19 @@ def results_table(runs: dict[str, RunResult], dataset: str = "") -> pd.DataFrame
     rows = []
     for name, run in runs.items():
         row = {"method": name, "dataset": dataset or run.config.dataset, "training": run.method,
-               "backbone": getattr(run.method_config, "clip_model", run.config.backbone), "loss": run.config.loss, **_percent(run.test.summary())}
+               "backbone": getattr(run.method_config, "clip_model", run.config.backbone), "head": head_of(run),
+               "loss": run.config.loss, **_percent(run.test.summary())}
         if run.test_tuned is not None:
             tuned = run.test_tuned.summary()
             row |= {"mA (tuned thr.)": tuned["ma"], "F1 (tuned thr.)": tuned["f1"]}
         row |= {"epochs": len(run.history), "best epoch": run.best_epoch, "selection": run.selection}
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
+
+
+def head_of(run: RunResult) -> str:
+    """The head of a run's model, as tables name it (PromptPAR has its own)."""
+    return "PromptPAR" if run.method == "PromptPAR" else run.config.head
 
 
 def per_attribute_table(runs: dict[str, RunResult], train_ratio: pd.Series) -> pd.DataFrame:
@@ -61,49 +75,171 @@ def per_attribute_table(runs: dict[str, RunResult], train_ratio: pd.Series) -> p
     return table.sort_values("train positive ratio")
 
 
-def test_metrics(run: RunResult, setting: str = "standard", seed: int = 0, annotations=None) -> PARMetrics:
-    """Metrics of a run's saved test predictions in one of :data:`SETTINGS`, at its fixed threshold.
+def _thresholds(run: RunResult, tuned: bool):
+    """The run's fixed threshold, or its (A,) thresholds tuned on validation."""
+    if not tuned:
+        return run.config.threshold
+    if run.thresholds is None:
+        raise ConfigError(f"{run.output_dir}: no tuned thresholds (train with tune_thresholds=True)")
+    return run.thresholds
 
+
+def saved_test_predictions(run: RunResult) -> Predictions:
+    saved = np.load(Path(run.output_dir) / "test_predictions.npz")
+    return Predictions(saved["logits"], saved["rows"])
+
+
+def test_metrics(run: RunResult, setting: str = "standard", seed: int = 0, annotations=None,
+                 tuned: bool = False) -> PARMetrics:
+    """Metrics of a run's saved test predictions in one of :data:`SETTINGS`.
+
+    At the run's fixed threshold, or with ``tuned`` at its per-attribute thresholds tuned on validation.
     ``annotations``: the run's dataset, when the caller has it already (read from the run otherwise).
     """
     if setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; known: {', '.join(SETTINGS)}")
-    saved = np.load(Path(run.output_dir) / "test_predictions.npz")
-    preds = Predictions(saved["logits"], saved["rows"])
+        raise ConfigError(f"unknown setting {setting!r}; known: {', '.join(SETTINGS)}")
+    preds = saved_test_predictions(run)
     if annotations is None:
         annotations = load_dataset(run.config.dataset, run.config.root, run.config.partition)
-    return pedestrian_metrics(annotations.labels[preds.rows], preds.probs, threshold=run.config.threshold,
+    return pedestrian_metrics(annotations.labels[preds.rows], preds.probs, threshold=_thresholds(run, tuned),
                               attributes=annotations.attributes, seed=seed, **SETTINGS[setting])
 
 
-def settings_table(runs: dict[str, RunResult], seed: int = 0) -> pd.DataFrame:
+def settings_table(runs: dict[str, RunResult], seed: int = 0, tuned: bool = False) -> pd.DataFrame:
     """Test metrics of every run in every setting (rows: run x setting, percent)."""
     rows = []
     for name, run in runs.items():
         annotations = load_dataset(run.config.dataset, run.config.root, run.config.partition)
         for setting in SETTINGS:
-            m = test_metrics(run, setting, seed, annotations)
+            m = test_metrics(run, setting, seed, annotations, tuned)
             rows.append({"method": name, "setting": setting, **_percent(m.summary()), "images": m.num_images})
     return pd.DataFrame(rows).set_index(["method", "setting"])
 
 
-def repeated_settings_table(runs: dict[str, list[RunResult]], seed: int = 0) -> pd.DataFrame:
+def repeated_settings_table(runs: dict[str, list[RunResult]], seed: int = 0,
+                            tuned: tuple[str, ...] = ()) -> pd.DataFrame:
     """Test metrics of repeated runs (e.g. seeds) per method and setting: mean, sample std and count.
 
     Rows: (method, setting); columns: each of mA/Acc/Prec/Rec/F1, then its "std", then "runs"
-    (std is NaN for a single run). Percent.
+    (std is NaN for a single run), then "head". Percent. Each method named in ``tuned`` gets a
+    second set of rows, "<method> (tuned thr.)", at its runs' thresholds tuned on validation.
     """
     rows = []
-    for method, group in runs.items():
-        per_run = settings_table({str(i): run for i, run in enumerate(group)}, seed)
+    scored = [(method, group, False) for method, group in runs.items()]
+    scored += [(method + TUNED, runs[method], True) for method in tuned]
+    for method, group, at_tuned in scored:
+        per_run = settings_table({str(i): run for i, run in enumerate(group)}, seed, at_tuned)
         for setting in SETTINGS:
             values = per_run.xs(setting, level="setting")
             row = {"method": method, "setting": setting}
             for column in COLUMNS:
                 row[column] = values[column].mean()
                 row[f"{column} std"] = values[column].std(ddof=1) if len(group) > 1 else np.nan
-            rows.append(row | {"runs": len(group)})
+            rows.append(row | {"runs": len(group), "head": head_of(group[0])})
     return pd.DataFrame(rows).set_index(["method", "setting"])
+
+
+def _decisions(run: RunResult, tuned: bool) -> np.ndarray:
+    """(N, A) 0/1 test decisions of a run, its test images in annotation-row order."""
+    preds = saved_test_predictions(run)
+    order = np.argsort(preds.rows)
+    return (preds.probs[order] > np.asarray(_thresholds(run, tuned))).astype(np.float64)
+
+
+def weighted_ma(decisions: list[np.ndarray], gt: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """mA of each run with the test images weighted (a bootstrap resample is a row of counts).
+
+    Args:
+        decisions: R arrays (N, A) of 0/1 decisions on the same N images.
+        gt: (N, A) labels; 1 positive, 0 negative, -1 ignored.
+        weights: (D, N) image weights, one row per evaluation.
+    Returns:
+        (D, R) mA in [0, 1]; an attribute without weighted positives or negatives is left out, as in
+        :func:`~parlab.metrics.pedestrian_metrics`.
+    """
+    pos, neg = (gt == 1).astype(np.float64), (gt == 0).astype(np.float64)
+    positives, negatives = weights @ pos, weights @ neg  # (D, A)
+    out = np.empty((len(weights), len(decisions)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for r, d in enumerate(decisions):
+            tpr = (weights @ (pos * d)) / positives
+            tnr = (weights @ (neg * (1 - d))) / negatives
+            out[:, r] = np.nanmean((tpr + tnr) / 2, axis=1)
+    return out
+
+
+def bootstrap_weights(n: int, draws: int = 2000, seed: int = 0) -> np.ndarray:
+    """(draws, n) counts of each of n images in ``draws`` seeded bootstrap resamples."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
+
+
+def _welch_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """95% interval of mean(a) - mean(b) over independent repeats (Welch's t)."""
+    from scipy import stats
+
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = np.sqrt(va + vb)
+    if se == 0:
+        return 0.0, 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, df) * se
+    return -half, half
+
+
+def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: tuple[str, ...] = (),
+                draws: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Test mA of every method minus each reference's, with a 95% interval and a verdict (percent points).
+
+    Over seeds (Welch's t) when both sides have at least two runs, else a paired bootstrap over the test
+    images (the same resamples for both sides, each side the mean over its runs). Methods named in
+    ``tuned`` also enter at their tuned thresholds ("<method> (tuned thr.)"), as methods and as references.
+    Rows: (method, reference); columns: difference, low, high, interval, verdict.
+    """
+    entries = {method: (group, False) for method, group in runs.items()}
+    entries |= {method + TUNED: (runs[method], True) for method in tuned}
+    first = next(iter(runs.values()))[0]
+    annotations = load_dataset(first.config.dataset, first.config.root, first.config.partition)
+    rows = np.sort(saved_test_predictions(first).rows)
+    gt = annotations.labels[rows]
+    decided = {name: [_decisions(run, at_tuned) for run in group] for name, (group, at_tuned) in entries.items()}
+    resamples = bootstrap_weights(len(gt), draws, seed)
+    boot = {name: weighted_ma(d, gt, resamples).mean(axis=1) for name, d in decided.items()}  # (draws,)
+    per_run = {name: 100 * weighted_ma(d, gt, np.ones((1, len(gt))))[0] for name, d in decided.items()}
+    table = []
+    for reference in references:
+        for method in entries:
+            if method == reference:
+                continue
+            a, b = per_run[method], per_run[reference]
+            diff = a.mean() - b.mean()
+            if len(a) > 1 and len(b) > 1:
+                low, high = (diff + d for d in _welch_interval(a, b))
+                how = f"seeds ({len(a)} vs {len(b)}, Welch t)"
+            else:
+                low, high = np.percentile(100 * (boot[method] - boot[reference]), [2.5, 97.5])
+                how = f"bootstrap over {len(gt)} test images ({draws} draws)"
+            verdict = "gain" if low > 0 else "loss" if high < 0 else "no difference"
+            table.append({"method": method, "reference": reference, "mA difference": diff, "low": low, "high": high,
+                          "interval": how, "verdict": verdict})
+    return pd.DataFrame(table).set_index(["method", "reference"])
+
+
+def with_differences(table: pd.DataFrame, diffs: pd.DataFrame, setting: str = "standard") -> pd.DataFrame:
+    """A :func:`repeated_settings_table` with, on its ``setting`` rows, each :func:`differences` column per reference."""
+    out = table.copy()
+    for reference in dict.fromkeys(diffs.index.get_level_values("reference")):
+        part = diffs.xs(reference, level="reference")
+        for column, name in (("mA difference", ""), ("low", " low"), ("high", " high"), ("verdict", " verdict")):
+            values = {(method, setting): part.loc[method, column] for method in part.index}
+            out[f"mA - {reference}{name}"] = pd.Series(values, dtype=object if column == "verdict" else float)
+    return out
+
+
+def differences_text(diffs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """:func:`differences` as "+1.23 [0.45, 2.01]" strings with the verdict, for display."""
+    text = [f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] {v}"
+            for d, lo, hi, v in zip(diffs["mA difference"], diffs["low"], diffs["high"], diffs["verdict"])]
+    return pd.Series(text, index=diffs.index, name="mA difference [95% interval]").unstack("reference")
 
 
 def mean_std_text(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
@@ -114,6 +250,8 @@ def mean_std_text(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
         text[column] = [f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
                         for m, s in zip(mean, std)]
     text["runs"] = table["runs"]
+    if "head" in table:
+        text["head"] = table["head"]
     return text
 
 
@@ -152,5 +290,5 @@ def label_prior(run: RunResult) -> pd.DataFrame:
     """
     path = Path(run.output_dir) / "label_prior.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; only FRDL runs record the label prior of their heads")
+        raise MissingFileError(f"{path}: not found; only FRDL runs record the label prior of their heads")
     return pd.read_csv(path, index_col="epoch")

@@ -6,18 +6,26 @@ executed copies to ``runs/<profile>/`` and stops at the first failure with a
 non-zero exit naming the notebook and the failing cell.
 
 Profiles: ``smoke`` is what the tests run (small SynthPA, minutes in all);
-``default`` is what ``make reproduce`` runs (SynthPA default size).
+``default`` is what ``make reproduce`` runs (SynthPA default size); ``paper``
+runs the papers' settings on a real dataset::
+
+    python -m parlab.reproduce --profile paper --dataset pa100k --root /data/PA100k --device cuda \
+        --weights /weights/resnet50/model.safetensors --clip-weights /weights/ViT-L-14/open_clip_model.safetensors
+
+It checks the dataset, its images and the weights files before the first
+notebook; ``--dry-run`` prints each notebook's parameters and runs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from parlab.errors import ConfigError
+from parlab.errors import ConfigError, ParlabError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,12 +41,14 @@ class Profile:
 
     name: str
     synthpa_size: str
-    data_root: str  # relative to the repository
+    data_root: str  # relative to the repository (or absolute)
     figures_dir: str  # relative to the repository
     runs_dir: str  # relative to the repository: one folder per training run
     training: dict = field(default_factory=dict)  # training parameters, for the notebooks that declare them
     seed: int = 0
     extra: dict[str, dict] = field(default_factory=dict)  # per-notebook overrides
+    dataset: str = "synthpa"
+    overrides: dict = field(default_factory=dict)  # last word, for every notebook that declares the key (--set)
 
     def parameters(self, notebook: str, repo: Path, declared: set[str]) -> dict:
         """The profile's parameters that the notebook declares (``declared``: its parameter names).
@@ -47,7 +57,7 @@ class Profile:
         folder; per-notebook ``extra`` values must be parameters of that notebook.
         """
         shared = {
-            "dataset": "synthpa",
+            "dataset": self.dataset,
             "root": str(repo / self.data_root),
             "synthpa_size": self.synthpa_size,
             "figures_dir": str(repo / self.figures_dir),
@@ -61,7 +71,7 @@ class Profile:
         unknown = sorted(set(extra) - declared)
         if unknown:
             raise ConfigError(f"profile {self.name!r} sets {', '.join(unknown)}, not parameters of {notebook}")
-        return {k: v for k, v in shared.items() if k in declared} | extra
+        return {k: v for k, v in (shared | extra | self.overrides).items() if k in declared}
 
 
 PROFILES: dict[str, Profile] = {
@@ -76,6 +86,80 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# The papers' settings per dataset (docs/methods.md sections 3-5): the Rethinking_of_PAR recipe at 256x192,
+# FRDL's public stage-2 schedule, PromptPAR on CLIP ViT-L/14 at 224x224.
+PAPER_DATASETS = ("pa100k", "peta", "rapv1")
+PAPER_BASELINE = {"backbone": "resnet50", "epochs": 30, "batch_size": 64, "image_size": [256, 192], "lr": 1e-4,
+                  "scheduler": "plateau", "warmup_epochs": 0, "num_workers": 8}
+PAPER_PROMPTPAR = {"clip_model": "ViT-L-14-quickgelu", "image_size": [224, 224], "vis_prompt": 50, "vis_depth": 24,
+                   "epochs": 60, "batch_size": 16, "lr": 8e-3, "prompt_lr": 4e-3, "warmup_epochs": 5,
+                   "prompt_warmup_epochs": 10, "ablation": False}
+
+
+def paper_profile(dataset: str, root: str, device: str = "cuda", weights: str = "", clip_weights: str = "",
+                  fusion_weights: str = "", amp: str = "bf16") -> Profile:
+    """The ``paper`` profile for one of :data:`PAPER_DATASETS` in its folder ``root``.
+
+    ``weights``: the ImageNet ResNet-50 backbone (a local file, "pretrained" or a hub id); ``clip_weights``:
+    the CLIP ViT-L/14 (OpenAI) weights of notebook 05; ``fusion_weights``: timm's ViT-B/16 for the paper's
+    fusion block (without it the frozen copy of the CLIP block is used).
+    """
+    from parlab.methods.frdl_config import frdl_defaults
+
+    key = dataset.lower()
+    if key not in PAPER_DATASETS:
+        raise ConfigError(f"the paper profile knows {', '.join(PAPER_DATASETS)}, not {dataset!r}")
+    stage2 = frdl_defaults(key)
+    training = PAPER_BASELINE | {"weights": weights, "device": device, "amp": amp,
+                                 "train_split": "trainval" if key == "rapv1" else "train"}
+    extra = {
+        # The reference keeps an EMA of the weights on PA100k.
+        "03_baseline": {"ema": key == "pa100k"},
+        "04_frdl_goat": {"frdl_epochs": stage2["epochs"], "balance_start": stage2["balance_start"],
+                         "frdl_milestones": list(stage2["milestones"]), "frdl_gamma": stage2["gamma"],
+                         "frdl_lr": stage2["lr"], "frdl_grad_clip": stage2["grad_clip"], "feature_cache": 0},
+        "05_promptpar": PAPER_PROMPTPAR | {"weights": clip_weights, "fusion_weights": fusion_weights,
+                                           "fusion": "vit_b16" if fusion_weights else "clip_block"},
+        "06_visualisation": {"device": device},
+        "07_results": {"device": device},
+    }
+    return Profile("paper", "", str(Path(root).resolve()), f"runs/paper-{key}/figures", f"runs/paper-{key}/train",
+                   training=training, extra=extra, dataset=key)
+
+
+def check_paper_inputs(profile: Profile, notebooks: list[str]) -> None:
+    """Before the first notebook: the dataset reads, its images are there, the weights files exist.
+
+    Raises one :class:`~parlab.errors.ParlabError` naming what is missing.
+    """
+    from parlab.data import load_dataset
+    from parlab.errors import MissingFileError
+
+    root = Path(profile.data_root)
+    if not root.is_dir():
+        raise MissingFileError(f"{root}: no such dataset folder (--root)")
+    annotations = load_dataset(profile.dataset, root)
+    # Notebooks 01 and 02 read labels only; the others need every image.
+    paths = annotations.image_paths() if any(n[:2] >= "03" for n in notebooks) else []
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise MissingFileError(f"{len(missing)} of {len(paths)} images of {profile.dataset} are missing under "
+                               f"{annotations.image_root}, e.g. {', '.join(str(p) for p in missing[:3])}")
+    trains = any(n in ("03_baseline", "04_frdl_goat") for n in notebooks)
+    needs = {"weights": (profile.training | profile.overrides).get("weights", "") if trains else ""}
+    if "05_promptpar" in notebooks:
+        clip = profile.extra["05_promptpar"] | profile.overrides
+        if not clip["weights"]:
+            raise MissingFileError("notebook 05 needs CLIP weights on a real dataset (--clip-weights; OpenAI's "
+                                   "ViT-L-14-quickgelu file), or leave it out with --only")
+        needs |= {"clip weights": clip["weights"], "fusion weights": clip["fusion_weights"]}
+    for what, value in needs.items():
+        # "pretrained", hf-hub:ID and open_clip's tags ("openai") are fetched by the libraries' loaders.
+        local = value and ("/" in value or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors"))
+        if local and not Path(value).is_file():
+            raise MissingFileError(f"{value}: {what} file not found")
+
+
 @dataclass(frozen=True)
 class NotebookRun:
     notebook: str
@@ -88,7 +172,7 @@ class NotebookFailed(RuntimeError):
 
 
 def run_notebooks(
-    profile: str,
+    profile: str | Profile,
     only: list[str] | None = None,
     output_dir: str | Path | None = None,
     repo: Path = REPO,
@@ -97,23 +181,15 @@ def run_notebooks(
     """Execute the notebooks of ``profile`` in order; raise :class:`NotebookFailed` on error."""
     import papermill as pm
 
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-    prof = PROFILES[profile]
-    names = list(NOTEBOOKS)
-    if only:
-        wanted = {o.strip() for o in only}
-        names = [n for n in names if n.split("_")[0] in wanted or n in wanted]
-        missing = wanted - {n.split("_")[0] for n in names} - set(names)
-        if missing:
-            raise ConfigError(f"no notebook matches {sorted(missing)}; notebooks: {', '.join(NOTEBOOKS)}")
-    out = Path(output_dir) if output_dir else repo / "runs" / profile
+    prof = profile if isinstance(profile, Profile) else _named_profile(profile)
+    names = _select(only)
+    out = Path(output_dir) if output_dir else repo / "runs" / prof.name
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for name in names:
         source = repo / "notebooks" / f"{name}.ipynb"
         target = out / f"{name}.ipynb"
-        log(f"[{profile}] {name} ...")
+        log(f"[{prof.name}] {name} ...")
         start = time.perf_counter()
         try:
             pm.execute_notebook(
@@ -126,30 +202,116 @@ def run_notebooks(
                 f"{exc.ename}: {exc.evalue}\n  executed copy: {target}"
             ) from None
         runs.append(NotebookRun(name, target, time.perf_counter() - start))
-        log(f"[{profile}] {name} done in {runs[-1].seconds:.1f} s")
+        log(f"[{prof.name}] {name} done in {runs[-1].seconds:.1f} s")
+        total = write_timings(out / "timings.csv", runs[-1])
+        log(f"[{prof.name}] timings.csv: {total:.1f} s over the notebooks timed so far")
     return runs
+
+
+def write_timings(path: Path, run: NotebookRun) -> float:
+    """Record a notebook's wall time in ``timings.csv`` (notebook,seconds), keeping the other notebooks' rows.
+
+    Returns the sum over the file's rows: after a full run, the profile's wall time.
+    """
+    import csv
+
+    from parlab.files import write_atomic
+
+    rows = {}
+    if path.is_file():
+        with open(path, newline="") as fh:
+            rows = {r["notebook"]: float(r["seconds"]) for r in csv.DictReader(fh)}
+    rows[run.notebook] = round(run.seconds, 1)
+    ordered = [(n, rows[n]) for n in NOTEBOOKS if n in rows]
+    write_atomic(path, lambda tmp: Path(tmp).write_text(
+        "notebook,seconds\n" + "".join(f"{n},{s}\n" for n, s in ordered)))
+    return sum(s for _, s in ordered)
+
+
+def _named_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; known: {', '.join(PROFILES)} (paper: paper_profile())")
+    return PROFILES[name]
+
+
+def _select(only: list[str] | None) -> list[str]:
+    """The notebooks ``only`` names (numbers such as "02" or full names), in order; all without it."""
+    if not only:
+        return list(NOTEBOOKS)
+    wanted = {o.strip() for o in only}
+    names = [n for n in NOTEBOOKS if n.split("_")[0] in wanted or n in wanted]
+    missing = wanted - {n.split("_")[0] for n in names} - set(names)
+    if missing:
+        raise ConfigError(f"no notebook matches {sorted(missing)}; notebooks: {', '.join(NOTEBOOKS)}")
+    return names
+
+
+def notebook_parameters(profile: Profile, only: list[str] | None = None, repo: Path = REPO) -> dict[str, dict]:
+    """What each selected notebook would be run with (``--dry-run``)."""
+    import papermill as pm
+
+    return {name: profile.parameters(name, repo, set(pm.inspect_notebook(str(repo / "notebooks" / f"{name}.ipynb"))))
+            for name in _select(only)}
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    if args.profile != "paper":
+        return _named_profile(args.profile)
+    if not args.dataset or not args.root:
+        raise ConfigError("the paper profile needs --dataset (pa100k, peta or rapv1) and --root (its folder)")
+    profile = paper_profile(args.dataset, args.root, args.device, args.weights, args.clip_weights,
+                            args.fusion_weights, amp="bf16" if args.device.startswith("cuda") else "none")
+    return replace(profile, overrides=dict(_setting(item) for item in args.set))
+
+
+def _setting(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--set``: the value as JSON (numbers, lists, true), else as a string."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parlab.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    parser.add_argument("--profile", default="default", choices=sorted([*PROFILES, "paper"]))
     parser.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,02")
     parser.add_argument("--output", default=None, help="folder for executed notebooks (default runs/<profile>)")
+    paper = parser.add_argument_group("the paper profile (a real dataset)")
+    paper.add_argument("--dataset", choices=PAPER_DATASETS, help="the dataset whose paper settings to run")
+    paper.add_argument("--root", help="its folder, as downloaded")
+    paper.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    paper.add_argument("--weights", default="", help="ResNet-50 ImageNet weights: a file, 'pretrained' or hf-hub:ID")
+    paper.add_argument("--clip-weights", default="", help="CLIP ViT-L/14 (OpenAI) weights for notebook 05")
+    paper.add_argument("--fusion-weights", default="", help="timm ViT-B/16 weights for the paper's fusion block")
+    paper.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="override a notebook parameter everywhere it is declared (VALUE as JSON, else a string)")
+    paper.add_argument("--dry-run", action="store_true", help="print each notebook's parameters, run nothing")
     args = parser.parse_args(argv)
+    only = [o for o in args.only.split(",") if o] or None
     start = time.perf_counter()
     try:
-        runs = run_notebooks(args.profile, [o for o in args.only.split(",") if o] or None, args.output)
+        profile = _profile(args)
+        if args.dry_run:
+            for name, parameters in notebook_parameters(profile, only).items():
+                print(f"{name}: {json.dumps(parameters)}")
+            return 0
+        if profile.name == "paper":
+            check_paper_inputs(profile, _select(only))
+        runs = run_notebooks(profile, only, args.output)
     except NotebookFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # a bad --only selection
+    except ParlabError as exc:  # a bad selection, a missing dataset or weights file
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    prof = PROFILES[args.profile]
     print(f"\n{len(runs)} notebooks in {time.perf_counter() - start:.1f} s")
     for r in runs:
         print(f"  {r.notebook:<24} {r.seconds:7.1f} s  {r.output}")
-    print(f"figures and tables: {REPO / prof.figures_dir}")
+    print(f"figures and tables: {REPO / profile.figures_dir}")
     return 0
 
 

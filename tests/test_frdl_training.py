@@ -62,7 +62,8 @@ def test_every_file_records_the_method_and_its_config_under_one_key(frdl):
     assert frdl.method == record["method"] == "FRDL"
     for ckpt in (load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")):
         assert ckpt["method"] == "FRDL" and ckpt["stage1"]["weights_sha256"]
-        assert ckpt["method_config"] == record["method_config"] == frdl.method_config.to_dict()
+        assert FRDLConfig.from_dict(ckpt["method_config"]) == FRDLConfig.from_dict(record["method_config"]) \
+            == frdl.method_config
         assert "frdl_config" not in ckpt
 
 
@@ -109,6 +110,8 @@ def test_a_run_in_the_layout_of_earlier_versions_still_opens(frdl, tmp_path):
     shutil.copytree(frdl.output_dir, old)
     record = json.loads((old / "config.json").read_text())
     record["frdl_config"] = record.pop("method_config")
+    for field in ("milestones", "gamma", "grad_clip", "goat_weight_decay", "goat_reset_optimizer", "goat_start"):
+        record["frdl_config"].pop(field)  # added since
     (old / "config.json").write_text(json.dumps(record))
     last = load_checkpoint(old / "last.pt")
     for key in ("scheduler", "scaler", "ema", "method", "method_config"):
@@ -199,7 +202,7 @@ def test_goat_restores_stage1_weights_exactly_every_period():
     torch.manual_seed(0)
     stage1 = build_model("test_resnet", 5, head="attribute").eval()
     before = {k: v.clone() for k, v in stage1.state_dict().items()}
-    goat = GOAT(stage1, torch.full((5,), 0.3), torch.full((5,), 0.2), period=3, lr=1e-2)
+    goat = GOAT(stage1, torch.full((5,), 0.3), torch.full((5,), 0.2), period=3, lr=1e-2, reset_optimizer=True)
     x, y = torch.randn(8, 3, 64, 32), (torch.rand(8, 5) < 0.4).float()
 
     def moved() -> bool:
@@ -242,7 +245,7 @@ def test_attribute_with_one_label_keeps_it_in_balanced_batches():
     with pytest.warns(UserWarning, match="b \\(no positives\\)"):
         prior = _positive_prior(config, labels, ["a", "b", "c"])
     assert prior.tolist() == [0.5, 0.0, 0.5]
-    assert frdl_defaults("PA100k") == {"balance_start": 3, "epochs": 20} and frdl_defaults("synthpa") == {}
+    assert frdl_defaults("synthpa") == {}
 
 
 def test_config_errors_name_the_field():
@@ -276,3 +279,65 @@ def test_torchrun_two_processes_gather_before_pushing(stage1, synthpa_root, tmp_
     assert load_checkpoint(out / "last.pt")["bank"]["count"].numpy().tolist() == expected.tolist()
     distributed = json.loads((out / "metrics.json").read_text())["test"]
     assert parlab.evaluate(out / "best.pt").summary() == pytest.approx(distributed, abs=1e-6)
+
+
+def test_goat_keeps_its_adam_moments_over_a_reset_by_default_and_its_weight_decay_moves_it():
+    torch.manual_seed(0)
+    stage1 = build_model("test_resnet", 5, head="attribute").eval()
+    x, y = torch.randn(8, 3, 64, 32), (torch.rand(8, 5) < 0.4).float()
+    kept = GOAT(stage1, torch.full((5,), 0.3), torch.full((5,), 0.2), period=1, lr=1e-2)
+    kept.step(x, y)  # the period ends: back to stage 1, moments kept (the public code's Adam is never reset)
+    assert kept.optimizer.state and all(torch.equal(v, kept.reference[k]) for k, v in kept.module.state_dict().items())
+    # Zero flood levels make the flooded loss the plain BCE; only the decay differs between the two copies.
+    copies = {wd: GOAT(stage1, torch.zeros(5), torch.zeros(5), period=10, lr=1e-2, weight_decay=wd) for wd in (0.0, 5.0)}
+    for goat in copies.values():
+        goat.step(x, y)
+    w0, w5 = (dict(g.module.named_parameters())["head.expand.weight"] for g in copies.values())
+    assert not torch.equal(w0, w5)
+
+
+def test_stage2_lr_follows_the_milestones_and_natural_epochs_equal_balance_start(stage1, tmp_path):
+    run = train_frdl(stage2(stage1, tmp_path / "steps", epochs=3, balance_start=2, milestones=(1, 2), gamma=0.5,
+                            feature_cache=1), **QUIET)
+    assert run.history["lr"].tolist() == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    prior = pd.read_csv(run.output_dir / "label_prior.csv", index_col="epoch")
+    assert prior["balanced"].tolist() == [False, False, True] and (~prior["balanced"]).sum() == 2
+    assert run.history["balanced"].tolist() == [False, False, True]
+
+
+def test_flood_levels_come_from_training_images_augmented_as_epoch_0_draws_them(stage1, synthpa_root, tmp_path):
+    from parlab.data.images import PARImageDataset, build_transform
+    from parlab.methods.frdl_training import _epoch_view, load_stage1
+    from parlab.training.distributed import DistContext
+    from parlab.training.evaluation import eval_loader, forward_split
+
+    config = stage2(stage1, tmp_path / "goat", epochs=1, goat=True)
+    run = train_frdl(config, **QUIET)
+    written = pd.read_csv(run.output_dir / "flood_levels.csv", index_col="attribute")
+    model = load_stage1(stage1).model
+    ann = load_dataset("synthpa", synthpa_root)
+    rows = ann.split("train")
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    augmented = PARImageDataset(ann, rows, build_transform((64, 32), train=True))
+    logits, order = _epoch_view(model, augmented, 0, config, ctx, False, "")
+    b_pos, b_neg = flood_levels(logits.numpy(), ann.labels[order])
+    assert written["b_pos"].to_numpy() == pytest.approx(b_pos, abs=1e-5)
+    assert written["b_neg"].to_numpy() == pytest.approx(b_neg, abs=1e-5)
+    plain = PARImageDataset(ann, rows, build_transform((64, 32), train=False))
+    logits, order = forward_split(model, eval_loader(plain, 64, 0, ctx), ctx)
+    e_pos, _ = flood_levels(logits.numpy(), ann.labels[order])
+    assert np.abs(written["b_pos"].to_numpy() - e_pos).max() > 1e-3  # not the evaluation transform's levels
+
+
+def test_public_code_schedules_per_dataset():
+    assert frdl_defaults("PA100k") == {"balance_start": 4, "milestones": (1,), "epochs": 20, "lr": 1e-4,
+                                       "weight_decay": 5e-4, "gamma": 0.1, "grad_clip": 10.0, "batch_size": 64}
+    assert {k: frdl_defaults("peta")[k] for k in ("balance_start", "milestones", "epochs")} == \
+        {"balance_start": 21, "milestones": (30,), "epochs": 35}
+    assert {k: frdl_defaults("rapv1")[k] for k in ("balance_start", "milestones", "epochs")} == \
+        {"balance_start": 6, "milestones": (10,), "epochs": 18}
+    assert FRDLConfig(stage1="x", **frdl_defaults("peta")).milestones == (30,)
+    assert FRDLConfig(milestones=[2, 5], gamma=0.5).milestones == (2, 5)
+    assert TrainConfig().head == "linear"
+    with pytest.raises(ValueError, match="milestones"):
+        FRDLConfig(milestones=(3, 1))

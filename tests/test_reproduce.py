@@ -65,3 +65,52 @@ def test_unknown_notebook_selection_is_an_error(capsys):
         run_notebooks("smoke", only=["99"])
     assert main(["--profile", "smoke", "--only", "99"]) == 2
     assert "no notebook matches ['99']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset, balance_start, milestones, split", [
+    ("pa100k", 4, [1], "train"), ("peta", 21, [30], "train"), ("rapv1", 6, [10], "trainval")])
+def test_paper_profile_dry_run_lists_each_notebooks_parameters(dataset, balance_start, milestones, split, capsys,
+                                                               tmp_path):
+    assert main(["--profile", "paper", "--dataset", dataset, "--root", str(tmp_path), "--dry-run",
+                 "--weights", "/w/resnet50.safetensors", "--clip-weights", "/w/clip.bin"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert list(lines) == list(NOTEBOOKS)
+    params = {name: json.loads(text) for name, text in lines.items()}
+    assert all(p["dataset"] == dataset and p["root"] == str(tmp_path) for p in params.values())
+    baseline = params["03_baseline"]
+    assert (baseline["backbone"], baseline["image_size"], baseline["epochs"], baseline["lr"]) == \
+        ("resnet50", [256, 192], 30, 1e-4)
+    assert baseline["train_split"] == split and baseline["weights"] == "/w/resnet50.safetensors"
+    assert baseline["ema"] == (dataset == "pa100k")
+    frdl = params["04_frdl_goat"]
+    assert (frdl["balance_start"], frdl["frdl_milestones"], frdl["feature_cache"]) == (balance_start, milestones, 0)
+    promptpar = params["05_promptpar"]
+    assert (promptpar["clip_model"], promptpar["image_size"], promptpar["vis_prompt"], promptpar["weights"]) == \
+        ("ViT-L-14-quickgelu", [224, 224], 50, "/w/clip.bin")
+
+
+def test_paper_profile_checks_its_inputs_before_any_notebook(tmp_path, capsys, synthpa_root):
+    assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'absent'}: no such dataset folder (--root)"
+    # SynthPA is written in PA100k's format: it stands in for the real dataset here.
+    assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(synthpa_root), "--only", "03",
+                 "--weights", str(tmp_path / "resnet50.safetensors"), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'resnet50.safetensors'}: weights file not found"
+    assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(synthpa_root), "--only", "05",
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "notebook 05 needs CLIP weights" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_paper_profile_runs_end_to_end_on_a_small_stand_in(tmp_path, synthpa_root, capsys):
+    small = ["backbone=test_resnet", "epochs=1", "image_size=[64,32]", "batch_size=32", "frdl_epochs=2",
+             "balance_start=1", "frdl_milestones=[1]", "seeds=[0]", "device=cpu", "num_workers=0", "amp=none",
+             "embedding_images=20"]
+    assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(synthpa_root), "--device", "cpu",
+                 "--only", "01,02,03,04,07", "--output", str(tmp_path / "out"), "--set", *small]) == 0
+    timings = (tmp_path / "out" / "timings.csv").read_text().splitlines()
+    assert timings[0] == "notebook,seconds" and [t.split(",")[0] for t in timings[1:]] == [
+        "01_data_exploration", "02_label_imbalance", "03_baseline", "04_frdl_goat", "07_results"]
+    results = REPO / "runs" / "paper-pa100k" / "figures" / "pa100k_results_all.csv"
+    assert results.is_file() and "FRDL" in results.read_text()

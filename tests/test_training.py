@@ -243,3 +243,72 @@ def test_settings_table_standard_row_is_the_run_and_balanced_rows_differ(run):
     assert random["images"] <= standard["images"]
     with pytest.raises(ValueError, match="unknown setting"):
         reporting.test_metrics(run, "balanced")
+
+
+def test_predict_and_evaluate_outputs_are_checked_first_and_kept_unless_overwritten(run, synthpa_root, tmp_path,
+                                                                                  capsys, monkeypatch):
+    from parlab import inference
+    from parlab.cli import main
+
+    best, images = str(run.output_dir / "best.pt"), str(synthpa_root / "data")
+    target = tmp_path / "pred.csv"
+    target.write_text("precious\n")
+    calls = []
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
+        AssertionError("no work before the output is checked")))
+    for argv in (["predict", best, images, "--output", str(target)],
+                 ["predict", best, images, "--output", str(tmp_path / "absent" / "pred.csv")],
+                 ["evaluate", best, "--json", str(target)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "precious\n" and calls == []
+    monkeypatch.undo()
+    assert main(["predict", best, images, "--output", str(target), "--overwrite"]) == 0
+    assert target.read_text().startswith("image,prob.") and len(target.read_text().splitlines()) == 201
+    # A write that fails half-way leaves neither a partial file nor a temporary one.
+    def half_then_fail(tmp):
+        Path(tmp).write_text("half")
+        raise OSError(28, "No space left on device")
+
+    from parlab.cli import write_output
+    from parlab.errors import ParlabError
+
+    with pytest.raises(ParlabError, match="cannot write .*out.csv: No space left on device"):
+        write_output(tmp_path / "out.csv", half_then_fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv"]
+
+
+def test_a_yaml_lr_written_1e_3_trains_and_ten_epochs_in_words_is_one_line(synthpa_root, tmp_path, capsys):
+    from parlab.cli import main
+
+    common = (f"root: {synthpa_root}\nbackbone: test_resnet\nimage_size: [64, 32]\nbatch_size: 16\n"
+              "device: cpu\nlr: 1e-3\n")
+    (tmp_path / "ok.yaml").write_text(common + f"epochs: 1\noutput_dir: {tmp_path / 'ok'}\n")
+    assert main(["train", "--config", str(tmp_path / "ok.yaml"), "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "ok" / "best.pt")["config"]["lr"] == 1e-3
+    (tmp_path / "bad.yaml").write_text(common + f"epochs: ten\noutput_dir: {tmp_path / 'bad'}\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: config field 'epochs' must be an integer, got 'ten'"
+    assert not (tmp_path / "bad").exists()  # nothing written
+
+
+def test_the_run_records_the_weights_it_started_from(synthpa_root, tmp_path):
+    import hashlib
+
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    path = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=10).state_dict().items()},
+              path)
+    run = train(TrainConfig(root=str(synthpa_root), backbone="test_resnet", weights=str(path), image_size=(64, 32),
+                            epochs=1, batch_size=16, device="cpu", output_dir=str(tmp_path / "run")),
+                progress=False, log=lambda _: None)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    for record in (json.loads((run.output_dir / "config.json").read_text()),
+                   load_checkpoint(run.output_dir / "best.pt"), load_checkpoint(run.output_dir / "last.pt")):
+        assert record["backbone_weights"]["sha256"] == digest and record["backbone_weights"]["id"] == str(path)

@@ -10,7 +10,7 @@ from parlab.data.errors import DatasetError
 from parlab.data.registry import available_datasets, load_dataset, register_reader
 
 # Importing the reader modules fills the registry.
-from parlab.data import pa100k, peta, rap, rethinking, wider  # noqa: E402,F401
+from parlab.data import custom, pa100k, peta, rap, rethinking, wider  # noqa: E402,F401
 from parlab.data.synthpa import reader as _synthpa_reader  # noqa: E402,F401
 
 __all__ = ["Annotations", "DatasetError", "available_datasets", "load_dataset", "register_reader"]

@@ -1,8 +1,11 @@
 """Images of a dataset as a torch ``Dataset``, with the standard PAR transforms.
 
-Images are always converted to RGB (PETA has palette and greyscale PNGs). A
-missing or unreadable image raises :class:`DatasetError` naming the file;
-``on_missing="skip"`` drops missing images up front and counts them instead.
+Images are always converted to RGB (PETA has palette and greyscale PNGs; 16-bit
+greyscale is scaled to 8 bits). A missing, unreadable, truncated or oversized
+image, or one in a mode with no RGB meaning, raises :class:`DatasetError` naming
+the file. :class:`PARImageDataset` checks that every image of its split exists
+when it is built, before any epoch; ``on_missing="skip"`` drops missing images
+up front and counts them instead.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
@@ -22,25 +25,68 @@ from parlab.data.errors import DatasetError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Largest image load_rgb decodes (width * height): about 8192 x 8192, far above any pedestrian crop, and
+# far below what a few-KB decompression bomb asks for. Checked from the header, before decoding. PIL's
+# own process-wide limit (Image.MAX_IMAGE_PIXELS: a warning above, an error at twice that) is left as
+# the user set it and still applies: the stricter of the two wins.
+MAX_IMAGE_PIXELS = 64 * 2**20
+MISSING_SHOWN = 5  # missing images named in PARImageDataset's error
+
+# Modes PIL converts to RGB with their usual meaning. 16-bit greyscale is scaled separately (PIL's
+# convert clips it at 255: a nearly white image); anything else (float "F", 32-bit colour ...) has no
+# agreed 8-bit meaning and is refused rather than guessed.
+_RGB_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB",
+                        "HSV"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})  # "I": how older PIL opens 16-bit PNGs
+_READABLE_MODES = _RGB_MODES | _SIXTEEN_BIT_MODES
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image as RGB; 16-bit greyscale (0..65535) is divided by 257, so 65535 -> 255."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(img, dtype=np.float32)  # (H, W); numpy handles the big-endian "I;16B"
+        img = Image.fromarray(np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def _image_error(path: Path, exc: Exception) -> DatasetError:
+    """The one-line DatasetError for any failure opening or decoding image ``path``."""
+    if isinstance(exc, DatasetError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return DatasetError(f"{path}: image not found")
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return DatasetError(f"{path}: refused as a possible decompression bomb ({exc})")
+    text = " ".join(str(exc).split())  # one line
+    return DatasetError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {text})")
+
 
 def load_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> Image.Image:
     """Open an image fully (so truncation is caught here) and convert it to RGB.
 
     ``at_least`` (height, width): a JPEG at least twice that size in both directions is decoded at
     1/2, 1/4 or 1/8 scale by libjpeg (never below ``at_least``), which is faster than decoding in
-    full and resizing; the transform then resizes to the exact size as usual.
+    full and resizing; the transform then resizes to the exact size as usual. Any failure (missing,
+    truncated, not an image, more than :data:`MAX_IMAGE_PIXELS`, unsupported mode) is a
+    :class:`DatasetError` naming the file.
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DatasetError(
+                    f"{path}: {width}x{height} image exceeds the limit of {MAX_IMAGE_PIXELS} pixels "
+                    "(parlab.data.images.MAX_IMAGE_PIXELS); refused as a possible decompression bomb"
+                )
+            if img.mode not in _READABLE_MODES:  # before decoding, not after
+                raise DatasetError(f"{path}: unsupported image mode {img.mode!r}")
             if at_least is not None and img.format == "JPEG":
                 img.draft("RGB", (at_least[1], at_least[0]))
             img.load()
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"{path}: unreadable or truncated image ({exc})") from None
+            return _to_rgb(img)
+    except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, struct.error, zlib.error ...)
+        raise _image_error(path, exc) from None
 
 
 class PARTransform:
@@ -103,12 +149,23 @@ class PARImageDataset(Dataset):
         self.split = split if isinstance(split, str) else "custom"
         self.transform = transform or build_transform()
         rows = annotations.split(split) if isinstance(split, str) else np.asarray(split, dtype=np.int64)
-        self.num_skipped = 0
-        if on_missing == "skip":
-            present = np.array([annotations.image_path(r).is_file() for r in rows], dtype=bool)
-            self.num_skipped = int((~present).sum())
-            rows = rows[present]
-        self.rows = rows
+        what = f"split {split!r}" if isinstance(split, str) else "the rows given"
+        where = f"{annotations.name} ({annotations.annotation_file})"
+        if not len(rows):
+            raise DatasetError(f"{where}: {what} has no images")
+        # Every image is looked for now, so that a missing one stops the run before its first epoch,
+        # not hours into it; label-only use (statistics, plots of labels) never builds this dataset.
+        missing = annotations.missing_images(rows)
+        n_missing = int(missing.sum())
+        if n_missing and (on_missing == "error" or n_missing == len(rows)):
+            names = [str(annotations.image_names[r]) for r in rows[missing][:MISSING_SHOWN]]
+            more = f" (+{n_missing - len(names)} more)" if n_missing > len(names) else ""
+            raise DatasetError(
+                f"{where}: {n_missing} of {len(rows)} images of {what} are missing under "
+                f"{annotations.image_root}: {', '.join(names)}{more}"
+            )
+        self.num_skipped = n_missing  # only "skip" gets here with missing images
+        self.rows = rows[~missing]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -143,6 +200,6 @@ def image_sizes(annotations: Annotations, split: str | None = None, limit: int |
         try:
             with Image.open(p) as img:
                 sizes.append(img.size[::-1])
-        except FileNotFoundError:
-            raise DatasetError(f"{p}: image not found") from None
+        except Exception as exc:
+            raise _image_error(p, exc) from None
     return np.array(sizes, dtype=np.int64).reshape(-1, 2)

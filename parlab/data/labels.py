@@ -6,16 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
+from parlab.data.annotations import unsafe_image_name
 from parlab.data.errors import DatasetError
 
 RAW_VALUES = (-1, 0, 1, 2)
+BINARY_VALUES = (-1, 0, 1)  # formats without RAP's "uncertain" 2 (PA100k, PETA, WIDER)
 
 
-def check_raw_labels(raw: np.ndarray, path: Path, name: str, attributes: list[str] | tuple[str, ...]) -> np.ndarray:
+def check_raw_labels(raw: np.ndarray, path: Path, name: str, attributes: list[str] | tuple[str, ...],
+                     allowed: tuple[int, ...] = RAW_VALUES) -> np.ndarray:
     """Validate a raw (N, A_all) label matrix and return it as int8.
 
     Raw files use 1 positive, 0 negative, -1 unknown and (RAP) 2 uncertain; any
-    other value means the file is not what it claims to be.
+    other value, or a 2 in a format that has no "uncertain" (``allowed``), means
+    the file is not what it claims to be.
     """
     raw = np.asarray(raw)
     if raw.ndim != 2:
@@ -26,12 +30,12 @@ def check_raw_labels(raw: np.ndarray, path: Path, name: str, attributes: list[st
         )
     if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
         raise DatasetError(f"{path}: field {name!r} contains NaN or infinite labels")
-    bad = ~np.isin(raw, RAW_VALUES)
+    bad = ~np.isin(raw, allowed)
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise DatasetError(
             f"{path}: field {name!r} has label {raw[r, c].item()} at row {r}, attribute {attributes[c]!r}; "
-            f"labels must be in {{-1, 0, 1, 2}}"
+            f"labels must be in {{{', '.join(map(str, allowed))}}}"
         )
     return raw.astype(np.int8)
 
@@ -58,6 +62,8 @@ def find_image_root(root: Path, candidates: list[str], first_image: str) -> Path
     root = Path(root)
     if root.is_file():
         root = root.parent
+    if unsafe_image_name(first_image):  # never probe outside the root; Annotations names the bad entry
+        return root / candidates[0]
     for rel in candidates:
         if (root / rel / first_image).is_file():
             return root / rel

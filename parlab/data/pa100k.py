@@ -13,7 +13,7 @@ import numpy as np
 
 from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
-from parlab.data.labels import check_raw_labels, find_file, find_image_root
+from parlab.data.labels import BINARY_VALUES, check_raw_labels, find_file, find_image_root
 from parlab.data.matfile import load_mat, field, strings
 from parlab.data.registry import register_reader
 from parlab.data.rethinking import read_rethinking_pickle
@@ -30,7 +30,9 @@ def read_pa100k_mat(path: Path, name: str = "pa100k", image_root: Path | None = 
     names, blocks, partition, start = [], [], {}, 0
     for split in ("train", "val", "test"):
         split_names = strings(field(mat, f"{split}_images_name", path), path, f"{split}_images_name")
-        labels = check_raw_labels(field(mat, f"{split}_label", path), path, f"{split}_label", raw_attributes)
+        # PA100k labels are 0/1: a 2 is not RAP's "uncertain" here (it would silently become a negative).
+        labels = check_raw_labels(field(mat, f"{split}_label", path), path, f"{split}_label", raw_attributes,
+                                  BINARY_VALUES)
         if len(labels) != len(split_names):
             raise DatasetError(
                 f"{path}: {split}_label has {len(labels)} rows but {split}_images_name has {len(split_names)}"
@@ -43,7 +45,7 @@ def read_pa100k_mat(path: Path, name: str = "pa100k", image_root: Path | None = 
     raw = np.concatenate(blocks)
     columns = np.array(EVAL_COLUMNS if len(raw_attributes) == 26 else range(len(raw_attributes)))
     if image_root is None:
-        image_root = find_image_root(path.parent, IMAGE_CANDIDATES, names[0])
+        image_root = find_image_root(path.parent, IMAGE_CANDIDATES, names[0] if names else "")
     return Annotations.from_raw(
         name=name,
         annotation_file=path,
@@ -60,7 +62,7 @@ def read_pa100k_mat(path: Path, name: str = "pa100k", image_root: Path | None = 
 def read_pa100k(root: Path) -> Annotations:
     path = find_file(root, ANNOTATION_CANDIDATES, "pa100k")
     if path.suffix == ".pkl":
-        return read_rethinking_pickle(path, name="pa100k")
+        return read_rethinking_pickle(path, name="pa100k", allowed=BINARY_VALUES)
     return read_pa100k_mat(path)
 
 

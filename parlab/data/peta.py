@@ -15,7 +15,7 @@ import numpy as np
 
 from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
-from parlab.data.labels import check_raw_labels, find_file, find_image_root
+from parlab.data.labels import BINARY_VALUES, check_raw_labels, find_file, find_image_root
 from parlab.data.matfile import field, indices, load_mat, matrix, strings, struct, struct_list
 from parlab.data.registry import register_reader
 from parlab.data.rethinking import read_rethinking_pickle
@@ -32,7 +32,7 @@ IMAGE_CANDIDATES = ["images", "data", "."]
 def read_peta(root: Path) -> Annotations:
     path = find_file(root, ANNOTATION_CANDIDATES, "peta")
     if path.suffix == ".pkl":
-        return read_rethinking_pickle(path, name="peta")
+        return read_rethinking_pickle(path, name="peta", allowed=BINARY_VALUES)
     peta = struct(field(load_mat(path), "peta", path), path, "peta")
     data = matrix(field(peta, "data", path, "peta."), path, "peta.data")
     raw_attributes = strings(field(peta, "attribute", path, "peta."), path, "peta.attribute")
@@ -41,7 +41,8 @@ def read_peta(root: Path) -> Annotations:
             f"{path}: peta.data has {data.shape[1]} columns; expected {LABEL_OFFSET} id columns "
             f"+ {len(raw_attributes)} attributes"
         )
-    raw = check_raw_labels(data[:, LABEL_OFFSET:], path, "peta.data", raw_attributes)
+    # PETA's labels are binary: a 2 is not RAP's "uncertain" here (it would silently become a negative).
+    raw = check_raw_labels(data[:, LABEL_OFFSET:], path, "peta.data", raw_attributes, BINARY_VALUES)
     selected = indices(field(peta, "selected_attribute", path, "peta."), path, "peta.selected_attribute")
     selected = selected - (LABEL_OFFSET)  # 1-based data column -> 0-based label column
     if len(selected) == 35 and sorted(selected.tolist()) == sorted(EVAL_COLUMNS):

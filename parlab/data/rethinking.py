@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from parlab.data.annotations import Annotations
+from parlab.data.annotations import Annotations, unsafe_image_name
 from parlab.data.errors import DatasetError
-from parlab.data.labels import check_raw_labels, find_file, find_image_root
+from parlab.data.labels import RAW_VALUES, check_raw_labels, find_file, find_image_root
 from parlab.data.registry import register_reader
 from parlab.data.safe_pickle import load_pickle
 
@@ -26,6 +26,16 @@ def _get(d: dict, key: str, path: Path) -> Any:
     if not isinstance(d, dict) or key not in d:
         raise DatasetError(f"{path}: missing field {key!r}")
     return d[key]
+
+
+def _strings(value: Any, path: Path, key: str) -> list[str]:
+    """A list or array of strings, refused otherwise (``str()`` of a nested list from a hostile pickle
+    that shares one sublist many times over would take exponential time)."""
+    items = value.reshape(-1).tolist() if isinstance(value, np.ndarray) else value
+    items = list(items) if isinstance(items, (list, tuple)) else None
+    if items is None or not all(isinstance(v, str) for v in items):
+        raise DatasetError(f"{path}: field {key!r} should be a list of strings")
+    return [str(v) for v in items]
 
 
 def _rows(value: Any) -> np.ndarray:
@@ -54,14 +64,18 @@ def _partitions(partition: dict, path: Path) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def read_rethinking_pickle(path: Path, name: str | None = None, image_root: Path | None = None) -> Annotations:
-    """Read any Rethinking_of_PAR-style pickle into :class:`Annotations`."""
+def read_rethinking_pickle(path: Path, name: str | None = None, image_root: Path | None = None,
+                           allowed: tuple[int, ...] = RAW_VALUES) -> Annotations:
+    """Read any Rethinking_of_PAR-style pickle into :class:`Annotations`.
+
+    ``allowed``: the raw label values the source format has (a PA100k or PETA pickle has no 2).
+    """
     info = load_pickle(path)
     if not isinstance(info, dict):
         raise DatasetError(f"{path}: expected a pickled (Easy)Dict, got {type(info).__name__}")
-    names = [str(n) for n in _get(info, "image_name", path)]
-    raw_attributes = [str(a) for a in _get(info, "attr_name", path)]
-    raw = check_raw_labels(np.asarray(_get(info, "label", path)), path, "label", raw_attributes)
+    names = _strings(_get(info, "image_name", path), path, "image_name")
+    raw_attributes = _strings(_get(info, "attr_name", path), path, "attr_name")
+    raw = check_raw_labels(np.asarray(_get(info, "label", path)), path, "label", raw_attributes, allowed)
     if len(raw) != len(names):
         raise DatasetError(f"{path}: 'label' has {len(raw)} rows but 'image_name' has {len(names)}")
     label_idx = info.get("label_idx") or {}
@@ -71,9 +85,11 @@ def read_rethinking_pickle(path: Path, name: str | None = None, image_root: Path
     groups = np.asarray(info.get("dataset_ids", np.zeros(0)), dtype=np.int64).reshape(-1)
     if image_root is None:
         declared = info.get("root")
-        image_root = Path(declared) if declared and Path(declared, names[0]).is_file() else None
+        # An unsafe first name is not probed (the file it names is not touched); Annotations refuses it.
+        usable = isinstance(declared, str) and declared and names and not unsafe_image_name(names[0])
+        image_root = Path(declared) if usable and Path(declared, names[0]).is_file() else None
     if image_root is None:
-        image_root = find_image_root(path.parent, ["data", "images", "."], names[0])
+        image_root = find_image_root(path.parent, ["data", "images", "."], names[0] if names else "")
     return Annotations.from_raw(
         name=name or str(info.get("description", "rethinking")).lower(),
         annotation_file=path,

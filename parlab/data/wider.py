@@ -15,7 +15,7 @@ import numpy as np
 
 from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
-from parlab.data.labels import check_raw_labels, find_file, find_image_root
+from parlab.data.labels import BINARY_VALUES, check_raw_labels, find_file, find_image_root
 from parlab.data.registry import register_reader
 
 ATTRIBUTES = ("Male", "longHair", "sunglass", "Hat", "Tshirt", "longSleeve", "formal",
@@ -28,14 +28,14 @@ def _read_labels(path: Path) -> np.ndarray:
         text = line.strip().strip("[]").replace(",", " ")
         if not text:
             continue
-        try:
-            values = [int(float(v)) for v in text.split()]
+        try:  # kept as floats: check_raw_labels refuses 0.5 instead of truncating it to 0
+            values = [float(v) for v in text.split()]
         except ValueError:
             raise DatasetError(f"{path}:{number}: not a list of numbers: {line!r}") from None
         if len(values) != len(ATTRIBUTES):
             raise DatasetError(f"{path}:{number}: {len(values)} values, expected {len(ATTRIBUTES)}")
         rows.append(values)
-    return np.array(rows, dtype=np.int64).reshape(-1, len(ATTRIBUTES))
+    return np.array(rows, dtype=np.float64).reshape(-1, len(ATTRIBUTES))
 
 
 @register_reader("wider")
@@ -50,7 +50,8 @@ def read_wider(root: Path) -> Annotations:
             if not f.is_file():
                 raise DatasetError(f"wider: missing annotation file {f}")
         split_names = [ln.strip() for ln in name_file.read_text().splitlines() if ln.strip()]
-        raw = check_raw_labels(_read_labels(label_file), label_file, "labels", ATTRIBUTES)
+        # Values are in {-1, 0, 1}: a 2 would silently become a positive below.
+        raw = check_raw_labels(_read_labels(label_file), label_file, "labels", ATTRIBUTES, BINARY_VALUES)
         if len(raw) != len(split_names):
             raise DatasetError(f"{label_file}: {len(raw)} label lines but {name_file.name} has {len(split_names)} names")
         names += split_names

@@ -6,6 +6,21 @@ has (:class:`~parlab.training.config.RunFields`). Defaults are the public
 code's PA100k setting (``docs/methods.md`` section 4); :func:`frdl_defaults` gives the
 per-dataset ones. This module imports no torch, so the command line can read
 it quickly.
+
+``balance_start`` counts the epochs trained on natural labels before the
+first balanced one. The public configs write it as NUMBER and balance when
+the 0-based epoch is ``> NUMBER``, so their NUMBER = 3 / 20 / 5 (PA100k,
+PETA, RAPv1) is ``balance_start`` = 4 / 21 / 6 here.
+
+GOAT differs from the public code only where a line below says so:
+
+- flood levels are computed before training, from the stage-1 model on the
+  training images augmented exactly as epoch 0 draws them (the public code
+  records them during epoch 0 itself; ``goat_start=1`` also keeps the
+  extractor still during that epoch, as it does);
+- the wandering copy is reset to the stage-1 weights at every epoch start as
+  well as every ``goat_period`` steps (the public code resets only by steps),
+  so that a checkpoint needs no copy of the wanderer.
 """
 
 from __future__ import annotations
@@ -20,12 +35,15 @@ from parlab.training.config import RunFields, check_at_least, option
 # attribute-feature layer, which can run on cached pooled backbone features.
 GOAT_MODULES = ("extractor", "attribute_features")
 
-# balance_start and epochs of the public code, per dataset.
-DATASET_DEFAULTS: dict[str, dict[str, int]] = {
-    "pa100k": {"balance_start": 3, "epochs": 20},
-    "peta": {"balance_start": 20, "epochs": 35},
-    "rapv1": {"balance_start": 5, "epochs": 18},
+# The public code's stage-2 schedule per dataset (its NUMBER + 1 as balance_start, its LR_STEP as
+# milestones), and what all its configs share. Those configs train ConvNeXt backbones.
+DATASET_DEFAULTS: dict[str, dict] = {
+    "pa100k": {"balance_start": 4, "milestones": (1,), "epochs": 20},
+    "peta": {"balance_start": 21, "milestones": (30,), "epochs": 35},
+    "rapv1": {"balance_start": 6, "milestones": (10,), "epochs": 18},
 }
+SHARED_DEFAULTS = {"lr": 1e-4, "weight_decay": 5e-4, "gamma": 0.1, "grad_clip": 10.0, "batch_size": 64}
+PUBLIC_BACKBONE = "convnext_base"
 
 
 @dataclass(frozen=True)
@@ -38,18 +56,29 @@ class FRDLConfig(RunFields):
     # --- feature re-sampling (FRDL)
     bank_size: int = option(1024, "K, features kept per (attribute, label)")
     positive_prior: float = option(0.5, "p, the positive prior of every attribute in balanced batches")
-    balance_start: int = option(3, "epochs on natural labels before balanced batches start")
+    balance_start: int = option(4, "epochs on natural labels before the first balanced one (the public "
+                                   "code's NUMBER + 1)")
     lr: float = option(1e-4, "Adam learning rate of the new heads h_ft")
     weight_decay: float = option(5e-4, "L2 on h_ft")
+    milestones: tuple[int, ...] = option((1,), "epochs after which h_ft's lr is multiplied by gamma "
+                                               "(MultiStepLR, stepped per epoch); empty: constant lr")
+    gamma: float = option(0.1, "lr multiplier at each milestone")
+    grad_clip: float = option(10.0, "max gradient norm of h_ft; 0 disables")
     feature_cache: int = option(0, "0 recomputes features every step; n caches pooled features of n "
                                    "augmented views")
     # --- gradient-oriented augmentation (GOAT)
     goat: bool = option(False, "feed the bank from a stage-1 copy that wanders on a flooded loss")
     goat_period: int = option(50, "P, steps between resets to the stage-1 weights")
     goat_lr: float = option(1e-5, "Adam learning rate of the wandering copy")
+    goat_weight_decay: float = option(5e-4, "Adam weight decay (L2) of the wandering copy")
+    goat_reset_optimizer: bool = option(False, "also clear the copy's Adam moments at each reset (the public "
+                                               "code keeps them)")
+    goat_start: int = option(0, "epochs before the copy starts to wander (1: the public code's statistics "
+                                "epoch, whose features come from the still stage-1 extractor)")
     goat_modules: str = option("extractor", "what wanders: extractor (backbone and attribute features) or "
                                             "attribute_features", GOAT_MODULES)
-    flood_source: str = option("train", "split whose stage-1 losses set the flood levels b+ and b-",
+    flood_source: str = option("train", "whose stage-1 losses set the flood levels b+ and b-: train (its "
+                                        "images augmented as epoch 0 draws them) or val (evaluation transform)",
                                ("train", "val"))
 
     def __post_init__(self) -> None:
@@ -67,15 +96,29 @@ class FRDLConfig(RunFields):
                               "feature_cache=0, or goat_modules='attribute_features' (only that layer wanders)")
         if min(self.lr, self.goat_lr) <= 0:
             raise ConfigError("config fields 'lr' and 'goat_lr' must be > 0")
+        for name in ("weight_decay", "grad_clip", "goat_weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"config field 'gamma' must be in (0, 1], got {self.gamma}")
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise ConfigError(f"config field 'milestones' must be increasing epochs >= 1, got {self.milestones}")
+        if not 0 <= self.goat_start <= self.epochs:
+            raise ConfigError(f"config field 'goat_start' must be in [0, epochs={self.epochs}], got {self.goat_start}")
 
     @property
     def method(self) -> str:
         return "FRDL+GOAT" if self.goat else "FRDL"
 
 
-def frdl_defaults(dataset: str) -> dict[str, int]:
-    """The public code's ``balance_start`` and ``epochs`` for a dataset ({} when it has none)."""
-    return dict(DATASET_DEFAULTS.get(dataset.lower(), {}))
+def frdl_defaults(dataset: str) -> dict:
+    """The public code's stage-2 settings for a dataset, as FRDLConfig fields ({} when it has none).
+
+    ``FRDLConfig(stage1=..., **frdl_defaults("pa100k"))`` runs the paper's PA100k schedule. The public
+    configs train their stage 1 on a ConvNeXt backbone (:data:`PUBLIC_BACKBONE`).
+    """
+    specific = DATASET_DEFAULTS.get(dataset.lower())
+    return {} if specific is None else specific | SHARED_DEFAULTS
 
 
 FRDL = register_method(MethodSpec(

@@ -122,19 +122,22 @@ def _positive_prior(config: FRDLConfig, labels: np.ndarray, attributes) -> torch
     return torch.from_numpy(prior)
 
 
+def _epoch_view(module: nn.Module, dataset: PARImageDataset, epoch: int, config: FRDLConfig, ctx: dist.DistContext,
+                progress: bool, desc: str) -> tuple[torch.Tensor, np.ndarray]:
+    """``module`` on every training image augmented as epoch ``epoch`` draws it: outputs (N, ...) and rows (N,)."""
+    sampler = EpochSampler(len(dataset), config.seed, ctx.rank, ctx.world_size)
+    sampler.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_size=config.eval_batch_size, sampler=sampler,
+                        num_workers=config.num_workers, pin_memory=ctx.device.type == "cuda")
+    return forward_split(module, loader, ctx, config.amp, progress=progress, desc=desc)
+
+
 def _extract_views(backbone: nn.Module, dataset: PARImageDataset, config: FRDLConfig, ctx: dist.DistContext,
                    progress: bool) -> torch.Tensor:
     """Pooled features (V, N, C) of V augmented views; view v is augmented as epoch v would be."""
-    views = []
-    for v in range(config.feature_cache):
-        sampler = EpochSampler(len(dataset), config.seed, ctx.rank, ctx.world_size)
-        sampler.set_epoch(v)
-        loader = DataLoader(dataset, batch_size=config.eval_batch_size, sampler=sampler,
-                            num_workers=config.num_workers, pin_memory=ctx.device.type == "cuda")
-        g, _ = forward_split(backbone, loader, ctx, config.amp, progress=progress,
-                             desc=f"features, view {v + 1}/{config.feature_cache}")
-        views.append(g.to(ctx.device))
-    return torch.stack(views)
+    return torch.stack([_epoch_view(backbone, dataset, v, config, ctx, progress,
+                                    f"features, view {v + 1}/{config.feature_cache}")[0].to(ctx.device)
+                        for v in range(config.feature_cache)])
 
 
 class CachedBatches:
@@ -203,6 +206,10 @@ class FRDLTask(Task):
     def data_config(self) -> TrainConfig:
         return self._data
 
+    @property
+    def grad_clip(self) -> float:
+        return self.config.grad_clip
+
     def start(self, ctx: dist.DistContext) -> None:
         self.stage1 = load_stage1(self.config.stage1, ctx.device)
         # Data, splits and image size are stage 1's; only the root may move and the selection split change.
@@ -245,6 +252,8 @@ class FRDLTask(Task):
         seed_everything(c.seed)  # h_ft starts the same on every rank
         self.model = AttributeClassifiers(a, width).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(c.milestones), c.gamma) \
+            if c.milestones else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # h_ft trains in full precision
         self.validation_loss = PARLoss("bce")
         self.bank = FeatureBank(a, width, c.bank_size, device=device, attributes=ann.attributes)
@@ -261,20 +270,9 @@ class FRDLTask(Task):
     def _setup_training(self, data: RunData, progress: bool) -> None:
         """GOAT's wandering copy and flood levels, and the training batches (cached views or a loader)."""
         c, ann, plan, ctx = self.config, data.annotations, data.plan, self.ctx
-        if c.goat:
-            rows = plan.train if c.flood_source == "train" else plan.val
-            flood_set = PARImageDataset(ann, rows, self.transform(train=False))
-            logits, rows = forward_split(self.stage1.model, eval_loader(flood_set, c.eval_batch_size, c.num_workers,
-                                                                        ctx),
-                                         ctx, c.amp, progress=progress, desc="flood levels")
-            b_pos, b_neg = flood_levels(logits.numpy(), ann.labels[rows])
-            self.goat = GOAT(self.stage1.model, b_pos, b_neg, c.goat_modules, c.goat_period, c.goat_lr, ctx.device,
-                             ctx.distributed, c.amp)
-            if ctx.is_main:
-                table = pd.DataFrame({"b_pos": b_pos, "b_neg": b_neg},
-                                     index=pd.Index(ann.attributes, name="attribute"))
-                write_atomic(Path(c.output_dir) / "flood_levels.csv", table.to_csv)
         train_set = PARImageDataset(ann, plan.train, self.transform(train=True))
+        if c.goat:
+            self.goat = self._goat(data, train_set, progress)
         if c.feature_cache:
             self.cache = _extract_views(self.stage1.model.backbone, train_set, c, ctx, progress)
             self.cached_labels = torch.from_numpy(ann.labels[plan.train].astype(np.float32)).to(ctx.device)
@@ -282,8 +280,30 @@ class FRDLTask(Task):
         else:
             self.loader = train_loader(train_set, c.batch_size, c.seed, c.num_workers, ctx)
 
+    def _goat(self, data: RunData, train_set: PARImageDataset, progress: bool) -> GOAT:
+        """GOAT's wandering copy, with flood levels from the stage-1 losses (``flood_source``).
+
+        On the training set its images are augmented as epoch 0 draws them: the losses the public code
+        records during that epoch. The levels are written to ``flood_levels.csv``.
+        """
+        c, ctx, ann = self.config, self.ctx, data.annotations
+        if c.flood_source == "train":
+            logits, rows = _epoch_view(self.stage1.model, train_set, 0, c, ctx, progress, "flood levels")
+        else:
+            val_set = PARImageDataset(ann, data.plan.val, self.transform(train=False))
+            logits, rows = forward_split(self.stage1.model, eval_loader(val_set, c.eval_batch_size, c.num_workers,
+                                                                        ctx), ctx, c.amp, progress=progress,
+                                         desc="flood levels")
+        b_pos, b_neg = flood_levels(logits.numpy(), ann.labels[rows])
+        if ctx.is_main:
+            table = pd.DataFrame({"b_pos": b_pos, "b_neg": b_neg}, index=pd.Index(ann.attributes, name="attribute"))
+            write_atomic(Path(c.output_dir) / "flood_levels.csv", table.to_csv)
+        return GOAT(self.stage1.model, b_pos, b_neg, c.goat_modules, c.goat_period, c.goat_lr, c.goat_weight_decay,
+                    c.goat_reset_optimizer, ctx.device, ctx.distributed, c.amp)
+
     def on_epoch_start(self, epoch: int) -> None:
         c, device = self.config, self.ctx.device
+        self.wandering = self.goat is not None and epoch >= c.goat_start
         self.draws = torch.Generator(device=device).manual_seed(epoch_seed(c.seed, epoch, 100 + self.ctx.rank))
         self.balanced = epoch >= c.balance_start
         if self.balanced:
@@ -307,10 +327,10 @@ class FRDLTask(Task):
         inputs, y, _ = batch
         inputs, y = inputs.to(device, non_blocking=True), y.to(device, non_blocking=True)
         g = inputs if self.cache is not None else None
-        if g is None and (self.goat is None or c.goat_modules == "attribute_features"):
+        if g is None and (not self.wandering or c.goat_modules == "attribute_features"):
             with torch.no_grad(), autocast(device, c.amp):
                 g = self.stage1.model.backbone(inputs).float()
-        if self.goat is not None:
+        if self.wandering:
             f, goat_loss = self.goat.step(inputs if g is None else g, y)
             self.goat_total += goat_loss * len(y)
         else:
@@ -330,18 +350,23 @@ class FRDLTask(Task):
         self.priors.append((counts[0] / counts[1].clamp(min=1)).cpu().numpy())
         summary = {"balanced": self.balanced}
         if self.goat is not None:
-            summary["goat_loss"] = self.goat_total / max(self.seen, 1)
+            summary["goat_loss"] = self.goat_total / max(self.seen, 1) if self.wandering else float("nan")
         return summary
 
     def epoch_tag(self, epoch: int) -> str:
         return "balanced" if epoch >= self.config.balance_start else "natural "
 
     def extra_state(self) -> dict:
-        return {"bank": self.bank.state_dict(), "label_prior": [torch.from_numpy(p) for p in self.priors]}
+        # The wandering copy is back at the stage-1 weights at every epoch start; its Adam moments are not.
+        goat = None if self.goat is None else self.goat.state_dict()
+        return {"bank": self.bank.state_dict(), "label_prior": [torch.from_numpy(p) for p in self.priors],
+                "goat": goat}
 
     def load_extra_state(self, checkpoint: dict) -> None:
         self.bank.load_state_dict({k: v.to(self.ctx.device) for k, v in checkpoint["bank"].items()})
         self.priors = [np.asarray(p) for p in checkpoint["label_prior"]]
+        if self.goat is not None and checkpoint.get("goat") is not None:
+            self.goat.load_state_dict(checkpoint["goat"])
 
     def save_files(self, out: Path) -> None:
         table = pd.DataFrame(np.stack(self.priors), columns=self.bank.attributes,
@@ -357,16 +382,24 @@ class FRDLTask(Task):
         return Predictions(logits.cpu().numpy(), self.rows[split])
 
 
-def _upgrade(record: dict) -> dict:
-    """A checkpoint or ``config.json`` of an FRDL run written before the shared engine, in today's layout.
+# What stage 2 did before these fields existed: constant lr, no clipping, GOAT without weight decay and
+# with fresh moments at each reset. A run written then keeps meaning what it meant.
+LEGACY_FIELDS = {"milestones": (), "grad_clip": 0.0, "goat_weight_decay": 0.0, "goat_reset_optimizer": True,
+                 "goat_start": 0}
 
-    Those runs kept their config under ``frdl_config`` and ``h_ft`` in ``last.pt``; a finished one opens
-    as it is. An unfinished one had no ``best.pt`` yet, so it cannot be continued.
+
+def _upgrade(record: dict) -> dict:
+    """A checkpoint or ``config.json`` of an FRDL run written by an earlier parlab, in today's layout.
+
+    Before the shared engine, runs kept their config under ``frdl_config`` and ``h_ft`` in ``last.pt``; a
+    finished one opens as it is. An unfinished one had no ``best.pt`` yet, so it cannot be continued.
+    Fields added since are given the values that reproduce what such a run did.
     """
-    if "frdl_config" not in record:
-        return record
     record = dict(record)
-    record["method_config"] = record.pop("frdl_config")
+    if "frdl_config" in record:
+        record["method_config"] = record.pop("frdl_config")
+    if record.get("method_config") is not None and "milestones" not in record["method_config"]:
+        record["method_config"] = LEGACY_FIELDS | record["method_config"]
     if record.get("kind") == "frdl-training":
         config = FRDLConfig.from_dict(record["method_config"])
         if record["epoch"] < config.epochs:

@@ -8,7 +8,9 @@ classifiers on a flooded BCE, ``|l - b| + b`` per element, where the flood
 level ``b`` is the stage-1 model's mean loss of positives (b+) or negatives
 (b-) of that attribute. Elements easier than the flood level are pushed up,
 harder ones down, so the features move without converging anywhere new. Every
-P steps the copy is reset to the stage-1 weights, which are kept in memory.
+P steps the copy is reset to the stage-1 weights, which are kept in memory;
+as in the public code, its Adam moments carry over a reset (unless asked
+otherwise) and it trains with weight decay.
 The features the copy produces feed FRDL's bank; at test time the extractor
 is always the stage-1 one.
 """
@@ -97,6 +99,8 @@ class GOAT:
         modules: which part is perturbed, one of :data:`GOAT_MODULES`.
         period: P, steps between resets to the stage-1 weights.
         lr: Adam learning rate of the perturbed parameters.
+        weight_decay: Adam's L2 weight decay of the perturbed parameters (5e-4 in the public code).
+        reset_optimizer: also clear Adam's moments at each reset (the public code keeps them).
         device: where the copy lives.
         distributed: wrap the copy in DistributedDataParallel, so that every rank's copy takes the
             same (averaged) steps and stays identical.
@@ -104,8 +108,8 @@ class GOAT:
     """
 
     def __init__(self, stage1: nn.Module, b_pos, b_neg, modules: str = "extractor", period: int = 50,
-                 lr: float = 1e-5, device: torch.device | str = "cpu", distributed: bool = False,
-                 amp: str = "none") -> None:
+                 lr: float = 1e-5, weight_decay: float = 5e-4, reset_optimizer: bool = False,
+                 device: torch.device | str = "cpu", distributed: bool = False, amp: str = "none") -> None:
         if period < 1:
             raise ValueError(f"GOAT period must be >= 1, got {period}")
         device = torch.device(device)
@@ -114,7 +118,9 @@ class GOAT:
         # test-time features, and only the weights wander.
         self.module.eval()
         self.reference = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-        self.optimizer = torch.optim.Adam([p for p in self.module.parameters() if p.requires_grad], lr=lr)
+        self.optimizer = torch.optim.Adam([p for p in self.module.parameters() if p.requires_grad], lr=lr,
+                                          weight_decay=weight_decay)
+        self.reset_optimizer = reset_optimizer
         self.b_pos = torch.tensor(np.asarray(b_pos, dtype=np.float32), device=device)  # a copy: inputs may be read-only
         self.b_neg = torch.tensor(np.asarray(b_neg, dtype=np.float32), device=device)
         self.period = period
@@ -126,11 +132,20 @@ class GOAT:
 
     @torch.no_grad()
     def reset(self) -> None:
-        """Back to the stage-1 weights, with fresh optimiser moments."""
+        """Back to the stage-1 weights (and fresh optimiser moments with ``reset_optimizer``)."""
         for key, value in self.module.state_dict().items():
             value.copy_(self.reference[key])
-        self.optimizer.state.clear()
+        if self.reset_optimizer:
+            self.optimizer.state.clear()
         self.steps = 0
+
+    def state_dict(self) -> dict:
+        """What an exact resume needs at an epoch start, where the weights are stage 1's: optimiser and scaler."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
         """One flooded-loss step on a batch; returns its features f (B, A, C), detached, and the loss.

@@ -1,24 +1,52 @@
-"""timm backbones by name, with pretrained weights only from a local file.
+"""timm backbones by name, with pretrained weights from a local file or, when asked, the Hugging Face cache.
 
-parlab never downloads: ``weights`` names a file the user already has (a timm
-``model.safetensors`` / ``pytorch_model.bin`` / ``.pth`` / ``.npz`` for that
-architecture). timm loads it through ``pretrained_cfg_overlay=dict(file=...)``,
-which applies the architecture's own checkpoint filter (position-embedding
-resizing for ViTs at 256x192, for instance) and reads ``.pth`` files with
-``torch.load(weights_only=True)``.
+``weights`` is one of:
+
+- ``""`` / None: random initialisation (the default; nothing is downloaded);
+- a local file path (a timm ``model.safetensors`` / ``pytorch_model.bin`` / ``.pth`` /
+  ``.npz`` for that architecture). timm loads it through
+  ``pretrained_cfg_overlay=dict(file=...)``, which applies the architecture's own
+  checkpoint filter (position-embedding resizing for ViTs at 256x192, for instance)
+  and reads ``.pth`` files with ``torch.load(weights_only=True)``;
+- ``"pretrained"``: timm's pretrained weights for the backbone name's tag
+  (``resnet50.a1_in1k``; a name without tag takes timm's default tag), i.e.
+  ``timm.create_model(name, pretrained=True)``;
+- ``"hf-hub:ORG/NAME"`` (optionally ``@REVISION``): a timm model repository on the
+  Hugging Face Hub, i.e. ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)``;
+  its ``config.json`` must name the backbone's architecture.
+
+The last two go through timm's own loaders and the Hugging Face cache (``HF_HOME``);
+``HF_HUB_OFFLINE=1`` keeps them to the cache, and a weight neither cached nor
+reachable is one :class:`BackboneError` line saying how to pre-fetch it.
+:func:`backbone_weights_record` gives the file they resolved to and its sha256.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import logging
+import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch.nn as nn
 
-from parlab.errors import ParlabError
+from parlab.errors import ConfigError, ParlabError
+from parlab.models.weights import (
+    PRETRAINED,
+    cached_hub_file,
+    is_hub_id,
+    is_unavailable,
+    not_available_message,
+    offline,
+    reason,
+    safe_first,
+    split_hub_id,
+    weights_record,
+)
 
 
 class BackboneError(ParlabError, ValueError):
@@ -73,8 +101,10 @@ def create_backbone(name: str, weights: str | Path | None = None, drop_rate: flo
     """A timm model without classifier: ``forward(x)`` gives pooled features (B, C).
 
     Args:
-        name: a timm architecture name (``resnet50``, ``convnext_base``, ``vit_base_patch16_224``...).
-        weights: local pretrained weights file, or None/"" for random initialisation.
+        name: a timm architecture name (``resnet50``, ``convnext_base``, ``vit_base_patch16_224``...),
+            optionally with a pretrained tag (``resnet50.a1_in1k``).
+        weights: None/"" for random initialisation, a local weights file, ``"pretrained"`` (timm's weights
+            for the name's tag) or ``"hf-hub:ORG/NAME"`` (see the module docstring).
         drop_rate: dropout before the (removed) classifier.
         image_size: (height, width) of the inputs; passed to architectures with a fixed input grid
             (ViT, Swin...), whose position embeddings timm then resizes from the pretrained ones.
@@ -82,27 +112,154 @@ def create_backbone(name: str, weights: str | Path | None = None, drop_rate: flo
     The returned module has ``num_features`` (C).
     """
     _check_name(name)
+    spec = "" if weights is None else str(weights)
     kwargs: dict = {"num_classes": 0, "drop_rate": drop_rate}
-    if weights:
-        path = Path(weights).expanduser()
+    model_name, hub = name, None  # hub: (repo id, revision) a download may fail on
+    if spec == PRETRAINED:
+        cfg = _pretrained_cfg(name)
+        if cfg.hf_hub_id:
+            hub = split_hub_id(cfg.hf_hub_id)
+        else:
+            _check_url_weights(name, cfg.url)
+        kwargs["pretrained"] = True
+    elif is_hub_id(spec):
+        hub = _hub_id(spec)
+        _check_hub_architecture(name, spec, *hub)
+        model_name = spec
+        kwargs["pretrained"] = True
+    elif spec:
+        path = Path(spec).expanduser()
         if not path.is_file():
             raise BackboneError(
-                f"pretrained weights for {name!r} not found: {path}. parlab never downloads; "
+                f"pretrained weights for {name!r} not found: {path}. A local path never downloads; "
                 f"put the timm weights file of {name} (model.safetensors or pytorch_model.bin from its "
-                "Hugging Face page, fetched on a connected machine) at that path, or pass weights='' "
-                "to train from scratch"
+                "Hugging Face page, fetched on a connected machine) at that path, pass weights='pretrained' "
+                "or 'hf-hub:ORG/NAME' to load through the Hugging Face cache, or weights='' to train from scratch"
             )
         kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
     try:
         with _watch_timm_loading() as report:
-            model = _create(name, image_size, kwargs)
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        if not weights:
+            model = _create(model_name, image_size, kwargs)
+    except Exception as exc:
+        if not spec:
             raise
-        raise BackboneError(f"{weights}: cannot load as weights of {name!r}: {exc}") from None
-    if weights and report.problems:
-        raise BackboneError(f"{weights}: cannot load as weights of {name!r}: " + "; ".join(report.problems))
+        if hub is not None and is_unavailable(exc):
+            raise BackboneError(not_available_message(f"backbone {name!r}", spec, *hub, exc=exc)) \
+                from None
+        if spec == PRETRAINED and is_unavailable(exc):
+            raise BackboneError(_url_message(name, _pretrained_cfg(name).url, exc)) from None
+        if not isinstance(exc, (RuntimeError, KeyError, ValueError, OSError)):
+            raise
+        raise BackboneError(f"{spec}: cannot load as weights of {name!r}: {reason(exc, limit=2000)}") from None
+    if spec and report.problems:
+        raise BackboneError(f"{spec}: cannot load as weights of {name!r}: " + "; ".join(report.problems))
     return model
+
+
+def backbone_weights_record(backbone: str, weights: str | Path | None) -> dict | None:
+    """What a run started from: ``{"id": weights, "path": file, "sha256": ...}``; None for random weights.
+
+    ``path`` is the file timm reads for that spelling: the local file, or the Hugging Face cache file behind
+    ``"pretrained"`` / ``"hf-hub:ORG/NAME"`` (with ``"source"``: the hub repository or URL a tag stands for).
+    Looks only at the cache, never at the network: call it once the weights are there (after
+    :func:`create_backbone` fetched them); a weight not cached is a :class:`BackboneError`.
+    """
+    spec = "" if weights is None else str(weights)
+    if not spec:
+        return None
+    if spec == PRETRAINED:
+        cfg = _pretrained_cfg(backbone)
+        if not cfg.hf_hub_id:
+            path = _torch_hub_file(cfg.url)
+            if not path.is_file():
+                raise BackboneError(_url_message(backbone, cfg.url))
+            return weights_record(spec, path, source=cfg.url)
+        repo, revision = split_hub_id(cfg.hf_hub_id)
+        path = cached_hub_file(repo, safe_first(cfg.hf_hub_filename or "pytorch_model.bin"), revision)
+        if path is None:
+            raise BackboneError(not_available_message(f"backbone {backbone!r}", spec, repo, revision,
+                                                      fetched=False))
+        return weights_record(spec, path, source=f"hf-hub:{cfg.hf_hub_id}")
+    if is_hub_id(spec):
+        repo, revision = _hub_id(spec)
+        config = cached_hub_file(repo, ["config.json"], revision)
+        filename = None
+        if config is not None:
+            cfg = json.loads(config.read_text(encoding="utf-8"))
+            filename = cfg.get("pretrained_cfg", cfg).get("hf_hub_filename")
+        path = cached_hub_file(repo, safe_first(filename or "pytorch_model.bin"), revision)
+        if path is None:
+            raise BackboneError(not_available_message(f"backbone {backbone!r}", spec, repo, revision,
+                                                      fetched=False))
+        return weights_record(spec, path)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise BackboneError(f"pretrained weights for {backbone!r} not found: {path}")
+    return weights_record(spec, path)
+
+
+def _hub_id(spec: str) -> tuple[str, str | None]:
+    try:
+        return split_hub_id(spec)
+    except ConfigError as exc:
+        raise BackboneError(str(exc)) from None
+
+
+def _pretrained_cfg(name: str):
+    """timm's pretrained config for ``name`` (its tag, or timm's default tag); a BackboneError if it has none."""
+    from timm.models import resolve_pretrained_cfg, split_model_name_tag
+
+    arch, tag = split_model_name_tag(name)
+    tags = timm.list_pretrained(f"{arch}.*")
+    try:
+        cfg = resolve_pretrained_cfg(arch, tag or None)
+    except RuntimeError:
+        cfg = None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        known = f"timm's pretrained tags for {arch}: {', '.join(tags)}" if tags else \
+            f"timm has no pretrained weights for {arch}"
+        raise BackboneError(f"weights='pretrained': no pretrained weights for {name!r} ({known}); give a "
+                            "local file or an hf-hub:ORG/NAME id instead")
+    return cfg
+
+
+def _check_hub_architecture(name: str, spec: str, repo: str, revision: str | None) -> None:
+    """Read the hub repository's ``config.json`` (cached, or fetched) and refuse another architecture."""
+    from timm.models import load_model_config_from_hf, split_model_name_tag
+
+    try:
+        _, architecture, _ = load_model_config_from_hf(repo + (f"@{revision}" if revision else ""))
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise BackboneError(not_available_message(f"backbone {name!r}", spec, repo, revision,
+                                                      exc=exc)) from None
+        raise BackboneError(f"{spec}: not a timm model repository (its config.json: {reason(exc)})") from None
+    wanted = split_model_name_tag(name)[0]
+    if architecture != wanted:
+        raise BackboneError(f"{spec} holds weights of a {architecture!r}, not of backbone {name!r}; set the "
+                            f"backbone to {architecture!r}")
+
+
+def _torch_hub_file(url: str) -> Path:
+    """Where torch.hub (timm's loader for weights given only as a URL) keeps ``url``'s file."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def _url_message(name: str, url: str, exc: BaseException | None = None) -> str:
+    path = _torch_hub_file(url)
+    mode = "HF_HUB_OFFLINE is set" if offline() else "not reachable"
+    why = f"; {reason(exc, root=True)}" if exc is not None else ""
+    return (f"pretrained weights of {name!r} ({url}, not on the Hugging Face Hub) are not in torch's cache "
+            f"({path.parent}) and {mode}{why}. To use them offline, download that URL on a connected machine "
+            f"and copy it to {path} (TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/checkpoints)")
+
+
+def _check_url_weights(name: str, url: str) -> None:
+    """Weights timm has only as a URL download through torch.hub: honour HF_HUB_OFFLINE for them too."""
+    if offline() and not _torch_hub_file(url).is_file():
+        raise BackboneError(_url_message(name, url))
 
 
 def _create(name: str, image_size: tuple[int, int] | None, kwargs: dict) -> nn.Module:

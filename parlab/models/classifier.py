@@ -31,7 +31,7 @@ class PARModel(nn.Module):
 def build_model(
     backbone: str,
     num_attributes: int,
-    head: str = "linear_bn",
+    head: str = "linear",
     weights: str | Path | None = None,
     drop_rate: float = 0.0,
     image_size: tuple[int, int] | None = None,

@@ -4,7 +4,8 @@
   logits with an optional BatchNorm after it (docs/methods.md section 3).
 - :class:`AttributeFeatureHead`: FRDL's attribute-specific features
   (Zhou et al., ICML 2024): f = BN(Linear(C, A*C)(g)) reshaped to (A, C), then
-  one Linear(C, 1) per attribute on ReLU(f_j) (docs/methods.md section 4).
+  one Linear(C, 1) per attribute on ReLU(f_j) (docs/methods.md section 4); ``attribute_bn`` adds a
+  BatchNorm on its logits, an ablation that shows what that BatchNorm does to the operating point.
 - :class:`AttributeClassifiers`: the A per-attribute linear classifiers alone,
   stored as one (A, C) weight so they run as a single einsum; FRDL's stage-2
   head set is another instance of it.
@@ -63,19 +64,20 @@ class AttributeClassifiers(nn.Module):
 class AttributeFeatureHead(nn.Module):
     """FRDL's head: (B, C) pooled features -> (B, A, C) attribute features -> (B, A) logits."""
 
-    def __init__(self, in_features: int, num_attributes: int) -> None:
+    def __init__(self, in_features: int, num_attributes: int, logit_bn: bool = False) -> None:
         super().__init__()
         self.num_attributes = num_attributes
         self.expand = nn.Linear(in_features, num_attributes * in_features)
         self.bn = nn.BatchNorm1d(num_attributes * in_features)
         self.classifiers = AttributeClassifiers(num_attributes, in_features)
+        self.logit_bn = nn.BatchNorm1d(num_attributes) if logit_bn else nn.Identity()
 
     def features(self, g: torch.Tensor) -> torch.Tensor:
         """(B, C) -> (B, A, C) attribute-specific features f (before the ReLU)."""
         return self.bn(self.expand(g)).view(g.shape[0], self.num_attributes, -1)
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
-        return self.classifiers(torch.relu(self.features(g)))
+        return self.logit_bn(self.classifiers(torch.relu(self.features(g))))
 
 
 @register_head("linear")
@@ -91,3 +93,8 @@ def _linear_bn(in_features: int, num_attributes: int) -> nn.Module:
 @register_head("attribute")
 def _attribute(in_features: int, num_attributes: int) -> nn.Module:
     return AttributeFeatureHead(in_features, num_attributes)
+
+
+@register_head("attribute_bn")
+def _attribute_bn(in_features: int, num_attributes: int) -> nn.Module:
+    return AttributeFeatureHead(in_features, num_attributes, logit_bn=True)

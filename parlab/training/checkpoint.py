@@ -13,7 +13,6 @@ import functools
 import hashlib
 import pickle
 import platform
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -55,28 +54,67 @@ def save_atomic(obj: dict[str, Any], path: str | Path, keep_previous: bool = Fal
     return write_atomic(path, lambda tmp: torch.save(obj, tmp), previous=previous)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive; parlab never writes the legacy format
+# Words of torch's weights_only refusals that are about what the pickle asks for (a global, a class),
+# as opposed to a stream that is not a valid pickle at all ("Unsupported operand ...").
+_CODE_REFUSALS = ("GLOBAL", "add_safe_globals", "allowlisted")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a parlab checkpoint with ``weights_only=True``; a damaged file is a :class:`CheckpointError`."""
+    """Read a parlab checkpoint with ``weights_only=True``; a damaged file is a :class:`CheckpointError`.
+
+    Three refusals, each one line: not a checkpoint or damaged (random bytes, a truncated or corrupt
+    archive; for ``last.pt`` the message points to ``previous.pt``), asks for objects that could run
+    code, or a readable file that is not a parlab checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(_ZIP_MAGIC))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if magic != _ZIP_MAGIC:
+        raise _damaged(path, "not a torch.save zip archive")
+    try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if not any(word in text for word in _CODE_REFUSALS):
+            raise _damaged(path, _reason(text)) from None
         raise CheckpointError(
             f"{path}: refused: it holds objects other than tensors and plain data, which could run code "
-            f"when loaded ({str(exc).strip().splitlines()[-1][:200]})"
+            f"when loaded ({_reason(text)})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ""
-        previous = path.with_name("previous.pt")
-        if previous.is_file() and previous != path:
-            hint = f"; the previous checkpoint {previous} is untouched, resume from it instead"
-        raise CheckpointError(f"{path}: truncated or damaged checkpoint ({first}){hint}") from None
+    except Exception as exc:  # RuntimeError, EOFError, OSError, KeyError, UnicodeDecodeError ... of a damaged file
+        raise _damaged(path, _reason(str(exc), type(exc).__name__)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a parlab checkpoint (expected format {FORMAT!r})")
     return ckpt
+
+
+def _reason(text: str, default: str = "") -> str:
+    """The telling sentence of a torch error, without torch's generic weights_only advice around it."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    marker = "WeightsUnpickler error:"
+    lines = [ln.split(marker, 1)[1].strip() if marker in ln else ln for ln in lines]
+    generic = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+    telling = [ln for ln in lines if ln and not ln.startswith(generic)]
+    return (telling or lines or [default])[0].split(". ")[0][:200]
+
+
+def _damaged(path: Path, reason: str) -> CheckpointError:
+    """The error for a file that is not a readable checkpoint archive.
+
+    Only ``last.pt`` has an older copy: ``previous.pt`` is the ``last.pt`` before it, not a best model,
+    so a damaged ``best.pt`` (or any other file) must not send the user there.
+    """
+    hint = ""
+    previous = path.with_name("previous.pt")
+    if path.name == "last.pt" and previous.is_file():
+        hint = f"; the previous checkpoint {previous} is untouched, resume from it instead"
+    return CheckpointError(f"{path}: truncated or damaged checkpoint, or not a parlab checkpoint ({reason}){hint}")
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:

@@ -201,9 +201,13 @@ class TrainConfig(RunFields):
     train_limit: int = option(0, "use only the first n training images (0: all); for quick runs")
     # --- model
     backbone: str = option("resnet50", "any timm name")
-    weights: str = option("", 'local pretrained backbone file; "" trains from scratch')
-    head: str = option("linear_bn", '"attribute" is FRDL\'s attribute-specific head',
-                       ("linear", "linear_bn", "attribute"))
+    weights: str = option("", 'backbone weights: a local file, "pretrained" (timm\'s pretrained tag of the '
+                                  'backbone name, e.g. resnet50.a1_in1k) or hf-hub:ORG/NAME, through timm and the '
+                                  'Hugging Face cache; "" trains from scratch')
+    head: str = option("linear", 'linear: the reference (every public config sets BN: False); linear_bn: '
+                                 'BatchNorm on the logits; attribute: FRDL\'s attribute-specific features; '
+                                 'attribute_bn: those with BatchNorm on the logits',
+                       ("linear", "linear_bn", "attribute", "attribute_bn"))
     drop_rate: float = option(0.0, "dropout on the pooled features")
     # --- loss and optimisation
     loss: str = option("bce", "bce; weighted: exp(1-r)/exp(r) (reference); sqrt: Tan et al. AAAI 2020",

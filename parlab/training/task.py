@@ -33,6 +33,7 @@ import torch.nn as nn
 from parlab.data.annotations import Annotations
 from parlab.data.images import PARImageDataset, PARTransform, build_transform
 from parlab.models import build_model
+from parlab.models.backbones import backbone_weights_record
 from parlab.training import distributed as dist
 from parlab.training.checkpoint import CheckpointError, load_state_strict
 from parlab.training.config import RESUMABLE_CHANGES, RunFields, TrainConfig
@@ -220,6 +221,9 @@ class SupervisedTask(Task):
     def grad_clip(self) -> float:
         return self.config.grad_clip
 
+    def checkpoint_fields(self) -> dict:
+        return super().checkpoint_fields() | {"backbone_weights": getattr(self, "weights_record", None)}
+
     def build_model(self, num_attributes: int, pretrained: bool = True) -> nn.Module:
         c = self.config
         return build_model(c.backbone, num_attributes, c.head, c.weights if pretrained else None, c.drop_rate,
@@ -247,6 +251,9 @@ class SupervisedTask(Task):
         if ctx.distributed and c.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
+        # Which weights the run started from (the file timm read, by sha256); a resumed run keeps its record.
+        self.weights_record = resume.get("backbone_weights") if resume is not None else \
+            backbone_weights_record(c.backbone, c.weights)
         self.ema = ModelEmaV3(model, decay=c.ema_decay) if c.ema else None
         train_set = PARImageDataset(ann, data.plan.train, self.transform(train=True))
         self.loader = train_loader(train_set, c.batch_size, c.seed, c.num_workers, ctx)

@@ -30,7 +30,9 @@ PROMPTPAR_UNUSED = ("backbone", "weights", "head", "drop_rate")
 class PromptPARConfig(ConfigFile):
     # --- CLIP and data
     clip_model: str = option("ViT-L-14-quickgelu", "open_clip architecture (or parlab-clip-tiny)")
-    weights: str | None = option(None, "local CLIP weights file; None: random weights (counting and tests only)")
+    weights: str | None = option(None, "CLIP weights: a local file, an open_clip pretrained tag (openai with "
+                                       "ViT-L-14-quickgelu) or hf-hub:ORG/NAME (through open_clip and the "
+                                       "Hugging Face cache); None: random weights (counting and tests only)")
     num_attributes: int = option(26, "A")
     attribute_sentences: tuple[str, ...] = option((), "one sentence per attribute (A of them)")
     image_size: tuple[int, int] = option((224, 224), "(height, width); position embeddings are interpolated")
@@ -86,5 +88,6 @@ PROMPTPAR = register_method(MethodSpec(
             OptionGroup("model", PromptPARConfig, "PromptPAR fields",
                         skip=("num_attributes", "attribute_sentences", "image_size"))),
     help="PromptPAR prompt tuning on a CLIP",
-    description="Prompt-tune PromptPAR on a local CLIP weights file; writes --output-dir.",
+    description="Prompt-tune PromptPAR on CLIP weights (a local file or an open_clip tag or hub id); writes "
+                "--output-dir.",
 ))

@@ -18,7 +18,6 @@ as a :class:`~parlab.training.config.TrainConfig`.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,11 +25,10 @@ import torch.nn as nn
 
 from parlab.data import load_dataset
 from parlab.data.images import PARTransform
-from parlab.errors import ConfigError, MissingFileError
-from parlab.files import file_sha256
+from parlab.errors import ConfigError
 from parlab.methods.promptpar.config import PAPER_SETTINGS, PROMPTPAR_UNUSED, PromptPARConfig
 from parlab.methods.promptpar.model import PromptPAR, build_model
-from parlab.models.clip import clip_transform
+from parlab.models.clip import clip_transform, clip_weights_record
 from parlab.training.checkpoint import CheckpointError
 from parlab.training.config import TrainConfig
 from parlab.training.engine import RunResult, fit
@@ -65,14 +63,13 @@ class PromptPARLoss(nn.Module):
 
 
 def base_weights_record(model_config: PromptPARConfig) -> dict:
-    """Path and sha256 of the base CLIP weights (None for random weights)."""
-    if model_config.weights is None:
-        return {"path": None, "sha256": None}
-    path = Path(model_config.weights)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: CLIP weights file not found (PromptPARConfig.weights); parlab never "
-                                "downloads: fetch open_clip's weights file on a connected machine and give its path")
-    return {"path": str(path), "sha256": file_sha256(path)}
+    """Id, path and sha256 of the base CLIP weights (path and sha256 None for random weights).
+
+    ``model_config.weights`` is a local file, an open_clip tag (``"openai"``) or ``"hf-hub:ORG/NAME"``; for the
+    last two the path and sha256 are those of the Hugging Face cache file the model is built from, so a
+    checkpoint trained on ``"openai"`` loads wherever that same file is cached.
+    """
+    return clip_weights_record(model_config.clip_model, model_config.weights)
 
 
 class PromptPARTask(SupervisedTask):

@@ -1,0 +1,131 @@
+"""A person's own dataset as one table: ``root/labels.csv`` (and optionally ``root/sentences.csv``).
+
+``labels.csv`` has a column ``image`` (a path relative to ``root``), a column
+``split`` (``train``, ``val``, ``test``; ``trainval`` is read as ``train``)
+and then one column per attribute holding 1 (present), 0 (absent) or -1
+(unknown: ignored in the loss and the metrics)::
+
+    image,split,Female,Hat,Backpack
+    cam1/0001.jpg,train,1,0,-1
+    cam1/0002.jpg,test,0,1,0
+
+Without a ``val`` split a seeded validation subset is carved from ``train``
+at training time, as for RAPv1. ``sentences.csv`` (``attribute,sentence``)
+gives PromptPAR one sentence per attribute; without it sentences are made
+from the column names. A table that cannot be used is one error naming the
+line and the column: a value other than 1/0/-1, an unknown split, the same
+image twice, an attribute without a positive in train, an image name that
+leaves ``root``. Whether every image is there is checked where images are
+used (training, evaluation), so that label statistics need none.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from parlab.data.annotations import Annotations
+from parlab.data.errors import DatasetError
+from parlab.data.registry import register_reader
+from parlab.data.sentences import sentences_for
+
+SPLITS = {"train": "train", "trainval": "train", "val": "val", "test": "test"}
+VALUES = {"1": 1, "0": 0, "-1": -1}
+
+
+@register_reader("custom")
+def read_custom(root: Path, **_) -> Annotations:
+    """Read ``root/labels.csv`` (``root`` may also be the CSV file itself); see the module docstring."""
+    path = root if root.suffix.lower() == ".csv" else root / "labels.csv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: not found; a custom dataset is a folder with labels.csv (columns image, "
+                           "split, then one per attribute)")
+    header, rows = _read_table(path)
+    attributes = header[2:]
+    names = [row[0] for row in rows]
+    splits = [_split(path, line, row[1]) for line, row in enumerate(rows, start=2)]
+    labels = np.array([[_value(path, line, attributes[j], v) for j, v in enumerate(row[2:])]
+                       for line, row in enumerate(rows, start=2)], dtype=np.int8).reshape(len(rows), len(attributes))
+    _check_duplicates(path, names)
+    partition = {s: np.flatnonzero(np.array(splits) == s).astype(np.int64) for s in ("train", "val", "test")
+                 if s in splits}
+    _check_training_positives(path, labels, attributes, partition.get("train", np.zeros(0, np.int64)))
+    annotations = Annotations.from_raw("custom", path, path.parent, names, labels, attributes,
+                                       np.arange(len(attributes)), [partition])
+    sentences = _sentences(path.parent / "sentences.csv", attributes)
+    return annotations if sentences is None else _with_sentences(annotations, sentences)
+
+
+def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        table = [[cell.strip() for cell in row] for row in csv.reader(fh) if any(c.strip() for c in row)]
+    if not table:
+        raise DatasetError(f"{path}: empty")
+    header, rows = table[0], table[1:]
+    if header[:2] != ["image", "split"]:
+        raise DatasetError(f"{path}: the first columns must be 'image' and 'split', got {header[:2]}")
+    if len(header) < 3:
+        raise DatasetError(f"{path}: no attribute columns after 'image' and 'split'")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: column(s) {', '.join(repeated)} appear more than once")
+    for line, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise DatasetError(f"{path}, line {line}: {len(row)} values for {len(header)} columns")
+    if not rows:
+        raise DatasetError(f"{path}: no images")
+    return header, rows
+
+
+def _split(path: Path, line: int, value: str) -> str:
+    if value not in SPLITS:
+        raise DatasetError(f"{path}, line {line}, column split: unknown split {value!r}; use "
+                           f"{', '.join(SPLITS)}")
+    return SPLITS[value]
+
+
+def _value(path: Path, line: int, attribute: str, value: str) -> int:
+    if value not in VALUES:
+        raise DatasetError(f"{path}, line {line}, column {attribute}: {value!r} is not 1, 0 or -1")
+    return VALUES[value]
+
+
+def _check_duplicates(path: Path, names: list[str]) -> None:
+    first: dict[str, int] = {}
+    for line, name in enumerate(names, start=2):
+        if name in first:
+            raise DatasetError(f"{path}, line {line}, column image: {name!r} is also on line {first[name]}")
+        first[name] = line
+
+
+def _check_training_positives(path: Path, labels: np.ndarray, attributes: list[str], train: np.ndarray) -> None:
+    if not len(train):
+        raise DatasetError(f"{path}: no training images (split train or trainval)")
+    none = [a for a, has in zip(attributes, (labels[train] == 1).any(0)) if not has]
+    if none:
+        raise DatasetError(f"{path}, column {none[0]}: no positive in the training split"
+                           + (f" (nor in {', '.join(none[1:4])})" if len(none) > 1 else ""))
+
+
+def _sentences(path: Path, attributes: list[str]) -> tuple[str, ...] | None:
+    """The sentences of ``sentences.csv`` in attribute order; None when there is no such file."""
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
+    if not rows or [c.strip() for c in rows[0][:2]] != ["attribute", "sentence"]:
+        raise DatasetError(f"{path}: expected the columns attribute,sentence")
+    given = {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2}
+    unknown = sorted(set(given) - set(attributes))
+    if unknown:
+        raise DatasetError(f"{path}: attribute(s) {', '.join(unknown)} are not columns of labels.csv")
+    made = sentences_for(attributes)
+    return tuple(given.get(a) or made[j] for j, a in enumerate(attributes))
+
+
+def _with_sentences(annotations: Annotations, sentences: tuple[str, ...]) -> Annotations:
+    from dataclasses import replace
+
+    return replace(annotations, sentences=sentences)

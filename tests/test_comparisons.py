@@ -1,0 +1,89 @@
+"""Differences between methods with 95% intervals: over seeds when both sides were repeated, else a bootstrap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from parlab.data import load_dataset
+from parlab.metrics import pedestrian_metrics
+from parlab.reporting import (bootstrap_weights, differences, differences_text, repeated_settings_table,
+                              weighted_ma, with_differences)
+from parlab.training import RunResult, TrainConfig
+
+
+def test_weighted_ma_with_unit_weights_is_the_metrics_ma():
+    rng = np.random.default_rng(0)
+    gt = (rng.random((60, 5)) < 0.3).astype(int)
+    gt[:5, 0] = -1  # ignored entries
+    gt[:, 4] = 0  # an attribute with no positives is left out
+    probs = rng.random((60, 5))
+    ma = weighted_ma([(probs > 0.5).astype(float)], gt, np.ones((1, 60)))[0, 0]
+    assert ma == pytest.approx(pedestrian_metrics(gt, probs).ma)
+    # A resample is a weighting: counting image 0 three times is the same as repeating its row.
+    weights = np.ones((1, 60))
+    weights[0, 0] = 3
+    repeated = np.concatenate([gt[:1], gt[:1], gt])
+    assert weighted_ma([(probs > 0.5).astype(float)], gt, weights)[0, 0] == pytest.approx(
+        pedestrian_metrics(repeated, np.concatenate([probs[:1], probs[:1], probs])).ma)
+
+
+def test_bootstrap_weights_are_seeded_resamples():
+    w = bootstrap_weights(50, draws=20, seed=3)
+    assert w.shape == (20, 50) and (w.sum(axis=1) == 50).all()
+    assert np.array_equal(w, bootstrap_weights(50, draws=20, seed=3))
+
+
+def _fake_run(folder: Path, root: Path, probs: np.ndarray, rows: np.ndarray, name: str) -> RunResult:
+    out = folder / name
+    out.mkdir(parents=True)
+    logits = np.log(probs / (1 - probs)).astype(np.float32)
+    np.savez(out / "test_predictions.npz", logits=logits, rows=rows)
+    config = TrainConfig(root=str(root), head="linear")
+    return RunResult(out, config, pd.DataFrame(), 1, "val", None, None, None,
+                     np.full(probs.shape[1], 0.5), 0.0)
+
+
+@pytest.fixture(scope="module")
+def runs(synthpa_root, tmp_path_factory):
+    ann = load_dataset("synthpa", synthpa_root)
+    rows = ann.split("test")
+    gt = ann.labels[rows]
+    folder = tmp_path_factory.mktemp("comparisons")
+    rng = np.random.default_rng(1)
+
+    def noisy(flip: float, seed: int) -> np.ndarray:
+        # Right with probability 1 - flip per entry.
+        wrong = np.random.default_rng(seed).random(gt.shape) < flip
+        right = np.where(gt == 1, 0.8, 0.2)
+        return np.where(wrong, 1 - right, right) + rng.uniform(-0.01, 0.01, gt.shape)
+
+    return {"good": [_fake_run(folder, synthpa_root, noisy(0.05, s), rows, f"good{s}") for s in range(3)],
+            "bad": [_fake_run(folder, synthpa_root, noisy(0.45, 10 + s), rows, f"bad{s}") for s in range(3)],
+            "single": [_fake_run(folder, synthpa_root, noisy(0.45, 20), rows, "single")],
+            "same": [_fake_run(folder, synthpa_root, noisy(0.05, 0), rows, "same")]}
+
+
+def test_a_clear_gain_is_called_one_and_no_difference_is_not(runs):
+    table = differences(runs, references=["bad", "single"], draws=500)
+    good_vs_bad = table.loc[("good", "bad")]
+    assert good_vs_bad["verdict"] == "gain" and good_vs_bad["low"] > 0 and "Welch" in good_vs_bad["interval"]
+    assert table.loc[("bad", "single"), "interval"].startswith("bootstrap over 20 test images")
+    # The same decisions as seed 0 of "good": a difference of zero, whose interval is over images.
+    same = differences({"same": runs["same"], "good0": runs["good"][:1]}, references=["good0"], draws=500)
+    row = same.loc[("same", "good0")]
+    assert row["mA difference"] == 0 and row["low"] == row["high"] == 0 and row["verdict"] == "no difference"
+    assert table.loc[("single", "bad"), "verdict"] in ("no difference", "loss", "gain")  # defined, not NaN
+
+
+def test_differences_sit_on_the_standard_rows_and_read_as_text(runs):
+    settings = repeated_settings_table({"good": runs["good"], "bad": runs["bad"]}, tuned=("good",))
+    assert ("good (tuned thr.)", "standard") in settings.index and settings["head"].eq("linear").all()
+    diffs = differences({"good": runs["good"], "bad": runs["bad"]}, references=["bad"], tuned=("good",), draws=200)
+    merged = with_differences(settings, diffs)
+    assert merged.loc[("good", "standard"), "mA - bad verdict"] == "gain"
+    assert np.isnan(merged.loc[("good", "balanced (first)"), "mA - bad"])
+    assert differences_text(diffs).loc["good", "bad"].endswith("gain")
