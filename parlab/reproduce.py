@@ -78,7 +78,7 @@ PROFILES: dict[str, Profile] = {
     # Seconds per training run: a tiny timm test network on 800 images.
     "smoke": Profile("smoke", "smoke", "data/synthpa-smoke", "runs/smoke/figures", "runs/smoke/train",
                      training={"backbone": "test_resnet", "epochs": 2, "batch_size": 32, "image_size": [64, 32]},
-                     extra={"04_frdl_goat": {"frdl_epochs": 2, "balance_start": 1, "feature_cache": 1,
+                     extra={"04_frdl_goat": {"frdl_epochs": 2, "balance_start": 1, "feature_cache": 0,
                                              "seeds": [0, 1]},
                             "05_promptpar": {"clip_epochs": 1, "vis_prompt": 10, "count_large_models": False}}),
     # The notebooks' own defaults (a few minutes per run on a 2-core CPU).
