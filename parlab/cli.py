@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     except ParlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a folder or file the system refuses (permissions, a full disk)
+        print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -122,3 +122,9 @@ def test_a_config_error_is_a_parlab_error_and_still_a_value_error():
     with pytest.raises(ParlabError) as caught:
         TrainConfig(head="linear_bnn")
     assert isinstance(caught.value, ValueError) and "not one of linear, linear_bn, attribute" in str(caught.value)
+
+
+def test_a_folder_the_system_refuses_is_one_line_too(capsys):
+    assert main(["train", "--output-dir", "/proc/parlab-cannot/run"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: /proc/parlab-cannot") and len(err.strip().splitlines()) == 1
