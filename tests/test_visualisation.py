@@ -153,3 +153,21 @@ def test_swin_stages_are_turned_channels_first():
     assert layer.reshape(torch.zeros(2, 2, 1, 192)).shape == (2, 192, 2, 1)
     cams = attribute_cams(model, torch.randn(2, 3, 64, 32), [0, 3])
     assert cams.shape == (2, 2, 64, 32) and np.isfinite(cams).all()
+
+
+@pytest.mark.parametrize("backbone, size, grid", [("resnet10t", (64, 32), (8, 4)), ("resnet10t", (256, 192), (8, 6)),
+                                                 ("resnet10t", (128, 64), (8, 4))])
+def test_cnn_cams_read_a_map_of_at_least_8x4(backbone, size, grid):
+    from parlab.visualisation.cams import cam_layer
+
+    model = build_model(backbone, 4, "attribute", image_size=size).eval()
+    layer = cam_layer(model, size)
+    seen = []
+    handle = layer.layer.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    with torch.no_grad():
+        model(torch.randn(1, 3, *size))
+    handle.remove()
+    assert seen == [grid] and f"{grid[0]}x{grid[1]} map" in layer.description
+    maps = attribute_cams(model, torch.randn(2, 3, *size), [0, 3])
+    # The maps vary along both axes: a place, not a band.
+    assert maps.shape == (2, 2, *size) and (maps.std(axis=2) > 0).any() and (maps.std(axis=3) > 0).any()

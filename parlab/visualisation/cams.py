@@ -8,11 +8,14 @@ target per image.
 
 Where the maps come from:
 
-- CNN backbones (timm): the last stage (``feature_info``'s deepest module);
+- CNN backbones (timm): the deepest stage whose map is at least
+  :data:`MIN_GRID` (8x4) at the input size: at parlab's default 64x32 a
+  stride-32 last stage is a 2x1 map, a band whatever the attribute, so the
+  stride-8 stage is read there; at 256x192 the last stage (8x6) is;
 - ViT backbones (timm): the last block's input LayerNorm (the tokens the
   class token reads), prefix tokens dropped, laid out on the actual patch grid
   (non-square grids included);
-- Swin backbones (timm): the last stage, channels-last maps turned channels-first;
+- Swin backbones (timm): chosen the same way, channels-last maps turned channels-first;
 - PromptPAR: the CLIP visual tower's last block (every output token feeds the
   fusion block), keeping only the patch tokens (CLS, prompts and part tokens
   dropped) on the tower's grid.
@@ -61,8 +64,14 @@ def _tokens_to_maps(start: int, grid: tuple[int, int]) -> Callable[[torch.Tensor
     return reshape
 
 
-def cam_layer(model: nn.Module) -> CAMLayer:
-    """The layer a CAM of ``model`` reads (see the module docstring)."""
+MIN_GRID = (8, 4)  # (rows, cols): the coarsest CAM that can still show where on a person something is
+
+
+def cam_layer(model: nn.Module, image_size: tuple[int, int] | None = None) -> CAMLayer:
+    """The layer a CAM of ``model`` reads at input ``image_size`` (height, width; see the module docstring).
+
+    Without ``image_size`` a CNN's last stage is read.
+    """
     if isinstance(model, PromptPAR):
         layout = model.layout
         return CAMLayer(model.clip.visual.transformer.resblocks[-1], _tokens_to_maps(layout.patches.start, layout.grid),
@@ -78,11 +87,24 @@ def cam_layer(model: nn.Module) -> CAMLayer:
         # output patch tokens feed nothing when the class token is pooled, so their gradient is zero.
         return CAMLayer(backbone.blocks[-1].norm1, _tokens_to_maps(prefix, grid),
                         f"block {len(backbone.blocks) - 1} (norm1), {grid[0]}x{grid[1]} patches")
-    name = backbone.feature_info[-1]["module"]
+    stage = _stage(backbone.feature_info, image_size)
+    name = stage["module"]
     layer = backbone.get_submodule(name)
+    size = "" if image_size is None else \
+        f", {image_size[0] // stage['reduction']}x{image_size[1] // stage['reduction']} map"
     if hasattr(backbone, "layers") and "layers" in name:  # Swin stages return (B, H, W, C)
-        return CAMLayer(layer, lambda x: x.permute(0, 3, 1, 2), f"stage {name} (channels last)")
-    return CAMLayer(layer, None, f"stage {name}")
+        return CAMLayer(layer, lambda x: x.permute(0, 3, 1, 2), f"stage {name} (channels last){size}")
+    return CAMLayer(layer, None, f"stage {name}{size}")
+
+
+def _stage(feature_info, image_size: tuple[int, int] | None) -> dict:
+    """The deepest stage whose map is at least :data:`MIN_GRID` at ``image_size`` (else the first stage)."""
+    stages = list(feature_info)
+    if image_size is None:
+        return stages[-1]
+    fits = [s for s in stages if image_size[0] // s["reduction"] >= MIN_GRID[0]
+            and image_size[1] // s["reduction"] >= MIN_GRID[1]]
+    return fits[-1] if fits else stages[0]
 
 
 def attribute_cams(model: nn.Module, images: torch.Tensor, attributes: list[int], method: str = "gradcam",
@@ -102,7 +124,7 @@ def attribute_cams(model: nn.Module, images: torch.Tensor, attributes: list[int]
     if method not in methods:
         raise ConfigError(f"unknown CAM method {method!r}; known: {', '.join(methods)}")
     model.eval()  # also makes PromptPAR return its main logits only
-    layer = layer or cam_layer(model)
+    layer = layer or cam_layer(model, tuple(images.shape[-2:]))
     maps = []
     with methods[method](model=model, target_layers=[layer.layer], reshape_transform=layer.reshape) as cam:
         for a in attributes:
