@@ -46,7 +46,9 @@ def _add_group(parser: argparse.ArgumentParser, group: OptionGroup) -> None:
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is tuple:
-            kwargs |= {"nargs": "+", "type": int}
+            items = typing.get_args(hint)
+            variable = len(items) == 2 and items[1] is Ellipsis  # tuple[int, ...] may be empty: --milestones
+            kwargs |= {"nargs": "*" if variable else len(items), "type": items[0]}
         elif typing.get_origin(hint) in (typing.Union, types.UnionType):  # "str | None": a path or nothing
             kwargs["type"] = str
         else:
@@ -114,7 +116,7 @@ def option_values(spec: MethodSpec, args: argparse.Namespace) -> dict[str, dict]
     A file's field goes to the group that offers it as an option (else to the first group, whose config
     then names it as unknown).
     """
-    values: dict[str, dict] = {g.key: {} for g in spec.groups}
+    values: dict[str, dict] = {g.key: dict(g.defaults) for g in spec.groups}
     offered = {f.name: g.key for g in reversed(spec.groups) for f in fields(g.config) if f.name not in g.skip}
     for name, value in (read_mapping(args.config) if args.config else {}).items():
         values[offered.get(name, spec.groups[0].key)][name] = value

@@ -124,6 +124,7 @@ def repeated_settings_table(runs: dict[str, list[RunResult]], seed: int = 0,
     (std is NaN for a single run), then "head". Percent. Each method named in ``tuned`` gets a
     second set of rows, "<method> (tuned thr.)", at its runs' thresholds tuned on validation.
     """
+    _known(runs, list(tuned))
     rows = []
     scored = [(method, group, False) for method, group in runs.items()]
     scored += [(method + TUNED, runs[method], True) for method in tuned]
@@ -139,10 +140,19 @@ def repeated_settings_table(runs: dict[str, list[RunResult]], seed: int = 0,
     return pd.DataFrame(rows).set_index(["method", "setting"])
 
 
-def _decisions(run: RunResult, tuned: bool) -> np.ndarray:
-    """(N, A) 0/1 test decisions of a run, its test images in annotation-row order."""
+def _known(runs: dict, names: list[str]) -> None:
+    """Refuse names that are not methods of ``runs`` (and an empty ``runs``), listing the known ones."""
+    unknown = [n for n in dict.fromkeys(names) if n not in runs] if runs else ["(no runs)"]
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not among the methods {', '.join(runs) or '(none)'}")
+
+
+def _decisions(run: RunResult, tuned: bool, rows: np.ndarray) -> np.ndarray:
+    """(N, A) 0/1 test decisions of a run on the test images ``rows`` (sorted annotation rows)."""
     preds = saved_test_predictions(run)
     order = np.argsort(preds.rows)
+    if not np.array_equal(preds.rows[order], rows):
+        raise ConfigError(f"{run.output_dir}: its test images are not those of the other runs compared")
     return (preds.probs[order] > np.asarray(_thresholds(run, tuned))).astype(np.float64)
 
 
@@ -195,13 +205,14 @@ def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: 
     ``tuned`` also enter at their tuned thresholds ("<method> (tuned thr.)"), as methods and as references.
     Rows: (method, reference); columns: difference, low, high, interval, verdict.
     """
+    _known(runs, [*references, *tuned])
     entries = {method: (group, False) for method, group in runs.items()}
     entries |= {method + TUNED: (runs[method], True) for method in tuned}
     first = next(iter(runs.values()))[0]
     annotations = load_dataset(first.config.dataset, first.config.root, first.config.partition)
     rows = np.sort(saved_test_predictions(first).rows)
     gt = annotations.labels[rows]
-    decided = {name: [_decisions(run, at_tuned) for run in group] for name, (group, at_tuned) in entries.items()}
+    decided = {name: [_decisions(run, at_tuned, rows) for run in group] for name, (group, at_tuned) in entries.items()}
     resamples = bootstrap_weights(len(gt), draws, seed)
     boot = {name: weighted_ma(d, gt, resamples).mean(axis=1) for name, d in decided.items()}  # (draws,)
     per_run = {name: 100 * weighted_ma(d, gt, np.ones((1, len(gt))))[0] for name, d in decided.items()}
@@ -238,7 +249,7 @@ def with_differences(table: pd.DataFrame, diffs: pd.DataFrame, setting: str = "s
 def differences_text(diffs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """:func:`differences` as "+1.23 [0.45, 2.01]" strings with the verdict, for display."""
     text = [f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] {v}"
-            for d, lo, hi, v in zip(diffs["mA difference"], diffs["low"], diffs["high"], diffs["verdict"])]
+            for d, lo, hi, v in zip(diffs["mA difference"], diffs["low"], diffs["high"], diffs["verdict"], strict=True)]
     return pd.Series(text, index=diffs.index, name="mA difference [95% interval]").unstack("reference")
 
 

@@ -89,6 +89,8 @@ PROFILES: dict[str, Profile] = {
 # The papers' settings per dataset (docs/methods.md sections 3-5): the Rethinking_of_PAR recipe at 256x192,
 # FRDL's public stage-2 schedule, PromptPAR on CLIP ViT-L/14 at 224x224.
 PAPER_DATASETS = ("pa100k", "peta", "rapv1")
+LABELS_ONLY = ("01_data_exploration", "02_label_imbalance")  # these read annotations, never images
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 PAPER_BASELINE = {"backbone": "resnet50", "epochs": 30, "batch_size": 64, "image_size": [256, 192], "lr": 1e-4,
                   "scheduler": "plateau", "warmup_epochs": 0, "num_workers": 8}
 PAPER_PROMPTPAR = {"clip_model": "ViT-L-14-quickgelu", "image_size": [224, 224], "vis_prompt": 50, "vis_depth": 24,
@@ -120,8 +122,6 @@ def paper_profile(dataset: str, root: str, device: str = "cuda", weights: str = 
                          "frdl_lr": stage2["lr"], "frdl_grad_clip": stage2["grad_clip"], "feature_cache": 0},
         "05_promptpar": PAPER_PROMPTPAR | {"weights": clip_weights, "fusion_weights": fusion_weights,
                                            "fusion": "vit_b16" if fusion_weights else "clip_block"},
-        "06_visualisation": {"device": device},
-        "07_results": {"device": device},
     }
     return Profile("paper", "", str(Path(root).resolve()), f"runs/paper-{key}/figures", f"runs/paper-{key}/train",
                    training=training, extra=extra, dataset=key)
@@ -134,13 +134,13 @@ def check_paper_inputs(profile: Profile, notebooks: list[str]) -> None:
     """
     from parlab.data import load_dataset
     from parlab.errors import MissingFileError
+    from parlab.models.weights import is_hub_id
 
     root = Path(profile.data_root)
     if not root.is_dir():
         raise MissingFileError(f"{root}: no such dataset folder (--root)")
     annotations = load_dataset(profile.dataset, root)
-    # Notebooks 01 and 02 read labels only; the others need every image.
-    paths = annotations.image_paths() if any(n[:2] >= "03" for n in notebooks) else []
+    paths = annotations.image_paths() if set(notebooks) - set(LABELS_ONLY) else []
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise MissingFileError(f"{len(missing)} of {len(paths)} images of {profile.dataset} are missing under "
@@ -155,7 +155,7 @@ def check_paper_inputs(profile: Profile, notebooks: list[str]) -> None:
         needs |= {"clip weights": clip["weights"], "fusion weights": clip["fusion_weights"]}
     for what, value in needs.items():
         # "pretrained", hf-hub:ID and open_clip's tags ("openai") are fetched by the libraries' loaders.
-        local = value and ("/" in value or Path(value).suffix in (".pt", ".pth", ".bin", ".safetensors"))
+        local = value and not is_hub_id(value) and ("/" in value or Path(value).suffix in WEIGHT_SUFFIXES)
         if local and not Path(value).is_file():
             raise MissingFileError(f"{value}: {what} file not found")
 
@@ -256,12 +256,28 @@ def notebook_parameters(profile: Profile, only: list[str] | None = None, repo: P
 
 def _profile(args: argparse.Namespace) -> Profile:
     if args.profile != "paper":
+        given = [f"--{name.replace('_', '-')}" for name in ("dataset", "root", "weights", "clip_weights",
+                                                              "fusion_weights", "set") if getattr(args, name)]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only for --profile paper")
         return _named_profile(args.profile)
     if not args.dataset or not args.root:
         raise ConfigError("the paper profile needs --dataset (pa100k, peta or rapv1) and --root (its folder)")
     profile = paper_profile(args.dataset, args.root, args.device, args.weights, args.clip_weights,
                             args.fusion_weights, amp="bf16" if args.device.startswith("cuda") else "none")
     return replace(profile, overrides=dict(_setting(item) for item in args.set))
+
+
+def _check_overrides(profile: Profile, only: list[str] | None) -> None:
+    """Refuse a ``--set`` key that no selected notebook declares (a typo would run with the default)."""
+    if not profile.overrides:
+        return
+    import papermill as pm
+
+    declared = set().union(*(pm.inspect_notebook(str(REPO / "notebooks" / f"{n}.ipynb")) for n in _select(only)))
+    unknown = sorted(set(profile.overrides) - declared)
+    if unknown:
+        raise ConfigError(f"--set {', '.join(unknown)}: not a parameter of the selected notebooks")
 
 
 def _setting(item: str) -> tuple[str, object]:
@@ -295,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         profile = _profile(args)
+        _check_overrides(profile, only)
         if args.dry_run:
             for name, parameters in notebook_parameters(profile, only).items():
                 print(f"{name}: {json.dumps(parameters)}")

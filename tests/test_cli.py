@@ -11,6 +11,7 @@ import pytest
 
 from parlab.cli import _parser, main, option_values
 from parlab.errors import ParlabError
+from parlab.methods.promptpar.config import PAPER_SETTINGS
 from parlab.methods.registry import MethodSpec, OptionGroup, available_methods, method_for, register_method
 from parlab.training.config import RunFields, TrainConfig, help_of
 
@@ -82,7 +83,7 @@ def test_config_file_values_go_to_the_group_that_offers_them(tmp_path):
     args = _parser(available_methods()).parse_args(["promptpar", "--config", str(tmp_path / "run.yaml"),
                                                     "--epochs", "4", "--vis-prompt", "8"])
     values = option_values(spec, args)
-    assert values["config"] == {"epochs": 4}  # the command line wins
+    assert values["config"] == PAPER_SETTINGS | {"epochs": 4}  # the paper's settings, then the command line
     assert values["model"] == {"weights": "clip.pt", "use_div": False, "vis_prompt": 8}
 
 
@@ -128,3 +129,14 @@ def test_a_folder_the_system_refuses_is_one_line_too(capsys):
     assert main(["train", "--output-dir", "/proc/parlab-cannot/run"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: /proc/parlab-cannot") and len(err.strip().splitlines()) == 1
+
+
+def test_list_options_take_their_item_type_their_length_and_may_be_empty():
+    args = _parser(available_methods()).parse_args(["frdl", "--milestones"])
+    assert args.milestones == []
+    spec = available_methods()["frdl"]
+    assert option_values(spec, args)["config"]["milestones"] == []
+    with pytest.raises(SystemExit):  # a (height, width) pair takes exactly two numbers
+        _parser(available_methods()).parse_args(["train", "--image-size", "64"])
+    args = _parser(available_methods()).parse_args(["train", "--image-size", "64", "32"])
+    assert args.image_size == [64, 32]

@@ -10,8 +10,14 @@ import pytest
 
 from parlab.data import load_dataset
 from parlab.metrics import pedestrian_metrics
-from parlab.reporting import (bootstrap_weights, differences, differences_text, repeated_settings_table,
-                              weighted_ma, with_differences)
+from parlab.reporting import (
+    bootstrap_weights,
+    differences,
+    differences_text,
+    repeated_settings_table,
+    weighted_ma,
+    with_differences,
+)
 from parlab.training import RunResult, TrainConfig
 
 
@@ -87,3 +93,10 @@ def test_differences_sit_on_the_standard_rows_and_read_as_text(runs):
     assert merged.loc[("good", "standard"), "mA - bad verdict"] == "gain"
     assert np.isnan(merged.loc[("good", "balanced (first)"), "mA - bad"])
     assert differences_text(diffs).loc["good", "bad"].endswith("gain")
+
+
+def test_unknown_references_are_named(runs):
+    from parlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stage 2: not among the methods good, bad"):
+        differences({"good": runs["good"], "bad": runs["bad"]}, references=["stage 2"])

@@ -35,7 +35,7 @@ def checkpoint(synthpa_root, tmp_path_factory) -> Path:
     config = TrainConfig(root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32))
     model = build_model("test_resnet", ann.num_attributes, image_size=(64, 32)).eval()
     path = tmp_path_factory.mktemp("explorer") / "best.pt"
-    save_atomic(model_checkpoint(SupervisedTask(config), model, ann.attributes, 1, {}, None, "test"), path)
+    save_atomic(model_checkpoint(SupervisedTask(config), model, ann.attributes, 1, {}, "test"), path)
     return path
 
 

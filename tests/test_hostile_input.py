@@ -21,15 +21,25 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from formats import (
+    cellstr,
+    pickle_as_easydict,
+    rethinking_dict,
+    write_pa100k,
+    write_peta,
+)
 from PIL import Image
 
 from parlab.data import DatasetError, load_dataset
 from parlab.data.images import PARImageDataset, image_sizes, load_rgb
 from parlab.data.safe_pickle import load_pickle
 from parlab.files import write_atomic, write_json
-from parlab.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_atomic
-
-from formats import cellstr, pickle_as_easydict, rethinking_dict, write_pa100k, write_peta
+from parlab.training.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    save_atomic,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

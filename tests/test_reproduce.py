@@ -114,3 +114,19 @@ def test_paper_profile_runs_end_to_end_on_a_small_stand_in(tmp_path, synthpa_roo
         "01_data_exploration", "02_label_imbalance", "03_baseline", "04_frdl_goat", "07_results"]
     results = REPO / "runs" / "paper-pa100k" / "figures" / "pa100k_results_all.csv"
     assert results.is_file() and "FRDL" in results.read_text()
+
+
+def test_paper_only_options_and_unknown_overrides_are_refused(tmp_path, capsys):
+    assert main(["--profile", "smoke", "--dataset", "pa100k", "--dry-run"]) == 2
+    assert "--dataset: only for --profile paper" in capsys.readouterr().err
+    assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(tmp_path), "--dry-run",
+                 "--set", "epochz=3"]) == 2
+    assert "--set epochz: not a parameter of the selected notebooks" in capsys.readouterr().err
+
+
+def test_hub_weights_pass_the_input_check(synthpa_root, tmp_path):
+    from parlab.reproduce import check_paper_inputs, paper_profile
+
+    profile = paper_profile("pa100k", str(synthpa_root), weights="hf-hub:timm/resnet50.a1_in1k",
+                            clip_weights="openai")
+    check_paper_inputs(profile, ["03_baseline", "05_promptpar"])  # the libraries fetch these, not parlab

@@ -312,3 +312,27 @@ def test_the_run_records_the_weights_it_started_from(synthpa_root, tmp_path):
     for record in (json.loads((run.output_dir / "config.json").read_text()),
                    load_checkpoint(run.output_dir / "best.pt"), load_checkpoint(run.output_dir / "last.pt")):
         assert record["backbone_weights"]["sha256"] == digest and record["backbone_weights"]["id"] == str(path)
+
+
+def test_overwrite_with_a_bad_input_keeps_the_run_it_would_replace(run, tmp_path):
+    import shutil
+    from dataclasses import replace as changed
+
+    from parlab.data import DatasetError
+
+    folder = tmp_path / "kept"
+    shutil.copytree(run.output_dir, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
+    with pytest.raises(DatasetError):
+        train(changed(run.config, root=str(tmp_path / "no-such-dataset"), output_dir=str(folder)),
+              existing="overwrite", progress=False, log=lambda _: None)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_split_too_small_for_one_batch_is_an_error(synthpa_root, tmp_path):
+    from parlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no batch of batch_size 16"):
+        train(TrainConfig(root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32), epochs=1,
+                          batch_size=16, train_limit=1, device="cpu", output_dir=str(tmp_path / "one")),
+              progress=False, log=lambda _: None)

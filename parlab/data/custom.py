@@ -22,6 +22,7 @@ used (training, evaluation), so that label statistics need none.
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,6 @@ import numpy as np
 from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
 from parlab.data.registry import register_reader
-from parlab.data.sentences import sentences_for
 
 SPLITS = {"train": "train", "trainval": "train", "val": "val", "test": "test"}
 VALUES = {"1": 1, "0": 0, "-1": -1}
@@ -54,8 +54,7 @@ def read_custom(root: Path, **_) -> Annotations:
     _check_training_positives(path, labels, attributes, partition.get("train", np.zeros(0, np.int64)))
     annotations = Annotations.from_raw("custom", path, path.parent, names, labels, attributes,
                                        np.arange(len(attributes)), [partition])
-    sentences = _sentences(path.parent / "sentences.csv", attributes)
-    return annotations if sentences is None else _with_sentences(annotations, sentences)
+    return replace(annotations, sentences=_sentences(path.parent / "sentences.csv", annotations))
 
 
 def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -103,16 +102,17 @@ def _check_duplicates(path: Path, names: list[str]) -> None:
 def _check_training_positives(path: Path, labels: np.ndarray, attributes: list[str], train: np.ndarray) -> None:
     if not len(train):
         raise DatasetError(f"{path}: no training images (split train or trainval)")
-    none = [a for a, has in zip(attributes, (labels[train] == 1).any(0)) if not has]
+    none = [a for a, has in zip(attributes, (labels[train] == 1).any(0), strict=True) if not has]
     if none:
         raise DatasetError(f"{path}, column {none[0]}: no positive in the training split"
                            + (f" (nor in {', '.join(none[1:4])})" if len(none) > 1 else ""))
 
 
-def _sentences(path: Path, attributes: list[str]) -> tuple[str, ...] | None:
-    """The sentences of ``sentences.csv`` in attribute order; None when there is no such file."""
+def _sentences(path: Path, annotations: Annotations) -> tuple[str, ...]:
+    """The sentences of ``sentences.csv`` in attribute order, the ones made from the names where it has none."""
+    attributes, made = annotations.attributes, annotations.sentences
     if not path.is_file():
-        return None
+        return made
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
     if not rows or [c.strip() for c in rows[0][:2]] != ["attribute", "sentence"]:
@@ -121,11 +121,4 @@ def _sentences(path: Path, attributes: list[str]) -> tuple[str, ...] | None:
     unknown = sorted(set(given) - set(attributes))
     if unknown:
         raise DatasetError(f"{path}: attribute(s) {', '.join(unknown)} are not columns of labels.csv")
-    made = sentences_for(attributes)
     return tuple(given.get(a) or made[j] for j, a in enumerate(attributes))
-
-
-def _with_sentences(annotations: Annotations, sentences: tuple[str, ...]) -> Annotations:
-    from dataclasses import replace
-
-    return replace(annotations, sentences=sentences)

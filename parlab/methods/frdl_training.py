@@ -354,7 +354,7 @@ class FRDLTask(Task):
         return summary
 
     def epoch_tag(self, epoch: int) -> str:
-        return "balanced" if epoch >= self.config.balance_start else "natural "
+        return "balanced" if self.balanced else "natural "
 
     def extra_state(self) -> dict:
         # The wandering copy is back at the stage-1 weights at every epoch start; its Adam moments are not.

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from parlab.data import load_dataset
-from parlab.errors import ParlabError
+from parlab.errors import ConfigError, ParlabError
 from parlab.files import write_atomic, write_json
 from parlab.labelstats import positive_ratio
 from parlab.metrics import PARMetrics, pedestrian_metrics
@@ -40,7 +40,7 @@ from parlab.training import distributed as dist
 from parlab.training.checkpoint import FORMAT, check_attributes, library_versions, load_checkpoint, save_atomic
 from parlab.training.config import TrainConfig
 from parlab.training.evaluation import Predictions
-from parlab.training.run_folder import prepare_run_folder, run_folder_lock
+from parlab.training.run_folder import clear_run_folder, prepare_run_folder, run_folder_lock
 from parlab.training.runlog import RunLog
 from parlab.training.sampling import epoch_seed
 from parlab.training.seeding import rng_state, seed_everything, set_rng_state
@@ -119,15 +119,13 @@ def launch(body, device: str, log=None):
 
 def _fit(task: Task, existing: str, progress: bool, log, ctx: dist.DistContext) -> RunResult:
     out = Path(task.run.output_dir)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out, ctx):
         return _fit_locked(task, existing, progress, log, ctx, out)
 
 
 def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistContext, out: Path) -> RunResult:
     start_time = time.perf_counter()
-    resume, source = prepare_run_folder(out, existing, ctx, task.extra_files)
+    resume, source = prepare_run_folder(out, existing)
     task.start(ctx)
     if resume is not None:
         resume = task.upgrade_checkpoint(resume)
@@ -135,6 +133,8 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     data = load_run_data(task.data_config)
     if resume is not None:
         check_attributes(resume["attributes"], data.annotations.attributes, str(source), data.annotations.name)
+    if existing == "overwrite":  # only now that the inputs read
+        clear_run_folder(out, ctx, task.extra_files)
     task.setup(data, ctx, resume, progress)
     state = Progress()
     if resume is not None:
@@ -148,6 +148,7 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     for epoch in range(state.epoch, task.run.epochs):
         row = {"epoch": epoch + 1} | train_one_epoch(task, epoch, ctx, progress, out)
         selected, val = validate(task, data, row, progress)
+        schedule_epoch(task, selected)
         select_and_save(task, data, state, row, selected, val.summary(), ctx, runlog, out)
         log(epoch_line(row, task.run.epochs, "test" if task.run.select_on == "test" else "val",
                        task.epoch_tag(epoch)))
@@ -197,6 +198,9 @@ def train_one_epoch(task: Task, epoch: int, ctx: dist.DistContext, progress: boo
     task.on_epoch_start(epoch)
     batches = task.train_batches(epoch)
     steps = len(batches)
+    if steps == 0:
+        raise ConfigError(f"the training split gives no batch of batch_size {task.run.batch_size} per process "
+                          "(a final batch of one image is dropped); use more images or a smaller batch_size")
     start = time.perf_counter()
     total, seen = 0.0, 0
     bar = tqdm(batches, total=steps, leave=False, desc=f"epoch {epoch + 1}/{task.run.epochs}",
@@ -244,7 +248,7 @@ def validate(task: Task, data: RunData, row: dict, progress: bool) -> tuple[floa
 
     Returns the mA that selects the epoch and the validation metrics.
 
-    Adds the validation loss and metrics (and ``eval_s``) to ``row``, then steps a per-epoch schedule.
+    Adds the validation loss and metrics (and ``eval_s``) to ``row``.
     """
     start = time.perf_counter()
     threshold = task.data_config.threshold
@@ -260,12 +264,17 @@ def validate(task: Task, data: RunData, row: dict, progress: bool) -> tuple[floa
         row |= {f"test_{k}": v for k, v in test.summary().items() if k in METRIC_KEYS}
         selected = test.ma
     row["eval_s"] = time.perf_counter() - start
-    if task.scheduler is not None and not task.per_step:
-        if isinstance(task.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            task.scheduler.step(selected)
-        else:
-            task.scheduler.step()
     return selected, val
+
+
+def schedule_epoch(task: Task, selected: float) -> None:
+    """Step a per-epoch learning-rate schedule (a plateau schedule on the selected mA)."""
+    if task.scheduler is None or task.per_step:
+        return
+    if isinstance(task.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        task.scheduler.step(selected)
+    else:
+        task.scheduler.step()
 
 
 def select_and_save(task: Task, data: RunData, state: Progress, row: dict, selected: float, val: dict,
@@ -281,7 +290,7 @@ def select_and_save(task: Task, data: RunData, state: Progress, row: dict, selec
     if ctx.is_main:
         attributes = data.annotations.attributes
         if is_best:
-            save_atomic(model_checkpoint(task, task.evaluation_model(), attributes, row["epoch"], val, None,
+            save_atomic(model_checkpoint(task, task.evaluation_model(), attributes, row["epoch"], val,
                                          data.plan.note), out / "best.pt")
         save_atomic(training_checkpoint(task, state, attributes), out / "last.pt", keep_previous=True)
         task.save_files(out)
@@ -289,9 +298,8 @@ def select_and_save(task: Task, data: RunData, state: Progress, row: dict, selec
     dist.barrier(ctx)
 
 
-def model_checkpoint(task: Task, model: nn.Module, attributes, epoch: int, metrics: dict,
-                     thresholds: np.ndarray | None, note: str) -> dict:
-    """``best.pt``: a complete evaluation model with what is needed to use it."""
+def model_checkpoint(task: Task, model: nn.Module, attributes, epoch: int, metrics: dict, note: str) -> dict:
+    """``best.pt``: a complete evaluation model with what is needed to use it (thresholds come at the end)."""
     return {
         "format": FORMAT,
         "kind": "model",
@@ -299,7 +307,7 @@ def model_checkpoint(task: Task, model: nn.Module, attributes, epoch: int, metri
         "model": task.state_dict(model),
         "config": task.data_config.to_dict(),
         "attributes": list(attributes),
-        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "thresholds": None,
         "metrics": metrics,
         "selection": note,
         "versions": library_versions(),

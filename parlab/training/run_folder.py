@@ -32,12 +32,18 @@ def run_folder_lock(out: Path, ctx: dist.DistContext):
     """Hold the folder's lock for the block; a folder another process holds is a :class:`RunFolderError`."""
     handle, holder = None, ""
     if ctx.is_main:
-        handle, holder = _try_lock(out / LOCK_FILE)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            handle, holder = _try_lock(out / LOCK_FILE)
+        except OSError as exc:  # every rank must still reach the all-reduce below
+            holder = f"none: {exc.strerror or exc}"
     locked = handle is not None or not ctx.is_main
     if ctx.distributed:  # every rank stops if rank 0 could not lock
         flag = torch.tensor([1.0 if locked else 0.0], device=ctx.device)
         locked = bool(dist.all_reduce_mean(flag, ctx).item() == 1.0)
     if not locked:
+        if holder.startswith("none: "):
+            raise RunFolderError(f"{out}: cannot create or lock the run folder ({holder[6:]})")
         who = f"pid {holder}" if holder else "another process (rank 0 of this run could not lock it)"
         raise RunFolderError(f"{out} is in use by another run ({who}); wait for it to end or choose another "
                              "output_dir")
@@ -67,13 +73,12 @@ def _try_lock(path: Path):
     return handle, ""
 
 
-def prepare_run_folder(out: Path, existing: str, ctx: dist.DistContext,
-                       extra_files: tuple[str, ...] = ()) -> tuple[dict | None, Path | None]:
+def prepare_run_folder(out: Path, existing: str) -> tuple[dict | None, Path | None]:
     """Check a run folder against ``existing``; return the checkpoint to resume from and its path, if any.
 
     ``existing``: "error" (refuse a folder that holds a run), "resume" (continue from its ``last.pt``,
-    or ``previous.pt`` when a kill left only that) or "overwrite" (delete the run's files, including the
-    method's ``extra_files``, and start again).
+    or ``previous.pt`` when a kill left only that) or "overwrite" (:func:`clear_run_folder`, once the run's
+    inputs have been checked, so that a mistyped input never costs the run it would replace).
     """
     if existing not in EXISTING:
         raise ConfigError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
@@ -84,16 +89,18 @@ def prepare_run_folder(out: Path, existing: str, ctx: dist.DistContext,
             f"{out} already holds a run; resume it (existing='resume', --resume) or start "
             "again (existing='overwrite', --overwrite)"
         )
-    if existing == "overwrite":
-        dist.barrier(ctx)
-        if ctx.is_main:
-            for name in RUN_FILES + extra_files:
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / "tensorboard", ignore_errors=True)
-        dist.barrier(ctx)
-        return None, None
     if existing == "resume" and has_run:
         # A kill between the two final renames of save_atomic leaves only previous.pt.
         source = last if last.exists() else previous
         return load_checkpoint(source), source
     return None, None
+
+
+def clear_run_folder(out: Path, ctx: dist.DistContext, extra_files: tuple[str, ...] = ()) -> None:
+    """Delete a run's files (and the method's ``extra_files``) for ``existing="overwrite"``; rank 0 deletes."""
+    dist.barrier(ctx)
+    if ctx.is_main:
+        for name in RUN_FILES + extra_files:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    dist.barrier(ctx)
