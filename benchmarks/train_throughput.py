@@ -6,11 +6,13 @@ loop is ``parlab.training.train`` for one epoch on SynthPA, so the difference
 is the cost of data loading (JPEG decoding and augmentation), per-step loss
 synchronisation, progress bars and logging. Validation is timed separately
 (evaluation images/s, metrics included). Peak memory is the process's maximum
-resident set size.
+resident set size, and on a GPU the peak allocated GPU memory.
 
     .venv/bin/python benchmarks/train_throughput.py [--images 1920] [--backbone resnet10t]
+    python benchmarks/train_throughput.py --device cuda --backbone resnet50 --image-size 256 192 \
+        --amp bf16 --channels-last --num-workers 8 --images 19200
 
-Defaults follow notebook 03 on SynthPA (resnet10t, 64x32, batch 64).
+Defaults follow notebook 03 on SynthPA (resnet10t, 64x32, batch 64, CPU).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import torch
 from parlab.data import load_dataset
 from parlab.labelstats import positive_ratio
 from parlab.training import PARLoss, TrainConfig, train
+from parlab.training.distributed import resolve_device
+from parlab.training.evaluation import autocast
 from parlab.training.optim import build_optimizer
 from parlab.training.task import SupervisedTask
 
@@ -33,23 +37,37 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def bare_loop(config: TrainConfig, num_attributes: int, ratio, steps: int) -> float:
-    """Images/s of forward + loss + backward + clip + step on in-memory batches."""
+    """Images/s of forward + loss + backward + clip + step on batches already on the device."""
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model = SupervisedTask(config).build_model(num_attributes).train()
+    model = SupervisedTask(config).build_model(num_attributes).to(device).train()
+    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory)
     optimizer = build_optimizer(model.parameters(), config)
-    criterion = PARLoss(config.loss, ratio)
-    x = torch.randn(config.batch_size, 3, *config.image_size)
-    y = (torch.rand(config.batch_size, num_attributes) < 0.2).float()
+    criterion = PARLoss(config.loss, ratio).to(device)
+    x = torch.randn(config.batch_size, 3, *config.image_size, device=device).contiguous(memory_format=memory)
+    y = (torch.rand(config.batch_size, num_attributes, device=device) < 0.2).float()
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     for step in range(steps + 1):
         if step == 1:  # the first step pays one-off allocation costs
+            _sync(device)
             start = time.perf_counter()
-        loss = criterion(model(x), y)
+        with autocast(device, config.amp):
+            loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         float(loss.detach())  # parlab reads the loss every step too
+    _sync(device)
     return steps * config.batch_size / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -60,6 +78,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--images", type=int, default=1920, help="training images of parlab's epoch")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of parlab's loop")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
 
     ann = load_dataset("synthpa", args.root)
@@ -67,8 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(root=args.root, backbone=args.backbone, image_size=tuple(args.image_size),
                              batch_size=args.batch_size, lr=1e-3, epochs=1, train_limit=args.images,
-                             scheduler="none", device="cpu", num_workers=args.num_workers,
-                             output_dir=out)
+                             scheduler="none", device=args.device, num_workers=args.num_workers, amp=args.amp,
+                             channels_last=args.channels_last, output_dir=out)
         steps = args.images // args.batch_size
         bare_loop(config, ann.num_attributes, ratio, 5)  # process warm-up (oneDNN kernels, allocator)
         bare_before = bare_loop(config, ann.num_attributes, ratio, steps)
@@ -79,13 +100,17 @@ def main() -> None:
     parlab_rate = row["train_img_s"]
     val_images = len(ann.split("val"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.backbone} {tuple(args.image_size)} batch {args.batch_size}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"{args.backbone} {tuple(args.image_size)} batch {args.batch_size}, amp {args.amp}, "
+          f"channels-last {args.channels_last}, {args.device} ({where})")
     print(f"bare loop (in-memory batches): {bare:8.1f} img/s  (before {bare_before:.1f}, after {bare_after:.1f})")
     print(f"parlab training loop:          {parlab_rate:8.1f} img/s  ({args.images} SynthPA images, one epoch, "
           f"{args.num_workers} workers)")
     print(f"overhead of parlab's loop:     {100 * (1 - parlab_rate / bare):8.1f} %  (ratio {parlab_rate / bare:.3f})")
     print(f"evaluation incl. metrics:      {val_images / row['eval_s']:8.1f} img/s  ({val_images} val images)")
     print(f"peak memory (max RSS):         {peak:8.0f} MiB")
+    if args.device.startswith("cuda"):
+        print(f"peak GPU memory (allocated):   {torch.cuda.max_memory_allocated() / 2**20:8.0f} MiB")
 
 
 if __name__ == "__main__":
