@@ -62,3 +62,75 @@ def test_square_weights_load_at_a_non_square_size_with_interpolated_positions(tm
     assert tall.visual.positional_embedding.shape == (1 + 8 * 6, 128)
     assert torch.equal(tall.visual.positional_embedding[0], square.visual.positional_embedding[0])  # class token
     assert tall.encode_image(torch.randn(1, 3, 64, 48)).shape == (1, 128)
+
+
+def _tiny_file(tmp_path, image_size=None, suffix=".pt"):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        model = create_clip("parlab-clip-tiny", None, image_size=image_size).eval()
+    path = tmp_path / f"tiny{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    return model, path
+
+
+def _interpolated(positions: torch.Tensor, grid, new_grid) -> torch.Tensor:
+    image = positions[1:].reshape(1, *grid, -1).permute(0, 3, 1, 2)
+    image = torch.nn.functional.interpolate(image, size=new_grid, mode="bicubic", antialias=True,
+                                            align_corners=False)
+    return torch.cat([positions[:1], image.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1)])
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+@pytest.mark.parametrize("size", [(128, 64), (96, 48), (64, 64)])
+def test_non_square_weights_load_at_other_sizes(tmp_path, suffix, size):
+    source, path = _tiny_file(tmp_path, suffix=suffix)  # trained at 64x32: an 8x4 grid
+    loaded = create_clip("parlab-clip-tiny", path, image_size=size).eval()
+    grid = (size[0] // 8, size[1] // 8)
+    assert tuple(loaded.visual.grid_size) == grid and tuple(loaded.visual.image_size) == size
+    positions = loaded.visual.positional_embedding
+    assert positions.shape == (1 + grid[0] * grid[1], 128)
+    # Interpolated from the weights' own 8x4 grid (open_clip would have taken 32 positions for a square).
+    expected = _interpolated(source.visual.positional_embedding.detach(), (8, 4), grid)
+    assert torch.allclose(positions, expected, atol=1e-6)
+    assert torch.equal(positions[0], source.visual.positional_embedding[0])
+    others = {k: v for k, v in loaded.state_dict().items() if k != "visual.positional_embedding"}
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in others.items())
+    with torch.no_grad():
+        assert loaded.encode_image(torch.randn(1, 3, *size)).shape == (1, 128)
+
+
+@pytest.mark.parametrize("size", [None, (64, 32)])
+def test_loading_at_the_weights_own_size_is_bit_identical(tmp_path, size):
+    source, path = _tiny_file(tmp_path)
+    loaded = create_clip("parlab-clip-tiny", path, image_size=size)
+    state = loaded.state_dict()
+    assert state.keys() == source.state_dict().keys()
+    assert all(torch.equal(v, state[k]) for k, v in source.state_dict().items())
+
+
+def test_weights_at_an_unconfigured_non_square_size_load_back_at_the_configured_one(tmp_path):
+    source, path = _tiny_file(tmp_path, image_size=(128, 64))  # a 16x8 grid: 128 positions, no square
+    loaded = create_clip("parlab-clip-tiny", path, image_size=(64, 32))
+    assert loaded.visual.positional_embedding.shape == (1 + 8 * 4, 128)
+    expected = _interpolated(source.visual.positional_embedding.detach(), (16, 8), (8, 4))
+    assert torch.allclose(loaded.visual.positional_embedding, expected, atol=1e-6)
+    same = create_clip("parlab-clip-tiny", path, image_size=(128, 64))
+    assert torch.equal(same.visual.positional_embedding, source.visual.positional_embedding)
+
+
+def test_the_grid_of_the_weights():
+    from parlab.models.clip import weights_grid
+
+    assert weights_grid(1 + 32, (8, 4)) == (8, 4)  # the configured grid
+    assert weights_grid(1 + 128, (8, 4)) == (16, 8)  # its aspect ratio
+    assert weights_grid(1 + 72, (8, 4)) == (12, 6)
+    assert weights_grid(1 + 256, (8, 4)) == (16, 16)  # no 2:1 grid has 256 patches: a square
+    assert weights_grid(1 + 256, (16, 16)) == (16, 16)
+    assert weights_grid(1 + 196, (16, 16)) == (14, 14)
+    assert weights_grid(1 + 30, (8, 4)) is None
+    assert weights_grid(1 + 32, (4, 8), (8, 4)) == (4, 8)  # the first grid given (a hub config's) wins

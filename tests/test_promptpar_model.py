@@ -199,11 +199,14 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
         tiny(fusion="vit_b16", fusion_weights=str(tmp_path / "vit_b16.safetensors"))
 
 
-def test_vit_l14_trainable_fraction_is_near_the_papers():
+def test_vit_l14_trainable_count_is_the_papers():
+    # The paper's setting: ImageNet ViT-B/16 fusion block, deep per-attribute text prompts at the 12 text layers.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*random")
-        model = build_model(PromptPARConfig(num_attributes=26))
+        model = build_model(PromptPARConfig(num_attributes=26, fusion="vit_b16"))
     trainable, total = count_parameters(model)
-    assert 0.006 < trainable / total < 0.010, (trainable, total)
+    assert (trainable, total) == (3_157_635, 437_858_948)  # paper: 3.2 M, 0.75%
+    assert 0.0070 < trainable / total < 0.0075, (trainable, total)
+    assert model.text_prompts.shape == (12, 26, 3, 768)
     assert model.prompts.shape == (24, 50, 1024) and model.layout.grid == (16, 16)
     assert model.bands == [(0, 4), (3, 8), (7, 12), (11, 15)]

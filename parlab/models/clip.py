@@ -27,6 +27,13 @@ cached nor reachable is one error line saying how to pre-fetch it. The model is
 then built from that one resolved file (:func:`resolve_clip_weights`), so
 :func:`clip_weights_record` names exactly the bytes it started from.
 ``weights=None`` builds random weights, with a warning.
+
+Loading at another input size interpolates the visual position embeddings in
+parlab, not in open_clip (whose resize assumes a square source grid, so weights
+trained at 64x32 would not load at 128x64). The grid of the weights is taken
+from the hub config of an ``hf-hub:`` id, else the architecture's configured
+grid when the count matches, else that grid's aspect ratio at the count, else a
+square (:func:`weights_grid`).
 """
 
 from __future__ import annotations
@@ -35,11 +42,14 @@ import difflib
 import functools
 import json
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from parlab.errors import ConfigError, MissingFileError
 from parlab.models.weights import is_hub_id, not_available_message, split_hub_id, weights_record
@@ -101,8 +111,119 @@ def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
         finally:
             logging.disable(logging.NOTSET)
     path = resolve_clip_weights(name, weights)
-    return open_clip.create_model(name, pretrained=str(path), device=device, force_image_size=size,
-                                  weights_only=True)
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    positions = _weights_positions(path)
+    if positions is None or "patch_size" not in vision or vision.get("timm_model_name"):
+        # Not a plain ViT with a readable grid: open_clip's own loading (and resizing).
+        return open_clip.create_model(name, pretrained=str(path), device=device, force_image_size=size,
+                                      weights_only=True)
+    patch = _pair(vision["patch_size"])
+    configured = _pair(vision.get("image_size", 224))
+    target = _pair(size) if size is not None else configured
+    target_grid = (target[0] // patch[0], target[1] // patch[1])
+    hub_size = _hub_image_size(str(weights))
+    candidates = [_grid(hub_size, patch)] if hub_size else []
+    source_grid = weights_grid(positions, *candidates, _grid(configured, patch))
+    if source_grid is None or source_grid == target_grid:
+        if source_grid is None and positions != target_grid[0] * target_grid[1] + 1:
+            raise ConfigError(f"{path}: cannot tell the patch grid of its {positions - 1} visual position "
+                              f"embeddings (not {name}'s configured {_grid(configured, patch)}, nor that aspect "
+                              "ratio, nor square); load it at the size it was trained at")
+        return open_clip.create_model(name, pretrained=str(path), device=device, force_image_size=size,
+                                      weights_only=True)
+    # Built at the weights' own size (open_clip loads them as they are), then resized here.
+    source_size = (source_grid[0] * patch[0], source_grid[1] * patch[1])
+    model = open_clip.create_model(name, pretrained=str(path), device=device, force_image_size=source_size,
+                                   weights_only=True)
+    resize_visual_positions(model, target)
+    return model
+
+
+def weights_grid(positions: int, *grids: tuple[int, int]) -> tuple[int, int] | None:
+    """The (rows, columns) patch grid of ``positions`` visual position embeddings (one of them the class token).
+
+    The first of ``grids`` with that many patches; else the first of them scaled at the same aspect ratio;
+    else a square grid; else None.
+    """
+    n = positions - 1
+    for rows, cols in grids:
+        if rows * cols == n:
+            return rows, cols
+    for rows, cols in grids:
+        scaled = round(math.sqrt(n * rows / cols))
+        if scaled > 0 and n % scaled == 0 and scaled * cols == (n // scaled) * rows:
+            return scaled, n // scaled
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else None
+
+
+def resize_visual_positions(model: nn.Module, image_size: tuple[int, int] | int) -> None:
+    """Interpolate the visual position embeddings of an open_clip ViT in place to ``image_size`` (H, W).
+
+    Bicubic with antialiasing, as open_clip's own resize, but from the model's actual (possibly non-square)
+    grid; the class token's embedding is kept. Sets the tower's ``image_size`` and ``grid_size``.
+    """
+    visual = model.visual
+    size, patch = _pair(image_size), _pair(visual.patch_size)
+    grid = (size[0] // patch[0], size[1] // patch[1])
+    old_grid = tuple(visual.grid_size)
+    if grid != old_grid:
+        old = visual.positional_embedding.detach()
+        token, image = old[:1], old[1:].reshape(1, *old_grid, -1).permute(0, 3, 1, 2)
+        image = F.interpolate(image.float(), size=grid, mode="bicubic", antialias=True, align_corners=False)
+        image = image.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(old.dtype)
+        requires_grad = visual.positional_embedding.requires_grad
+        visual.positional_embedding = nn.Parameter(torch.cat([token, image]), requires_grad=requires_grad)
+    visual.image_size, visual.grid_size = size, grid
+    preprocess = getattr(visual, "preprocess_cfg", None)
+    if isinstance(preprocess, dict) and "size" in preprocess:
+        preprocess["size"] = size
+
+
+def _pair(value) -> tuple[int, int]:
+    return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
+
+
+def _grid(image_size, patch: tuple[int, int]) -> tuple[int, int]:
+    size = _pair(image_size)
+    return size[0] // patch[0], size[1] // patch[1]
+
+
+def _weights_positions(path: Path) -> int | None:
+    """How many visual position embeddings the weights file holds, read lazily; None when it cannot tell."""
+    keys = ("visual.positional_embedding", "module.visual.positional_embedding")
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                names = set(f.keys())
+                key = next((k for k in keys if k in names), None)
+                return None if key is None else int(f.get_slice(key).get_shape()[0])
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint (legacy or TorchScript): open_clip's loader decides
+        return None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        return None
+    key = next((k for k in keys if k in state), None)
+    return None if key is None or not hasattr(state[key], "shape") else int(state[key].shape[0])
+
+
+def _hub_image_size(spec: str):
+    """The vision image size in an ``hf-hub:`` id's ``open_clip_config.json`` (the size its weights have)."""
+    if not is_hub_id(spec):
+        return None
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    repo, revision = split_hub_id(spec)
+    try:  # already in the cache: resolve_clip_weights fetched it
+        config = json.loads(Path(download_pretrained_from_hf(repo, filename="open_clip_config.json",
+                                                             revision=revision)).read_text(encoding="utf-8"))
+    except Exception:  # not there after all: the architecture's grid decides
+        return None
+    return config.get("model_cfg", config).get("vision_cfg", {}).get("image_size")
 
 
 def resolve_clip_weights(name: str, weights: str | Path) -> Path:

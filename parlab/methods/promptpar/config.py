@@ -49,6 +49,10 @@ class PromptPARConfig(ConfigFile):
     # --- text
     use_textprompt: bool = option(True, "learnable text prompt tokens, placed after the start token")
     text_prompt: int = option(3, "number of text prompt tokens")
+    text_prompt_depth: int | None = option(None, "text layers with a fresh set of text prompts per attribute "
+                                                 "(VPT-deep, the paper's); None: every layer of the text tower "
+                                                 "(12 on ViT-L/14 and ViT-B/16); 0 or 1: one shallow set shared "
+                                                 "by all attributes")
     # --- fusion
     use_mm_former: bool = option(True, "transformer fusion block; False: the linear alternative")
     fusion: str = option("clip_block", "vit_b16 (paper: frozen ImageNet block), clip_block (frozen copy), "
@@ -68,8 +72,8 @@ class PromptPARConfig(ConfigFile):
         if len(self.attribute_sentences) not in (0, self.num_attributes):
             raise ConfigError(f"config field 'attribute_sentences': {len(self.attribute_sentences)} sentences for "
                               f"{self.num_attributes} attributes")
-        for name in ("vis_prompt", "vis_depth", "text_prompt", "prompt_warmup_epochs"):
-            if getattr(self, name) < 0:
+        for name in ("vis_prompt", "vis_depth", "text_prompt", "text_prompt_depth", "prompt_warmup_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
         if self.use_div and self.div_num < 1:
             raise ConfigError(f"config field 'div_num' must be >= 1 with use_div, got {self.div_num}")

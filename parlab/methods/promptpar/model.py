@@ -7,18 +7,27 @@ tower) in its own order, adding
 - deep visual prompts: a fresh set at each of the first ``vis_depth`` layers;
 - region-aware prompts: one part token and one prompt group per band of the
   *actual* patch grid, with an attention mask that keeps them inside the band
-  (:mod:`parlab.methods.promptpar.regions`);
+  (:mod:`parlab.methods.promptpar.regions`); the part tokens pass through
+  CLIP's ``ln_pre`` like the class and patch tokens, the prompts do not (as in
+  the reference code);
+- deep text prompts: per attribute, ``text_prompt`` tokens at each of the first
+  ``text_prompt_depth`` layers of the text tower (VPT-deep; the reference's
+  ``prompt_text_deep``); ``text_prompt_depth`` 0 or 1 gives one shallow set
+  shared by all attributes;
 - global-local aggregation: per-sample cosine similarities of the CLS token
-  and the part tokens with the attribute sentences, giving auxiliary logits;
+  and the part tokens with the attribute sentences, scaled by the CLIP's own
+  ``logit_scale.exp()`` (100 for OpenAI's weights), giving auxiliary logits;
 - vision-language fusion: embedded sentence features and visual tokens through
-  one transformer block (or a linear alternative), one head per attribute, BN.
+  one transformer block, or the paper's linear alternative (``use_mm_former=False``:
+  a Linear over the token axis, from the A + L fused tokens to A), then one head
+  per attribute and BN.
 
 Where the public code goes wrong, this does not: the global token is CLS; CLIP's
 final LayerNorm comes before the projection (``ln_before_proj=False`` keeps
 the reference behaviour); the local similarity is computed for every sample;
 the text prompts sit between the start token and the sentence, where the
 causal mask lets the end-of-text token (whose feature is the sentence's) see
-them.
+them (the reference appends them after the 77 tokens, where they are inert).
 
 Only the parameters the paper trains require gradients; checkpoints hold only
 them (:meth:`PromptPAR.trained_state_dict`).
@@ -73,10 +82,16 @@ class PromptPAR(nn.Module):
         self.prompts = nn.Parameter(scale * torch.randn(config.vis_depth, prompts, width)) if prompts else None
         self.part_tokens = nn.Parameter(scale * torch.randn(regions, width)) if regions else None
 
-        self.text_prompts = None
+        text_layers = len(clip.transformer.resblocks)
+        text_depth = text_layers if config.text_prompt_depth is None else config.text_prompt_depth
+        if text_depth > text_layers:
+            raise ValueError(f"text_prompt_depth {text_depth} exceeds the {text_layers} text layers of "
+                             f"{config.clip_model}")
+        self.text_prompts = None  # (n, W) shared and shallow, or (depth, A, n, W): per attribute, per layer
         if config.use_textprompt and config.text_prompt:
             text_width = clip.token_embedding.weight.shape[1]
-            self.text_prompts = nn.Parameter(0.02 * torch.randn(config.text_prompt, text_width))
+            shape = (text_depth, a) if text_depth > 1 else ()
+            self.text_prompts = nn.Parameter(0.02 * torch.randn(*shape, config.text_prompt, text_width))
         sentences = list(config.attribute_sentences) or [f"a pedestrian with attribute {i + 1}" for i in range(a)]
         tokens = clip_tokenizer(config.clip_model)(sentences)
         room = tokens.shape[1] - (0 if self.text_prompts is None else config.text_prompt)
@@ -95,6 +110,8 @@ class PromptPAR(nn.Module):
         self.word_embed = nn.Linear(embed_dim, fusion_width)
         self.vis_embed = nn.Linear(embed_dim, fusion_width)
         self.fusion_block = fusion_block
+        # The linear alternative: the A sentences and L visual tokens mixed along the token axis into A tokens.
+        self.fusion_linear = nn.Linear(a + self.layout.length, a) if fusion_block is None else None
         self.fusion_norm = fusion_norm if fusion_norm is not None else nn.LayerNorm(fusion_width)
         self.head_weight = nn.Parameter(torch.empty(a, fusion_width))  # one Linear(F, 1) per attribute
         self.head_bias = nn.Parameter(torch.zeros(a))
@@ -103,17 +120,32 @@ class PromptPAR(nn.Module):
 
     # --- text
     def _encode_text(self) -> torch.Tensor:
-        """Sentence features (A, D), with the text prompts after the start token when there are any."""
-        clip, tokens = self.clip, self.sentence_tokens
+        """Sentence features (A, D), with the text prompts after the start token when there are any.
+
+        Shallow prompts (n, W) enter once, shared by all attributes; deep ones (depth, A, n, W) enter at the
+        first layer and replace the hidden states of their positions at each of the next ``depth - 1``
+        (VPT-deep), one set per attribute.
+        """
+        clip, tokens, prompts = self.clip, self.sentence_tokens, self.text_prompts
         x = clip.token_embedding(tokens)  # (A, 77, W)
         eot = tokens.argmax(dim=-1)
-        if self.text_prompts is not None:
-            n = self.text_prompts.shape[0]
-            prompts = self.text_prompts.to(x.dtype).unsqueeze(0).expand(len(x), -1, -1)
-            x = torch.cat([x[:, :1], prompts, x[:, 1:x.shape[1] - n]], dim=1)
+        deep = prompts is not None and prompts.dim() == 4
+        if prompts is not None:
+            n = prompts.shape[-2]
+            first = prompts[0] if deep else prompts.unsqueeze(0).expand(len(x), -1, -1)
+            x = torch.cat([x[:, :1], first.to(x.dtype), x[:, 1:x.shape[1] - n]], dim=1)
             eot = eot + n
         x = x + clip.positional_embedding.to(x.dtype)
-        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        if not deep:
+            x = clip.transformer(x, attn_mask=clip.attn_mask)
+        else:
+            transformer = clip.transformer
+            batch_first = getattr(transformer, "batch_first", True)
+            for i, block in enumerate(transformer.resblocks):
+                if 0 < i < len(prompts):
+                    x = torch.cat([x[:, :1], prompts[i].to(x.dtype), x[:, 1 + n:]], dim=1)
+                x = block(x if batch_first else x.transpose(0, 1), attn_mask=clip.attn_mask)
+                x = x if batch_first else x.transpose(0, 1)
         x = clip.ln_final(x)[torch.arange(len(x), device=x.device), eot]
         projection = clip.text_projection
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
@@ -155,10 +187,12 @@ class PromptPAR(nn.Module):
         b = len(x)
         extra = []
         first = None if self.prompts is None else self.prompts[0].to(x.dtype).unsqueeze(0).expand(b, -1, -1)
+        # Part tokens pass through ln_pre like CLS and the patches (LayerNorm is per token); prompts do not.
+        parts = None if self.part_tokens is None else visual.ln_pre(self.part_tokens).to(x.dtype)
         if layout.global_prompts:
             extra.append(first[:, :layout.global_prompts])
         for k in range(layout.regions):
-            extra.append(self.part_tokens[k].to(x.dtype).view(1, 1, -1).expand(b, -1, -1))
+            extra.append(parts[k].view(1, 1, -1).expand(b, -1, -1))
             if layout.prompts_per_region:
                 start = layout.global_prompts + k * layout.prompts_per_region
                 extra.append(first[:, start:start + layout.prompts_per_region])
@@ -169,10 +203,14 @@ class PromptPAR(nn.Module):
 
     # --- heads
     def aggregate(self, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Global-local aggregation: auxiliary logits (B, A) from tokens (B, L, D) and text (A, D)."""
+        """Global-local aggregation: auxiliary logits (B, A) from tokens (B, L, D) and text (A, D).
+
+        Cosine similarities are scaled by the CLIP's own ``logit_scale.exp()`` (100 for OpenAI's weights).
+        """
         layout = self.layout
         picks = [0] + [layout.part_token(k) for k in range(layout.regions)]
-        sim = 100.0 * F.normalize(tokens[:, picks], dim=-1) @ F.normalize(text, dim=-1).T  # (B, 1 + K, A)
+        scale = self.clip.logit_scale.exp().to(tokens.dtype)
+        sim = scale * F.normalize(tokens[:, picks], dim=-1) @ F.normalize(text, dim=-1).T  # (B, 1 + K, A)
         prob = torch.softmax(sim / self.temperature, dim=-1)  # over attributes, per token and sample
         glob = prob[:, 0]
         if layout.regions:
@@ -187,10 +225,11 @@ class PromptPAR(nn.Module):
         """Main logits (B, A): sentence features and visual tokens fused, one head per attribute."""
         b, a = len(tokens), len(text)
         words = self.word_embed(text.to(tokens.dtype)).unsqueeze(0).expand(b, -1, -1)  # (B, A, F)
-        if self.fusion_block is None:  # linear alternative: each sentence with the global visual token
-            fused = words + self.vis_embed(tokens[:, :1])
+        x = torch.cat([words, self.vis_embed(tokens)], dim=1)  # (B, A + L, F)
+        if self.fusion_block is None:  # linear alternative: A + L tokens mixed into A along the token axis
+            fused = self.fusion_linear(x.transpose(1, 2)).transpose(1, 2)
         else:
-            fused = self.fusion_block(torch.cat([words, self.vis_embed(tokens)], dim=1))[:, :a]
+            fused = self.fusion_block(x)[:, :a]
         fused = self.fusion_norm(fused)
         logits = (fused * self.head_weight.to(fused.dtype)).sum(-1) + self.head_bias.to(fused.dtype)
         return self.bn(logits)

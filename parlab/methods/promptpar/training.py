@@ -3,11 +3,14 @@
 :func:`train_promptpar` runs :func:`parlab.training.engine.fit` with a
 :class:`PromptPARTask`: the data, splits, AMP, EMA, gradient clipping,
 resuming, ``torchrun`` and the final evaluation are the baseline's; the
-task supplies the model, two parameter groups (heads and fusion at the
-run's ``lr`` and ``warmup_epochs``; prompts at ``prompt_lr`` and
-``prompt_warmup_epochs``, each with its own warm-up before a common cosine),
-the loss (the run's loss on the main logits plus ``aux_weight`` times the same
-on the global-local logits) and CLIP's input normalisation.
+task supplies the model, two parameter groups as in the reference code's two
+optimisers (heads, embeddings and fusion at the run's ``lr`` and
+``warmup_epochs``; prompts, part tokens, text prompts, the global-local
+BatchNorm and the temperature at ``prompt_lr`` and ``prompt_warmup_epochs``,
+each with its own warm-up before a common cosine; each group's gradient norm
+clipped at ``grad_clip`` on its own), the loss (the run's loss on the main
+logits plus ``aux_weight`` times the same on the global-local logits) and
+CLIP's input normalisation.
 
 Checkpoints hold only the trained parameters, the PromptPAR config and the
 sha256 of the base CLIP weights file; loading one onto another file is
@@ -36,7 +39,9 @@ from parlab.training.losses import PARLoss
 from parlab.training.optim import WarmupCosine, build_optimizer, build_scheduler
 from parlab.training.task import SupervisedTask, refuse_differences
 
-PROMPT_PARAMETERS = ("prompts", "part_tokens", "text_prompts")
+# The reference's prompt optimiser: the trainable parameters of its CLIP (prompt_deep, prompt_text_deep,
+# part_class_embedding, agg_bn, softmax_model's temperature). Matched on the first component of a name.
+PROMPT_PARAMETERS = ("prompts", "part_tokens", "text_prompts", "aux_bn", "temperature")
 
 
 def promptpar_run_config(**overrides) -> TrainConfig:
@@ -72,8 +77,30 @@ def base_weights_record(model_config: PromptPARConfig) -> dict:
     return clip_weights_record(model_config.clip_model, model_config.weights)
 
 
+class GroupGradClip:
+    """An optimiser step pre-hook: clip the gradient norm of each parameter group at ``max_norm`` separately.
+
+    The reference code clips its two modules (heads and fusion; its CLIP with the prompts) one at a time, which
+    are exactly PromptPAR's two groups. Run inside ``optimizer.step()``, so under fp16 the GradScaler has already
+    unscaled the gradients (and skips the step, hook included, on an overflow).
+    """
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        for group in optimizer.param_groups:
+            nn.utils.clip_grad_norm_([p for p in group["params"] if p.grad is not None], self.max_norm)
+
+
 class PromptPARTask(SupervisedTask):
-    """PromptPAR for the engine; ``model_config`` must already name the dataset's attributes."""
+    """PromptPAR for the engine; ``model_config`` must already name the dataset's attributes.
+
+    Gradient clipping is per parameter group, as in the reference code (which clips its heads/fusion module and
+    its prompted CLIP separately, each at 10): :attr:`grad_clip` is 0, so the engine's single clip over all
+    parameters is off, and the optimiser carries a :class:`GroupGradClip` step pre-hook at the run's
+    ``grad_clip`` instead.
+    """
 
     method = "PromptPAR"
 
@@ -121,6 +148,11 @@ class PromptPARTask(SupervisedTask):
     def method_config(self) -> PromptPARConfig:
         return self.model_config
 
+    @property
+    def grad_clip(self) -> float:
+        """0: the engine's global clip is off; each group is clipped by the optimiser's :class:`GroupGradClip`."""
+        return 0.0
+
     def build_model(self, num_attributes: int, pretrained: bool = True) -> PromptPAR:
         # The base CLIP is always loaded: checkpoints hold only the trained parameters.
         if num_attributes != self.model_config.num_attributes:
@@ -135,11 +167,13 @@ class PromptPARTask(SupervisedTask):
         groups = {"heads": [], "prompts": []}
         for name, p in model.named_parameters():
             if p.requires_grad:
-                groups["prompts" if name in PROMPT_PARAMETERS else "heads"].append(p)
+                groups["prompts" if name.split(".")[0] in PROMPT_PARAMETERS else "heads"].append(p)
         params = [{"params": groups["heads"]}]
         if groups["prompts"]:
             params.append({"params": groups["prompts"], "lr": self.model_config.prompt_lr})
         optimizer = build_optimizer(params, self.config)
+        if self.config.grad_clip > 0:
+            optimizer.register_step_pre_hook(GroupGradClip(self.config.grad_clip))
         if self.config.scheduler != "cosine":
             return optimizer, build_scheduler(optimizer, self.config, steps_per_epoch), False
         total = self.config.epochs * steps_per_epoch
