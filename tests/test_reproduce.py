@@ -105,8 +105,7 @@ def test_paper_profile_checks_its_inputs_before_any_notebook(tmp_path, capsys, s
 @pytest.mark.slow
 def test_paper_profile_runs_end_to_end_on_a_small_stand_in(tmp_path, synthpa_root, capsys):
     small = ["backbone=test_resnet", "epochs=1", "image_size=[64,32]", "batch_size=32", "frdl_epochs=2",
-             "balance_start=1", "frdl_milestones=[1]", "seeds=[0]", "device=cpu", "num_workers=0", "amp=none",
-             "embedding_images=20"]
+             "balance_start=1", "frdl_milestones=[1]", "seeds=[0]", "device=cpu", "num_workers=0", "amp=none"]
     assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(synthpa_root), "--device", "cpu",
                  "--only", "01,02,03,04,07", "--output", str(tmp_path / "out"), "--set", *small]) == 0
     timings = (tmp_path / "out" / "timings.csv").read_text().splitlines()
