@@ -205,9 +205,10 @@ def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: 
     ``tuned`` also enter at their tuned thresholds ("<method> (tuned thr.)"), as methods and as references.
     Rows: (method, reference); columns: difference, low, high, interval, verdict.
     """
-    _known(runs, [*references, *tuned])
+    _known(runs, list(tuned))
     entries = {method: (group, False) for method, group in runs.items()}
     entries |= {method + TUNED: (runs[method], True) for method in tuned}
+    _known(entries, references)
     first = next(iter(runs.values()))[0]
     annotations = load_dataset(first.config.dataset, first.config.root, first.config.partition)
     rows = np.sort(saved_test_predictions(first).rows)

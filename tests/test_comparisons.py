@@ -100,3 +100,9 @@ def test_unknown_references_are_named(runs):
 
     with pytest.raises(ConfigError, match="stage 2: not among the methods good, bad"):
         differences({"good": runs["good"], "bad": runs["bad"]}, references=["stage 2"])
+
+
+def test_a_method_at_tuned_thresholds_can_be_the_reference(runs):
+    table = differences({"good": runs["good"], "bad": runs["bad"]}, references=["bad (tuned thr.)"],
+                        tuned=("bad",), draws=200)
+    assert ("good", "bad (tuned thr.)") in table.index and ("bad", "bad (tuned thr.)") in table.index
