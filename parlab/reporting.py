@@ -13,6 +13,7 @@ interval excludes zero.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,16 @@ def results_table(runs: dict[str, RunResult], dataset: str = "") -> pd.DataFrame
     return pd.DataFrame(rows).set_index("method")
 
 
+def run_annotations(run: RunResult):
+    """The dataset a run was trained on, read once per (dataset, root, partition) however many tables ask."""
+    return _annotations(run.config.dataset, str(run.config.root), run.config.partition)
+
+
+@functools.lru_cache(maxsize=8)
+def _annotations(dataset: str, root: str, partition: int):
+    return load_dataset(dataset, root, partition)
+
+
 def head_of(run: RunResult) -> str:
     """The head of a run's model, as tables name it (PromptPAR has its own)."""
     return "PromptPAR" if run.method == "PromptPAR" else run.config.head
@@ -100,7 +111,7 @@ def test_metrics(run: RunResult, setting: str = "standard", seed: int = 0, annot
         raise ConfigError(f"unknown setting {setting!r}; known: {', '.join(SETTINGS)}")
     preds = saved_test_predictions(run)
     if annotations is None:
-        annotations = load_dataset(run.config.dataset, run.config.root, run.config.partition)
+        annotations = run_annotations(run)
     return pedestrian_metrics(annotations.labels[preds.rows], preds.probs, threshold=_thresholds(run, tuned),
                               attributes=annotations.attributes, seed=seed, **SETTINGS[setting])
 
@@ -109,7 +120,7 @@ def settings_table(runs: dict[str, RunResult], seed: int = 0, tuned: bool = Fals
     """Test metrics of every run in every setting (rows: run x setting, percent)."""
     rows = []
     for name, run in runs.items():
-        annotations = load_dataset(run.config.dataset, run.config.root, run.config.partition)
+        annotations = run_annotations(run)
         for setting in SETTINGS:
             m = test_metrics(run, setting, seed, annotations, tuned)
             rows.append({"method": name, "setting": setting, **_percent(m.summary()), "images": m.num_images})
@@ -210,7 +221,7 @@ def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: 
     entries |= {method + TUNED: (runs[method], True) for method in tuned}
     _known(entries, references)
     first = next(iter(runs.values()))[0]
-    annotations = load_dataset(first.config.dataset, first.config.root, first.config.partition)
+    annotations = run_annotations(first)
     rows = np.sort(saved_test_predictions(first).rows)
     gt = annotations.labels[rows]
     decided = {name: [_decisions(run, at_tuned, rows) for run in group] for name, (group, at_tuned) in entries.items()}
