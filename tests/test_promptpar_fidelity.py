@@ -5,30 +5,19 @@ tokens through ln_pre."""
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from promptpar_models import TINY, A, tiny
 
 from parlab.errors import ConfigError
-from parlab.methods.promptpar import PromptPARConfig, build_model
+from parlab.methods.promptpar import PromptPARConfig
 from parlab.methods.promptpar.training import GroupGradClip, PromptPARTask, promptpar_run_config
 from parlab.models import count_parameters
 
-A = 5
-TINY = PromptPARConfig(clip_model="parlab-clip-tiny", num_attributes=A, image_size=(64, 32), vis_prompt=10,
-                       vis_depth=4, div_num=4, overlap_row=2, text_prompt=2,
-                       attribute_sentences=tuple(f"A pedestrian wearing thing {i}" for i in range(A)))
 TEXT_LAYERS, TEXT_WIDTH = 4, 64  # parlab-clip-tiny's text tower
-
-
-def tiny(**changes) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*random")
-        torch.manual_seed(0)
-        return build_model(replace(TINY, **changes))
 
 
 # --- 1. deep, per-attribute text prompts

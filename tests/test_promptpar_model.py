@@ -8,23 +8,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from promptpar_models import TINY, tiny
 
 from parlab.methods.promptpar import PromptPARConfig, build_model
 from parlab.methods.promptpar.regions import band_rows
 from parlab.methods.promptpar.training import PromptPARTask, promptpar_run_config
 from parlab.models import count_parameters, create_clip
 from parlab.training.checkpoint import CheckpointError
-
-TINY = PromptPARConfig(clip_model="parlab-clip-tiny", num_attributes=5, image_size=(64, 32), vis_prompt=10,
-                       vis_depth=4, div_num=4, overlap_row=2, text_prompt=2,
-                       attribute_sentences=tuple(f"A pedestrian wearing thing {i}" for i in range(5)))
-
-
-def tiny(**changes) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*random")
-        torch.manual_seed(0)
-        return build_model(replace(TINY, **changes))
 
 
 def _switches():
