@@ -180,7 +180,7 @@ class FRDLTask(Task):
 
     def __init__(self, config: FRDLConfig, data: TrainConfig | None = None) -> None:
         super().__init__(config)
-        self.config, self._data = config, data
+        self._data = data
         self.stage1: Stage1 | None = None
 
     @classmethod
@@ -193,6 +193,10 @@ class FRDLTask(Task):
         record = cls.upgrade_checkpoint(record)
         return cls(FRDLConfig.from_dict(record["method_config"], source=source),
                    TrainConfig.from_dict(record["config"], source=source))
+
+    @property
+    def config(self) -> FRDLConfig:
+        return self.run
 
     @property
     def method(self) -> str:

@@ -205,9 +205,10 @@ def wrap_ddp(module: nn.Module, ctx: dist.DistContext) -> nn.Module:
 class SupervisedTask(Task):
     """The baseline: ``config.backbone`` with ``config.head``, trained end to end on the config's loss."""
 
-    def __init__(self, config: TrainConfig) -> None:
-        super().__init__(config)
-        self.config = config
+    @property
+    def config(self) -> TrainConfig:
+        """The run's config (``run``), which for the baseline also names its data and model."""
+        return self.run
 
     @classmethod
     def from_options(cls, values: dict[str, dict]) -> SupervisedTask:
