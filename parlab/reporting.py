@@ -265,6 +265,40 @@ def differences_text(diffs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return pd.Series(text, index=diffs.index, name="mA difference [95% interval]").unstack("reference")
 
 
+def component_sentences(diffs: pd.DataFrame, settings: pd.DataFrame, reference: str, digits: int = 2) -> pd.Series:
+    """One sentence per ablation: what removing a component does to mA, and whether that exceeds the seed spread.
+
+    ``diffs``: :func:`differences` with the full model as ``reference`` and one method per ablation (named
+    "without <component>"); ``settings``: their :func:`repeated_settings_table`. Over seeds on both sides the
+    Welch interval decides. An ablation of one run against a repeated full model is also held against the
+    seed spread: the 95% prediction interval of one run's difference from the mean of n,
+    ``t(n-1) * std * sqrt(1 + 1/n)`` with the full model's std; the bootstrap over test images alone ignores
+    that spread. A component is said to help only when removing it loses mA beyond every interval that
+    applies, to hurt only when removing it gains beyond them; otherwise its effect is within the spread.
+    """
+    from scipy import stats
+
+    part = diffs.xs(reference, level="reference")
+    std, n = settings.loc[(reference, "standard"), "mA std"], int(settings.loc[(reference, "standard"), "runs"])
+    sentences = {}
+    for method, row in part.iterrows():
+        diff, verdict = row["mA difference"], row["verdict"]
+        text = (f"removing it changes mA by {diff:+.{digits}f} [{row['low']:+.{digits}f}, {row['high']:+.{digits}f}] "
+                f"({row['interval']})")
+        runs = int(settings.loc[(method, "standard"), "runs"])
+        if runs == 1 and n >= 2:
+            half = stats.t.ppf(0.975, n - 1) * std * np.sqrt(1 + 1 / n)
+            text += (f"; one run against {n} seeds of the {reference} model (std {std:.{digits}f}) may differ by "
+                     f"±{half:.{digits}f} by chance")
+            if abs(diff) <= half:
+                verdict = "no difference"
+        elif runs == 1 or n == 1:
+            text += "; the seed spread is not measured (one run)"
+        meaning = {"loss": "it helps", "gain": "it hurts", "no difference": "within the spread: not shown to help"}
+        sentences[method.removeprefix("without ")] = f"{text}: {meaning[verdict]}."
+    return pd.Series(sentences, name=f"against {reference}")
+
+
 def mean_std_text(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     """A :func:`repeated_settings_table` as "mean ± std" strings, for display and LaTeX."""
     text = pd.DataFrame(index=table.index)

@@ -1,12 +1,14 @@
 """Run the ordered notebooks headless with papermill.
 
-``python -m parlab.reproduce --profile {smoke,default} [--only 01,02]`` runs
+``python -m parlab.reproduce --profile {smoke,default,full} [--only 01,02]`` runs
 each notebook of :data:`NOTEBOOKS` with the profile's parameters, writes the
 executed copies to ``runs/<profile>/`` and stops at the first failure with a
 non-zero exit naming the notebook and the failing cell.
 
 Profiles: ``smoke`` is what the tests run (small SynthPA, minutes in all);
-``default`` is what ``make reproduce`` runs (SynthPA default size); ``paper``
+``default`` is what ``make reproduce`` runs (SynthPA default size); ``full``
+is the default plus what does not fit its time (every PromptPAR ablation over
+three seeds, figures under ``runs/full/figures``); ``paper``
 runs the papers' settings on a real dataset::
 
     python -m parlab.reproduce --profile paper --dataset pa100k --root /data/PA100k --device cuda \
@@ -80,9 +82,13 @@ PROFILES: dict[str, Profile] = {
                      training={"backbone": "test_resnet", "epochs": 2, "batch_size": 32, "image_size": [64, 32]},
                      extra={"04_frdl_goat": {"frdl_epochs": 2, "balance_start": 1, "feature_cache": 0,
                                              "seeds": [0, 1]},
-                            "05_promptpar": {"clip_epochs": 1, "vis_prompt": 10, "count_large_models": False}}),
+                            "05_promptpar": {"clip_corpus_size": 512, "clip_epochs": 1, "vis_prompt": 10,
+                                             "seeds": [0], "count_large_models": False}}),
     # The notebooks' own defaults (a few minutes per run on a 2-core CPU).
     "default": Profile("default", "default", "data/synthpa", "figures", "runs/default/train"),
+    # The default and what does not fit its time: every PromptPAR ablation over three seeds.
+    "full": Profile("full", "default", "data/synthpa", "runs/full/figures", "runs/full/train",
+                    extra={"05_promptpar": {"ablation_seeds": [0, 1, 2]}}),
 }
 
 
@@ -94,8 +100,9 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 PAPER_BASELINE = {"backbone": "resnet50", "epochs": 30, "batch_size": 64, "image_size": [256, 192], "lr": 1e-4,
                   "scheduler": "plateau", "warmup_epochs": 0, "num_workers": 8}
 PAPER_PROMPTPAR = {"clip_model": "ViT-L-14-quickgelu", "image_size": [224, 224], "vis_prompt": 50, "vis_depth": 24,
-                   "epochs": 60, "batch_size": 16, "lr": 8e-3, "prompt_lr": 4e-3, "warmup_epochs": 5,
-                   "prompt_warmup_epochs": 10, "ablation": False}
+                   "epochs": 60, "batch_size": 16, "optimizer": "sgd", "lr": 8e-3, "prompt_lr": 4e-3,
+                   "weight_decay": 1e-4, "warmup_epochs": 5, "prompt_warmup_epochs": 10, "seeds": [0],
+                   "ablation": False}
 
 
 def paper_profile(dataset: str, root: str, device: str = "cuda", weights: str = "", clip_weights: str = "",

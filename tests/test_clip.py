@@ -134,3 +134,33 @@ def test_the_grid_of_the_weights():
     assert weights_grid(1 + 196, (16, 16)) == (14, 14)
     assert weights_grid(1 + 30, (8, 4)) is None
     assert weights_grid(1 + 32, (4, 8), (8, 4)) == (4, 8)  # the first grid given (a hub config's) wins
+
+
+def test_the_hybrid_clip_has_a_conv_stem_that_saves_and_loads_at_other_sizes(tmp_path):
+    from parlab.models.clip_stem import ChannelNorm
+
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        model = create_clip("parlab-clip-hybrid", None).eval()
+    stem = model.visual.conv1
+    assert isinstance(stem, torch.nn.Sequential) and not any(isinstance(m, torch.nn.BatchNorm2d) for m in stem)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in stem) == 3 and any(isinstance(m, ChannelNorm) for m in stem)
+    with torch.no_grad():
+        assert stem(torch.randn(2, 3, 64, 32)).shape == (2, 128, 8, 4)  # the 8x4 grid of patch 8
+    path = tmp_path / "hybrid.pt"
+    torch.save(model.state_dict(), path)
+    same = create_clip("parlab-clip-hybrid", path).eval()
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in model.state_dict().items())
+    x = torch.randn(2, 3, 128, 64)
+    larger = create_clip("parlab-clip-hybrid", path, image_size=(128, 64)).eval()
+    assert tuple(larger.visual.grid_size) == (16, 8)
+    assert torch.equal(larger.visual.conv1[0].weight, stem[0].weight)
+    with torch.no_grad():
+        assert larger.encode_image(x).shape == (2, 128)
+
+
+def test_a_stem_must_make_the_configured_patch():
+    from parlab.models.clip_stem import conv_stem
+
+    with pytest.raises(ValueError, match="8-pixel patches, not 16"):
+        conv_stem(64, 16, [16, 32])

@@ -106,3 +106,36 @@ def test_a_method_at_tuned_thresholds_can_be_the_reference(runs):
     table = differences({"good": runs["good"], "bad": runs["bad"]}, references=["bad (tuned thr.)"],
                         tuned=("bad",), draws=200)
     assert ("good", "bad (tuned thr.)") in table.index and ("bad", "bad (tuned thr.)") in table.index
+
+
+def test_ablation_sentences_say_help_only_beyond_the_spread(runs):
+    from scipy import stats
+
+    from parlab.reporting import component_sentences
+
+    def sentences_of(groups):
+        diffs = differences(groups, references=["full"], draws=300)
+        return component_sentences(diffs, repeated_settings_table(groups), "full"), diffs
+
+    # Three seeds on both sides: the Welch interval decides.
+    sentences, _ = sentences_of({"full": runs["good"], "without prompts": runs["bad"]})
+    assert sentences["prompts"].endswith(": it helps.") and "Welch" in sentences["prompts"]
+    sentences, _ = sentences_of({"full": runs["bad"], "without prompts": runs["good"]})
+    assert sentences["prompts"].endswith(": it hurts.")
+    # One run against three seeds: also held against the full model's seed spread.
+    groups = {"full": runs["good"], "without prompts": runs["bad"][:1], "without mask": runs["same"]}
+    sentences, diffs = sentences_of(groups)
+    std = repeated_settings_table(groups).loc[("full", "standard"), "mA std"]
+    half = stats.t.ppf(0.975, 2) * std * np.sqrt(1 + 1 / 3)
+    assert f"may differ by ±{half:.2f} by chance" in sentences["mask"]
+    mask = diffs.loc[("without mask", "full")]
+    expected = "it hurts" if mask["verdict"] == "gain" and abs(mask["mA difference"]) > half else \
+        "it helps" if mask["verdict"] == "loss" and abs(mask["mA difference"]) > half else "within the spread"
+    assert expected in sentences["mask"]
+    assert diffs.loc[("without prompts", "full"), "mA difference"] < -half  # far beyond the spread
+    assert sentences["prompts"].endswith(": it helps.")
+    # One run each: the spread is unknown and said so.
+    sentences, _ = sentences_of({"full": runs["good"][:1], "without mask": runs["same"]})
+    assert sentences["mask"] == ("removing it changes mA by +0.00 [+0.00, +0.00] (bootstrap over 20 test images "
+                                 "(300 draws)); the seed spread is not measured (one run): within the spread: "
+                                 "not shown to help.")

@@ -20,7 +20,8 @@ OUTPUTS = {
     "04_frdl_goat": {"figures": ["frdl_gain_vs_ratio", "frdl_label_prior", "frdl_learning_curves"],
                      "tables": ["frdl_results", "frdl_settings", "frdl_per_attribute"]},
     "05_promptpar": {"figures": ["promptpar_learning_curves"],
-                     "tables": ["clip_zero_shot", "promptpar_results", "promptpar_parameters", "promptpar_ablation"]},
+                     "tables": ["clip_zero_shot", "promptpar_results", "promptpar_parameters", "promptpar_ablation",
+                                "promptpar_ablation_differences"]},
     "06_visualisation": {"figures": ["cams_Hat", "cams_Female", "cams_Backpack", "cams_SkirtandDress",
                                      "promptpar_attention_0", "feature_maps", "frdl_embedding_Hat"],
                          "tables": []},
@@ -87,6 +88,8 @@ def test_paper_profile_dry_run_lists_each_notebooks_parameters(dataset, balance_
     promptpar = params["05_promptpar"]
     assert (promptpar["clip_model"], promptpar["image_size"], promptpar["vis_prompt"], promptpar["weights"]) == \
         ("ViT-L-14-quickgelu", [224, 224], 50, "/w/clip.bin")
+    assert (promptpar["optimizer"], promptpar["lr"], promptpar["prompt_lr"], promptpar["weight_decay"]) == \
+        ("sgd", 8e-3, 4e-3, 1e-4)  # the paper's optimisation, not the small CLIP's AdamW
 
 
 def test_paper_profile_checks_its_inputs_before_any_notebook(tmp_path, capsys, synthpa_root):

@@ -6,7 +6,7 @@ import pytest
 from parlab import labelstats
 from parlab.data import load_dataset
 from parlab.data.pa100k import TRAIN_POSITIVE_PERCENT
-from parlab.data.synthpa import ATTRIBUTES, caption, generate, sample_labels
+from parlab.data.synthpa import ATTRIBUTES, full_caption, generate, sample_labels
 
 from conftest import shared_file
 
@@ -95,8 +95,8 @@ def test_captions_name_every_positive_attribute(synthpa_root):
     assert lines[0] == "filepath\tcaption" and len(lines) == 201
     y = sample_labels(200, 3)[7]
     path, text = lines[8].split("\t")
-    assert path == "data/000008.jpg" and text == caption(y)
-    assert ("A female pedestrian." in text) == bool(y[COL["Female"]])
+    assert path == "data/000008.jpg" and text == full_caption(y)
+    assert (" woman" in text) == bool(y[COL["Female"]])
 
 
 def test_regeneration_is_skipped_when_identical_and_replaced_otherwise(tmp_path):

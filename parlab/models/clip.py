@@ -8,8 +8,13 @@ architectures for CPU work, stored as JSON like open_clip's model configs in
 
 - ``parlab-clip-tiny``: a 4-layer ViT (patch 8, width 128) on 64x32 images and a
   4-layer text transformer of width 64 (the text tower dominates the cost of a
-  step: 77 tokens per caption against 33 per image), 128-d embeddings; what
-  parlab pretrains on SynthPA's captions when no real CLIP weights can be had.
+  step: 77 tokens per caption against 33 per image), 128-d embeddings; small
+  and fast, what the tests build;
+- ``parlab-clip-hybrid``: the same ViT shape whose patch embedding is a
+  convolutional stem (:mod:`parlab.models.clip_stem`, declared in
+  ``clip_configs/stems.json``) and a 3-layer text transformer of width 128
+  with a 40-token context; what parlab pretrains on a SynthPA caption corpus
+  when no real CLIP weights can be had.
 
 ``weights`` is one of:
 
@@ -52,6 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from parlab.errors import ConfigError, MissingFileError
+from parlab.models.clip_stem import install_stem, stem_specs
 from parlab.models.weights import is_hub_id, not_available_message, split_hub_id, weights_record
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
@@ -105,18 +111,13 @@ def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
     if weights is None or str(weights) == "":
         warnings.warn(f"{name}: random weights (no weights file given); fine for counting parameters and tests, "
                       "not for training", stacklevel=2)
-        logging.disable(logging.WARNING)  # open_clip's own "no pretrained weights" line repeats the warning above
-        try:
-            return open_clip.create_model(name, pretrained=None, device=device, force_image_size=size)
-        finally:
-            logging.disable(logging.NOTSET)
+        return _build(name, None, device, size)
     path = resolve_clip_weights(name, weights)
     vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
     positions = _weights_positions(path)
     if positions is None or "patch_size" not in vision or vision.get("timm_model_name"):
         # Not a plain ViT with a readable grid: open_clip's own loading (and resizing).
-        return open_clip.create_model(name, pretrained=str(path), device=device, force_image_size=size,
-                                      weights_only=True)
+        return _build(name, path, device, size)
     patch = _pair(vision["patch_size"])
     configured = _pair(vision.get("image_size", 224))
     target = _pair(size) if size is not None else configured
@@ -129,14 +130,30 @@ def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
             raise ConfigError(f"{path}: cannot tell the patch grid of its {positions - 1} visual position "
                               f"embeddings (not {name}'s configured {_grid(configured, patch)}, nor that aspect "
                               "ratio, nor square); load it at the size it was trained at")
-        return open_clip.create_model(name, pretrained=str(path), device=device, force_image_size=size,
-                                      weights_only=True)
+        return _build(name, path, device, size)
     # Built at the weights' own size (open_clip loads them as they are), then resized here.
-    source_size = (source_grid[0] * patch[0], source_grid[1] * patch[1])
-    model = open_clip.create_model(name, pretrained=str(path), device=device, force_image_size=source_size,
-                                   weights_only=True)
+    model = _build(name, path, device, (source_grid[0] * patch[0], source_grid[1] * patch[1]))
     resize_visual_positions(model, target)
     return model
+
+
+def _build(name: str, path: Path | None, device: str, size) -> nn.Module:
+    """open_clip's ``name`` at input ``size`` with the weights file ``path`` (None: random), its convolutional
+    stem installed first when it has one (:mod:`parlab.models.clip_stem`)."""
+    import open_clip
+
+    if path is not None and name not in stem_specs():
+        return open_clip.create_model(name, pretrained=str(path), device=device, force_image_size=size,
+                                      weights_only=True)
+    logging.disable(logging.WARNING)  # open_clip's "no pretrained weights" line: random or loaded below
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_image_size=size)
+    finally:
+        logging.disable(logging.NOTSET)
+    install_stem(model, name)
+    if path is not None:
+        open_clip.load_checkpoint(model, str(path), weights_only=True)
+    return model.to(device)
 
 
 def weights_grid(positions: int, *grids: tuple[int, int]) -> tuple[int, int] | None:

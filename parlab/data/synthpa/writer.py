@@ -4,7 +4,8 @@ Layout (Rethinking_of_PAR's PA100k layout)::
 
     root/annotation.mat     PA100k fields, attributes in PA100k's raw order
     root/data/000001.jpg    images, 80/10/10 train/val/test in file order
-    root/captions.tsv       "filepath<TAB>caption" (paths relative to root)
+    root/captions.tsv       "filepath<TAB>caption" (paths relative to root), each image's complete caption
+                            (:func:`parlab.data.synthpa.captions.full_caption`)
     root/synthpa.json       seed, size, image size and parlab version
 
 Each image is a pure function of ``(seed, index)``, so the output is
@@ -26,21 +27,18 @@ import numpy as np
 import scipy.io
 
 from parlab.data.pa100k import EVAL_COLUMNS
-from parlab.data.sentences import sentence_for
+from parlab.data.synthpa.captions import full_caption
 from parlab.data.synthpa.network import ATTRIBUTES, sample_labels
 from parlab.data.synthpa.render import render_jpeg
 from parlab.errors import ConfigError
 
 SIZES = {"smoke": 800, "default": 12000}
+# Bumped when the files a seed gives change (2: compact complete captions), so older folders are rebuilt.
+FORMAT = 2
 SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 # The MAT-file header normally carries the creation time; a fixed one keeps
 # files byte-identical across runs.
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, written by parlab SynthPA".ljust(116)
-
-
-def caption(y: np.ndarray) -> str:
-    """One caption from the sentences of the positive attributes of ``y`` (26,)."""
-    return " ".join(sentence_for(a) + "." for a, v in zip(ATTRIBUTES, y) if v)
 
 
 def _render_chunk(args: tuple[int, int, int, np.ndarray, tuple[int, int], str]) -> int:
@@ -105,7 +103,8 @@ def generate(
     if n < 10:
         raise ConfigError(f"SynthPA needs at least 10 images for its three splits, got n={n}")
     root = Path(root)
-    manifest = {"dataset": "synthpa", "n": n, "seed": seed, "image_size": list(image_size), "version": __version__}
+    manifest = {"dataset": "synthpa", "format": FORMAT, "n": n, "seed": seed, "image_size": list(image_size),
+                "version": __version__}
     manifest_file = root / "synthpa.json"
     if not overwrite and manifest_file.is_file() and json.loads(manifest_file.read_text()) == manifest:
         return root
@@ -127,7 +126,7 @@ def generate(
             _render_chunk(job)
 
     write_annotation(tmp / "annotation.mat", labels)
-    lines = ["filepath\tcaption"] + [f"data/{i + 1:06d}.jpg\t{caption(labels[i])}" for i in range(n)]
+    lines = ["filepath\tcaption"] + [f"data/{i + 1:06d}.jpg\t{full_caption(labels[i])}" for i in range(n)]
     (tmp / "captions.tsv").write_text("\n".join(lines) + "\n")
     (tmp / "synthpa.json").write_text(json.dumps(manifest, indent=1) + "\n")
     if root.exists():

@@ -1,25 +1,39 @@
-"""A small CLIP pretrained on SynthPA's captions, for PromptPAR where no real CLIP can be had.
+"""A small CLIP pretrained on a SynthPA caption corpus, for PromptPAR where no real CLIP can be had.
 
 No pretrained CLIP can be downloaded, so the embedded default trains one: an
-open_clip architecture (``parlab-clip-tiny`` by default) with open_clip's
-contrastive loss on (image, caption) pairs of SynthPA's training split
-(``captions.tsv``: one sentence per positive attribute). The weights are
-written as an open_clip state dict, loadable by the same
-``create_clip(name, weights=<path>)`` route as real CLIP files.
+open_clip architecture (``parlab-clip-hybrid`` by default: a ViT on a
+convolutional stem, :mod:`parlab.models.clip_stem`) on (image, caption) pairs
+of a corpus apart from the PAR splits (:mod:`parlab.data.synthpa.corpus`, the
+analogue of web data: the CLIP never sees an image of train, val or test).
+Each epoch draws fresh captions for the corpus images
+(:func:`parlab.data.synthpa.captions.corpus_caption`): complete descriptions,
+partial ones with negations, and the attribute sentences and their negations.
 
-Two checks of what it learnt, on the test split:
+The objective is open_clip's contrastive loss with multi-positive targets
+(:class:`MultiPositiveClipLoss`): a caption true of several images of the
+batch (an identical caption, or a partial one that fits) is a positive for
+each of them rather than a negative, the target spread evenly over them.
+Each caption's hard negative (the same words with one claim flipped) joins
+the batch as a further caption, true of whichever images it fits.
 
-- image-to-text retrieval recall@k: an image's own caption (or an identical
-  one: images with the same attributes share a caption) among the k most
-  similar test captions;
+The weights are written as an open_clip state dict, loadable by the same
+``create_clip(name, weights=<path>)`` route as real CLIP files, under a name
+keyed by the configuration (:func:`weights_path`), so a rerun with the same
+settings reuses them. Three checks of what was learnt, on a SynthPA folder's
+test split (:class:`CLIPPretrainResult`):
+
+- image-to-text retrieval recall@k among the test images' complete captions
+  (``captions.tsv``; identical captions count as hits);
 - zero-shot attribute recognition: per attribute, the attribute sentence
-  against a negated sentence, softmax of the two similarities; mA at 0.5.
+  against its negation, softmax of the two similarities; mA at 0.5;
+- a linear probe: class-balanced logistic regression per attribute on the
+  frozen image embedding, fitted on the train split (:func:`linear_probe`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,11 +42,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from parlab.data import load_dataset
+from parlab.data.batch_augment import augment_batch
 from parlab.data.errors import DatasetError
 from parlab.data.images import PARImageDataset
+from parlab.data.synthpa.captions import corpus_caption, negate, truth
+from parlab.data.synthpa.corpus import caption_corpus
 from parlab.errors import ConfigError, MissingFileError, RunFolderError
 from parlab.files import write_atomic, write_json
 from parlab.metrics import PARMetrics, pedestrian_metrics
@@ -40,31 +58,71 @@ from parlab.models.clip import clip_tokenizer, clip_transform, create_clip
 from parlab.training.config import ConfigFile, option
 from parlab.training.distributed import resolve_device
 from parlab.training.optim import WarmupCosine
-from parlab.training.sampling import EpochSampler, epoch_seed
+from parlab.training.sampling import epoch_seed
 from parlab.training.seeding import seed_everything
+
+__all__ = ["CLIPPretrainConfig", "CLIPPretrainResult", "MultiPositiveClipLoss", "linear_probe", "negate",
+           "pretrain_clip", "read_captions", "retrieval_recall", "weights_path", "zero_shot", "zero_shot_probs"]
+
+# Fields that do not change the weights: left out of the cache key.
+_NOT_IN_KEY = ("root", "device", "output", "cache_dir", "corpus_dir")
 
 
 @dataclass(frozen=True)
 class CLIPPretrainConfig(ConfigFile):
-    root: str = option("data/synthpa", "SynthPA folder holding captions.tsv")
-    clip_model: str = option("parlab-clip-tiny", "open_clip architecture name")
+    root: str = option("data/synthpa", "SynthPA folder whose splits evaluate the CLIP (never trained on)")
+    clip_model: str = option("parlab-clip-hybrid", "open_clip architecture name")
     image_size: tuple[int, int] = option((64, 32), "(height, width) of the images fed to it")
-    epochs: int = option(10, "passes over the training captions")
-    batch_size: int = option(64, "pairs per contrastive batch")
+    corpus_size: int = option(40000, "people in the caption corpus (rendered apart from the PAR splits)")
+    corpus_seed: int = option(0, "the corpus's people")
+    full_captions: float = option(0.4, "share of complete captions among those drawn each epoch")
+    sentence_captions: float = option(0.2, "share of single attribute sentences or their negations (the rest "
+                                           "are partial captions with negations)")
+    hard_negatives: bool = option(True, "each caption's hard negative (one claim flipped) joins the batch")
+    balanced_claims: bool = option(True, "choose claims by 1 / how common the image's value is, so that an "
+                                         "attribute's sentence is nearly as frequent as its negation")
+    epochs: int = option(2, "passes over the corpus")
+    batch_size: int = option(128, "pairs per contrastive batch")
     lr: float = option(1e-3, "AdamW peak learning rate")
     weight_decay: float = option(0.1, "AdamW, on weight matrices only (not on gains, biases, the temperature)")
-    warmup_steps: int = option(50, "linear warm-up before the cosine schedule")
+    warmup_steps: int = option(100, "linear warm-up from the first step, then cosine decay")
     pad: int = option(2, "random-crop padding in pixels (the baseline's 10 is a third of a 32-pixel-wide image)")
-    seed: int = option(0, "initial weights, order and augmentation")
+    seed: int = option(0, "initial weights, order, augmentation and captions")
     device: str = option("auto", "\"auto\" picks cuda when available, else cpu")
-    num_workers: int = option(0, "DataLoader worker processes")
-    output: str = option("runs/clip/parlab-clip-tiny.pt", "the weights file (open_clip state dict)")
+    cache_dir: str = option("runs/clip", "folder of the keyed weights file and of the corpus, unless given below")
+    output: str = option("", "the weights file (open_clip state dict); empty: <cache_dir>/<model>-<key>.pt, "
+                             "keyed by the settings that shape the weights")
+    corpus_dir: str = option("", "where the rendered corpus is kept; empty: <cache_dir>/corpus-<size>-<seed>-<HxW>")
 
     def __post_init__(self) -> None:
         self.coerce_fields()
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "corpus_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size > self.corpus_size:
+            raise ConfigError(f"batch_size {self.batch_size} exceeds corpus_size {self.corpus_size}")
+        if not (0 <= self.full_captions and 0 <= self.sentence_captions
+                and self.full_captions + self.sentence_captions <= 1):
+            raise ConfigError("full_captions and sentence_captions must be shares in [0, 1] summing to at most 1, "
+                              f"got {self.full_captions} and {self.sentence_captions}")
+
+
+def weights_path(config: CLIPPretrainConfig) -> Path:
+    """``config.output``, or ``<cache_dir>/<model>-<key>.pt`` with a key of the fields that shape the weights."""
+    if config.output:
+        return Path(config.output)
+    from parlab._version import __version__
+
+    fields = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
+    key = hashlib.sha256(json.dumps({**fields, "version": __version__}, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(config.cache_dir) / f"{config.clip_model}-{key}.pt"
+
+
+def _corpus_dir(config: CLIPPretrainConfig) -> Path:
+    if config.corpus_dir:
+        return Path(config.corpus_dir)
+    h, w = config.image_size
+    return Path(config.cache_dir) / f"corpus-{config.corpus_size}-{config.corpus_seed}-{h}x{w}"
 
 
 def read_captions(root: str | Path) -> dict[str, str]:
@@ -79,30 +137,33 @@ def read_captions(root: str | Path) -> dict[str, str]:
     return dict(zip(table["filepath"], table["caption"]))
 
 
-def negate(sentence: str) -> str:
-    """A negated attribute sentence: "A pedestrian wearing a hat" -> "A pedestrian not wearing a hat",
-    "A female pedestrian" -> "A pedestrian who is not female"."""
-    match = re.match(r"^(An?) pedestrian (.+)$", sentence)
-    if match:
-        return f"A pedestrian not {match.group(2)}"
-    match = re.match(r"^An? (\w+) pedestrian(.*)$", sentence)
-    if match:
-        return f"A pedestrian who is not {match.group(1)}{match.group(2)}"
-    return f"Not {sentence[:1].lower()}{sentence[1:]}"
+class MultiPositiveClipLoss(torch.nn.Module):
+    """open_clip's symmetric contrastive loss with a 0/1 target matrix instead of the identity.
 
+    Images are rows, captions columns; there may be more captions than images (hard negatives). Row i's target
+    is spread evenly over the captions true of image i, column j's over the images caption j is true of; each
+    side is the cross-entropy with those distributions (the caption side over the captions true of some image
+    of the batch), and the loss their mean. With the identity as targets it equals ``open_clip.ClipLoss``.
+    """
 
-class _CaptionedImages(Dataset):
-    """(image, caption tokens) of one split, in the dataset's order."""
+    def __init__(self) -> None:
+        super().__init__()
+        import open_clip
 
-    def __init__(self, images: PARImageDataset, captions: list[str], tokenizer) -> None:
-        self.images, self.captions, self.tokens = images, captions, tokenizer(captions)
+        self.logits = open_clip.ClipLoss()  # its get_logits: scale * image @ text.T both ways
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key):
-        x, _, _ = self.images[key]
-        return x, self.tokens[key[0] if isinstance(key, tuple) else key]
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+        """Features (B, D) and (M, D) normalised, ``targets`` (B, M): 1 where caption j is true of image i."""
+        per_image, per_text = self.logits.get_logits(image_features, text_features, logit_scale)
+        targets = targets.to(per_image.dtype)
+        if (targets.sum(1) == 0).any():
+            raise ValueError("every image needs at least one caption true of it")
+        image_side = F.cross_entropy(per_image, targets / targets.sum(1, keepdim=True))
+        fitting = targets.sum(0) > 0  # a hard negative may be true of no image here: no caption-side term
+        columns = targets.T[fitting]
+        text_side = F.cross_entropy(per_text[fitting], columns / columns.sum(1, keepdim=True))
+        return (image_side + text_side) / 2
 
 
 @dataclass(frozen=True)
@@ -111,98 +172,103 @@ class CLIPPretrainResult:
     history: pd.DataFrame  # per epoch: loss, lr, seconds
     recall: dict[int, float]  # image-to-text recall@k on test captions, percent
     zero_shot: PARMetrics  # attribute sentence vs negated sentence on the test split
-    wall_s: float
+    probe: PARMetrics  # linear probe on the frozen image embedding, fitted on train, scored on test
+    wall_s: float  # this call: corpus and training when not cached, evaluation always
+    train_s: float  # corpus rendering and training, as recorded when the weights were made
 
 
-def pretrain_clip(config: CLIPPretrainConfig, existing: str = "error", progress: bool = True,
+def pretrain_clip(config: CLIPPretrainConfig, existing: str = "resume", progress: bool = True,
                   log=print) -> CLIPPretrainResult:
-    """Train ``config.clip_model`` contrastively on SynthPA's training captions; evaluate on test.
+    """Train ``config.clip_model`` contrastively on a caption corpus; evaluate it on SynthPA's test split.
 
-    ``existing``: what to do when ``config.output`` exists: "error", "resume" (only evaluate it) or
-    "overwrite".
+    ``existing``: what to do when the weights file (:func:`weights_path`) exists: "resume" (use it: only
+    evaluate), "overwrite" (train again) or "error".
     """
-    from tqdm.auto import tqdm
-
     if existing not in ("error", "resume", "overwrite"):
         raise ConfigError(f"existing must be 'error', 'resume' or 'overwrite', got {existing!r}")
     start = time.perf_counter()
-    out = Path(config.output)
+    out = weights_path(config)
     if out.exists() and existing == "error":
         raise RunFolderError(f"{out} exists; use it (existing='resume') or train again (existing='overwrite')")
     device = resolve_device(config.device)
-    ann = load_dataset("synthpa", config.root)
-    captions = read_captions(config.root)
-    tokenizer = clip_tokenizer(config.clip_model)
-
-    def split(name: str, train: bool) -> _CaptionedImages:
-        # OpenAI normalisation: what every CLIP architecture (and its weights) here expects.
-        tf = clip_transform(config.image_size, train, config.pad)
-        images = PARImageDataset(ann, name, tf)
-        names = [str(ann.image_path(r).relative_to(Path(config.root))) for r in images.rows]
-        lacking = [n for n in names if n not in captions]
-        if lacking:
-            raise DatasetError(f"{Path(config.root) / 'captions.tsv'}: no caption for {len(lacking)} image(s), "
-                             f"e.g. {lacking[0]}")
-        return _CaptionedImages(images, [captions[n] for n in names], tokenizer)
-
     record = out.with_suffix(".json")  # config, training log and evaluation, beside the weights
     if out.exists() and existing == "resume":
         model = create_clip(config.clip_model, out, device=str(device), image_size=config.image_size)
-        history = json.loads(record.read_text())["history"] if record.is_file() else []
+        previous = json.loads(record.read_text()) if record.is_file() else {}
+        history, train_s = previous.get("history", []), float(previous.get("train_s", float("nan")))
     else:
+        images, labels = caption_corpus(_corpus_dir(config), config.corpus_size, config.corpus_seed,
+                                        config.image_size)
         seed_everything(config.seed)
         with warnings.catch_warnings():  # random initialisation is the point here
             warnings.filterwarnings("ignore", message=".*random weights")
             model = create_clip(config.clip_model, None, device=str(device), image_size=config.image_size)
-        history = _train(model, split("train", True), config, device, progress, log, tqdm)
+        history = _train(model, images, labels, config, device, progress, log)
         write_atomic(out, lambda tmp: torch.save(model.state_dict(), tmp))
+        train_s = time.perf_counter() - start
     model.eval()
-    test = split("test", False)
-    recall, zero_shot = _evaluate(model, test, ann, tokenizer, device)
-    result = CLIPPretrainResult(out, pd.DataFrame(history), recall, zero_shot, time.perf_counter() - start)
-    write_json(record, {"config": config.to_dict(), "recall": recall,
-                                          "zero_shot": zero_shot.summary(), "history": history})
+    recall, zero_shot_metrics, probe = _evaluate(model, config, device)
+    result = CLIPPretrainResult(out, pd.DataFrame(history), recall, zero_shot_metrics, probe,
+                                time.perf_counter() - start, train_s)
+    write_json(record, {"config": config.to_dict(), "recall": recall, "zero_shot": zero_shot_metrics.summary(),
+                        "probe": probe.summary(), "train_s": train_s, "history": history})
     log(f"{config.clip_model}: recall@1 {recall[1]:.1f}  recall@5 {recall[5]:.1f}  zero-shot mA "
-        f"{zero_shot.summary()['ma']:.2f}  ({out})")
+        f"{zero_shot_metrics.summary()['ma']:.2f}  linear probe mA {probe.summary()['ma']:.2f}  ({out})")
     return result
 
 
-def _train(model, data: _CaptionedImages, config: CLIPPretrainConfig, device, progress: bool, log, tqdm) -> list[dict]:
-    import open_clip
+def _train(model, images: np.ndarray, labels: np.ndarray, config: CLIPPretrainConfig, device, progress: bool,
+           log) -> list[dict]:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from tqdm.auto import tqdm
 
-    sampler = EpochSampler(len(data), config.seed)
-    loader = DataLoader(data, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                        drop_last=True)
+    tokenizer = clip_tokenizer(config.clip_model)
+    steps = len(images) // config.batch_size  # drop the last partial batch: contrastive batches stay full
     # open_clip's convention: weight decay on matrices only, not on gains, biases or the temperature.
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config.warmup_steps,
-                                                                         config.epochs * len(loader)))
-    loss_fn = open_clip.ClipLoss()
+    # Warm-up from the very first step: a from-scratch CLIP at full lr collapses to one embedding.
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config.warmup_steps, config.epochs * steps))
+    loss_fn = MultiPositiveClipLoss()
+    prevalence = (labels == 1).mean(0) if config.balanced_claims else None
     history = []
     for epoch in range(config.epochs):
-        seed_everything(epoch_seed(config.seed, epoch, 2))
-        sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+        order = torch.randperm(len(images), generator=generator).numpy()
         model.train()
-        t0, total, seen = time.perf_counter(), 0.0, 0
-        for images, tokens in tqdm(loader, leave=False, desc=f"CLIP epoch {epoch + 1}/{config.epochs}",
-                                   disable=not progress):
-            image_features, text_features, scale = model(images.to(device), tokens.to(device))[:3]
-            loss = loss_fn(image_features, text_features, scale)
+        t0, total = time.perf_counter(), 0.0
+        for step in tqdm(range(steps), leave=False, desc=f"CLIP epoch {epoch + 1}/{config.epochs}",
+                         disable=not progress):
+            rows = np.sort(order[step * config.batch_size:(step + 1) * config.batch_size])  # sorted: mmap reads
+            rng = np.random.default_rng([config.seed, epoch, step])
+            pairs = [corpus_caption(labels[r], rng, config.full_captions, config.sentence_captions, prevalence)
+                     for r in rows]
+            captions = [caption for caption, _ in pairs] + ([negative for _, negative in pairs]
+                                                            if config.hard_negatives else [])
+            targets = torch.from_numpy(truth(labels[rows], np.stack([claims for _, claims in captions])))
+            x = augment_batch(torch.from_numpy(np.ascontiguousarray(images[rows])).to(device), generator,
+                              OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, config.pad)
+            # Each distinct text once (attribute sentences recur in a batch): the text tower is most of a step.
+            texts, where = np.unique([text for text, _ in captions], return_inverse=True)
+            image_features = model.encode_image(x, normalize=True)
+            text_features = model.encode_text(tokenizer(list(texts)).to(device), normalize=True)
+            text_features = text_features[torch.from_numpy(where).to(device)]
+            scale = model.logit_scale.exp()
+            loss = loss_fn(image_features, text_features, scale, targets.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             with torch.no_grad():  # CLIP's clamp of the learnable temperature
                 model.logit_scale.clamp_(0, np.log(100))
-            total += float(loss.detach()) * len(images)
-            seen += len(images)
-        row = {"epoch": epoch + 1, "loss": total / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+            total += float(loss.detach())
+        row = {"epoch": epoch + 1, "loss": total / steps, "lr": optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - t0}
         history.append(row)
-        log(f"CLIP epoch {epoch + 1:>3}/{config.epochs}  loss {row['loss']:.4f}  {seen / row['seconds']:.0f} pairs/s")
+        log(f"CLIP epoch {epoch + 1:>3}/{config.epochs}  loss {row['loss']:.4f}  "
+            f"{steps * config.batch_size / row['seconds']:.0f} pairs/s")
     return history
 
 
@@ -237,6 +303,40 @@ def zero_shot_probs(model, image_emb: torch.Tensor, sentences, tokenizer, device
     return torch.sigmoid(logits_pos - logits_neg).cpu().numpy()  # = softmax over the two sentences
 
 
+def linear_probe(train_emb: torch.Tensor, train_labels: np.ndarray, test_emb: torch.Tensor,
+                 weight_decay: float = 1e-3, steps: int = 100) -> np.ndarray:
+    """(M, A) test probabilities of per-attribute logistic regressions on frozen embeddings.
+
+    Args:
+        train_emb: (N, D) embeddings of the training images; ``train_labels`` (N, A) 0/1 (-1: ignored).
+        test_emb: (M, D) embeddings to score.
+    Features are standardised on the training set; each attribute's positives and negatives weigh half of
+    its loss each (class-balanced, as mA scores); L2 ``weight_decay`` on the weights; full-batch L-BFGS.
+    """
+    mean, std = train_emb.mean(0), train_emb.std(0).clamp_min(1e-6)
+    x, z = (train_emb - mean) / std, (test_emb - mean) / std
+    y = torch.as_tensor(train_labels, dtype=torch.float32)
+    known = (y >= 0).float()
+    positives = (y == 1).float() * known
+    pos_weight = 0.5 / positives.sum(0).clamp_min(1)
+    neg_weight = 0.5 / (known - positives).sum(0).clamp_min(1)
+    sample_weight = positives * pos_weight + (known - positives) * neg_weight  # (N, A), each column sums to 1
+    weight = torch.zeros(x.shape[1], y.shape[1], requires_grad=True)
+    bias = torch.zeros(y.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (F.binary_cross_entropy_with_logits(x @ weight + bias, y.clamp_min(0), reduction="none")
+                * sample_weight).sum() / y.shape[1] + weight_decay * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return torch.sigmoid(z @ weight + bias).numpy()
+
+
 def zero_shot(clip_model: str, weights: str | Path, annotations, split: str = "test",
               image_size: tuple[int, int] | None = None, device: str = "auto", batch_size: int = 128) -> PARMetrics:
     """Zero-shot attribute metrics of a CLIP file on a split of any dataset (sentence vs negated sentence)."""
@@ -249,15 +349,41 @@ def zero_shot(clip_model: str, weights: str | Path, annotations, split: str = "t
     return pedestrian_metrics(annotations.labels[images.rows], probs, attributes=annotations.attributes)
 
 
+class _Texts(Dataset):
+    def __init__(self, tokens: torch.Tensor) -> None:
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.tokens[i]
+
+
 @torch.no_grad()
-def _evaluate(model, data: _CaptionedImages, ann, tokenizer, device) -> tuple[dict[int, float], PARMetrics]:
-    """Retrieval recall@1/5 and zero-shot attribute metrics on ``data`` (a test split)."""
-    loader = DataLoader(data, batch_size=256)
-    image_emb = _embed_images(model, loader, device)
-    text_emb = torch.cat([model.encode_text(t.to(device), normalize=True) for _, t in loader]).float()
-    similarity = image_emb @ text_emb.T  # (n, n), image i's own caption is column i
-    codes = torch.from_numpy(pd.factorize(pd.Series(data.captions))[0]).to(device)
-    recall = retrieval_recall(similarity, codes, (1, 5))
-    probs = zero_shot_probs(model, image_emb, ann.sentences, tokenizer, device)
-    labels = ann.labels[data.images.rows]
-    return recall, pedestrian_metrics(labels, probs, attributes=ann.attributes)
+def _evaluate(model, config: CLIPPretrainConfig, device) -> tuple[dict[int, float], PARMetrics, PARMetrics]:
+    """Retrieval recall@1/5, zero-shot attribute metrics and the linear probe on the test split of ``root``."""
+    ann = load_dataset("synthpa", config.root)
+    tokenizer = clip_tokenizer(config.clip_model)
+    transform = clip_transform(config.image_size, train=False)
+    test = PARImageDataset(ann, "test", transform)
+    captions = read_captions(config.root)
+    names = [str(ann.image_path(r).relative_to(Path(config.root))) for r in test.rows]
+    lacking = [n for n in names if n not in captions]
+    if lacking:
+        raise DatasetError(f"{Path(config.root) / 'captions.tsv'}: no caption for {len(lacking)} image(s), "
+                           f"e.g. {lacking[0]}")
+    texts = [captions[n] for n in names]
+    image_emb = _embed_images(model, DataLoader(test, batch_size=256), device)
+    text_emb = torch.cat([model.encode_text(t.to(device), normalize=True)
+                          for t in DataLoader(_Texts(tokenizer(texts)), batch_size=256)]).float()
+    codes = torch.from_numpy(pd.factorize(pd.Series(texts))[0]).to(device)
+    recall = retrieval_recall(image_emb @ text_emb.T, codes, (1, 5))  # image i's own caption is column i
+    labels = ann.labels[test.rows]
+    zero = pedestrian_metrics(labels, zero_shot_probs(model, image_emb, ann.sentences, tokenizer, device),
+                              attributes=ann.attributes)
+    train = PARImageDataset(ann, "train", transform)
+    train_emb = _embed_images(model, DataLoader(train, batch_size=256), device)
+    with torch.enable_grad():
+        probs = linear_probe(train_emb.cpu(), ann.labels[train.rows], image_emb.cpu())
+    return recall, zero, pedestrian_metrics(labels, probs, attributes=ann.attributes)

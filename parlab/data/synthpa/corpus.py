@@ -1,0 +1,98 @@
+"""A corpus of SynthPA people apart from the dataset's splits, for pretraining a CLIP.
+
+The analogue of web image-text data: people drawn from the same label network
+and renderer as SynthPA, but from random streams no SynthPA dataset uses
+(every dataset image ``i`` of seed ``s`` comes from ``[s, i]``; a corpus image
+from ``[CORPUS_STREAM, s, i]``), so a CLIP pretrained on it never sees an
+image of the PAR splits. Images go through the same path as the dataset's
+(rendered at 128x64, JPEG-encoded, decoded, resized by
+:class:`parlab.data.images.PARTransform`'s resize) and are kept as uint8 at
+the training resolution: ``images.npy`` (N, H, W, 3) and ``labels.npy``
+(N, A), memory-mapped when read. A corpus folder is built once per
+(size, seed, image size) and reused; captions are drawn from the labels when
+training (:mod:`parlab.data.synthpa.captions`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from parlab.data.synthpa.network import sample_labels
+from parlab.data.synthpa.render import render_jpeg
+from parlab.errors import ConfigError, MissingFileError
+
+CORPUS_STREAM = 0x5CA7  # first entropy word of every corpus image's random stream
+_CHUNK = 250
+
+
+def _render_chunk(args: tuple[int, int, np.ndarray, tuple[int, int]]) -> tuple[int, np.ndarray]:
+    import torchvision.transforms as T
+
+    seed, start, labels, size = args
+    resize = T.Resize(size)  # the dataset transform's own resize, so the pixels match a decoded file's
+    out = np.empty((len(labels), size[0], size[1], 3), np.uint8)
+    for k, y in enumerate(labels):
+        data = render_jpeg(y, np.random.default_rng([CORPUS_STREAM, seed, start + k]), (128, 64))
+        with Image.open(io.BytesIO(data)) as img:
+            out[k] = np.asarray(resize(img.convert("RGB")))
+    return start, out
+
+
+def corpus_labels(n: int, seed: int) -> np.ndarray:
+    """(n, A) labels of a corpus: SynthPA's label network, on a stream apart from the datasets'."""
+    return sample_labels(n, np.random.SeedSequence([CORPUS_STREAM, seed]).generate_state(1)[0])
+
+
+def render_corpus(n: int, seed: int, image_size: tuple[int, int], workers: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, H, W, 3) uint8, labels (n, A) uint8) of a corpus, in index order whatever ``workers``."""
+    labels = corpus_labels(n, seed)
+    images = np.empty((n, *image_size, 3), np.uint8)
+    jobs = [(seed, a, labels[a:a + _CHUNK], tuple(image_size)) for a in range(0, n, _CHUNK)]
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(jobs) > 1:
+        with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
+            for start, out in pool.imap_unordered(_render_chunk, jobs):
+                images[start:start + len(out)] = out
+    else:
+        for job in jobs:
+            start, out = _render_chunk(job)
+            images[start:start + len(out)] = out
+    return images, labels
+
+
+def caption_corpus(folder: str | Path, n: int, seed: int, image_size: tuple[int, int],
+                   workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The corpus in ``folder``, built there first unless a corpus of these settings is already there.
+
+    Returns (images (n, H, W, 3), labels (n, A)); the images memory-mapped, read-only.
+    """
+    if n < 1:
+        raise ConfigError(f"a caption corpus needs at least one image, got n={n}")
+    from parlab._version import __version__
+
+    folder = Path(folder)
+    manifest = {"n": int(n), "seed": int(seed), "image_size": [int(s) for s in image_size], "version": __version__}
+    record = folder / "corpus.json"
+    if not (record.is_file() and json.loads(record.read_text()) == manifest):
+        images, labels = render_corpus(n, seed, tuple(image_size), workers)
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        np.save(tmp / "images.npy", images)
+        np.save(tmp / "labels.npy", labels)
+        (tmp / "corpus.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    try:
+        return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "labels.npy")
+    except (OSError, ValueError) as error:
+        raise MissingFileError(f"{folder}: unreadable corpus ({error}); delete the folder to build it again") from error
