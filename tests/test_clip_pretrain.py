@@ -115,3 +115,26 @@ def test_recall_counts_identical_captions_as_hits():
     # Image 0's best caption is caption 1, which has the same text as its own caption 0.
     assert retrieval_recall(similarity, torch.tensor([0, 0, 1]), (1, 2)) == pytest.approx({1: 200 / 3, 2: 100.0})
     assert retrieval_recall(similarity, torch.tensor([0, 1, 2]), (1, 2)) == pytest.approx({1: 100 / 3, 2: 200 / 3})
+
+
+def test_logit_adjustment_adds_each_one_claim_captions_log_prior():
+    from parlab.methods.promptpar.pretrain import _single_claim_log_priors
+
+    claims = np.zeros((3, 4), np.int8)
+    claims[0, 1] = 1  # "wearing a hat": true of 10%
+    claims[1, 1] = -1  # "without a hat": true of 90%
+    claims[2, :] = [1, -1, 1, -1]  # a complete caption: no offset
+    prevalence = np.array([0.5, 0.1, 0.3, 0.7])
+    offsets = _single_claim_log_priors(claims, prevalence)
+    assert np.allclose(offsets, [np.log(0.1), np.log(0.9), 0.0])
+    torch.manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    texts = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    targets = torch.eye(3)
+    scale = torch.tensor(10.0)
+    shift = torch.from_numpy(offsets)
+    logits = scale * images @ texts.T
+    rows = torch.nn.functional.cross_entropy(logits + shift, targets)
+    columns = torch.nn.functional.cross_entropy(logits.T, targets)  # the caption side is not adjusted
+    loss = MultiPositiveClipLoss()(images, texts, scale, targets, shift)
+    assert loss == pytest.approx(float(rows + columns) / 2)

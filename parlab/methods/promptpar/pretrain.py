@@ -81,6 +81,9 @@ class CLIPPretrainConfig(ConfigFile):
     hard_negatives: bool = option(True, "each caption's hard negative (one claim flipped) joins the batch")
     balanced_claims: bool = option(True, "choose claims by 1 / how common the image's value is, so that an "
                                          "attribute's sentence is nearly as frequent as its negation")
+    adjusted_sentences: bool = option(False, "add the log share of people it is true of to the logit of every "
+                                             "one-claim caption (logit adjustment), so that sentence against "
+                                             "negation does not learn the attribute's prior")
     epochs: int = option(2, "passes over the corpus")
     batch_size: int = option(128, "pairs per contrastive batch")
     lr: float = option(1e-3, "AdamW peak learning rate")
@@ -153,9 +156,15 @@ class MultiPositiveClipLoss(torch.nn.Module):
         self.logits = open_clip.ClipLoss()  # its get_logits: scale * image @ text.T both ways
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                targets: torch.Tensor) -> torch.Tensor:
-        """Features (B, D) and (M, D) normalised, ``targets`` (B, M): 1 where caption j is true of image i."""
+                targets: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Features (B, D) and (M, D) normalised, ``targets`` (B, M): 1 where caption j is true of image i.
+
+        ``offsets`` (M,), added to every image's logit of caption j on the image side (logit adjustment, Menon
+        et al., 2021): with a caption's log prior there, the similarity is left to learn what the image adds.
+        """
         per_image, per_text = self.logits.get_logits(image_features, text_features, logit_scale)
+        if offsets is not None:
+            per_image = per_image + offsets.to(per_image.dtype)
         targets = targets.to(per_image.dtype)
         if (targets.sum(1) == 0).any():
             raise ValueError("every image needs at least one caption true of it")
@@ -232,7 +241,8 @@ def _train(model, images: np.ndarray, labels: np.ndarray, config: CLIPPretrainCo
     # Warm-up from the very first step: a from-scratch CLIP at full lr collapses to one embedding.
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config.warmup_steps, config.epochs * steps))
     loss_fn = MultiPositiveClipLoss()
-    prevalence = (labels == 1).mean(0) if config.balanced_claims else None
+    prevalence_all = (labels == 1).mean(0)
+    prevalence = prevalence_all if config.balanced_claims else None
     history = []
     for epoch in range(config.epochs):
         generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
@@ -247,7 +257,8 @@ def _train(model, images: np.ndarray, labels: np.ndarray, config: CLIPPretrainCo
                      for r in rows]
             captions = [caption for caption, _ in pairs] + ([negative for _, negative in pairs]
                                                             if config.hard_negatives else [])
-            targets = torch.from_numpy(truth(labels[rows], np.stack([claims for _, claims in captions])))
+            claims = np.stack([claims for _, claims in captions])
+            targets = torch.from_numpy(truth(labels[rows], claims))
             x = augment_batch(torch.from_numpy(np.ascontiguousarray(images[rows])).to(device), generator,
                               OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, config.pad)
             # Each distinct text once (attribute sentences recur in a batch): the text tower is most of a step.
@@ -256,7 +267,9 @@ def _train(model, images: np.ndarray, labels: np.ndarray, config: CLIPPretrainCo
             text_features = model.encode_text(tokenizer(list(texts)).to(device), normalize=True)
             text_features = text_features[torch.from_numpy(where).to(device)]
             scale = model.logit_scale.exp()
-            loss = loss_fn(image_features, text_features, scale, targets.to(device))
+            offsets = torch.from_numpy(_single_claim_log_priors(claims, prevalence_all)).to(device) \
+                if config.adjusted_sentences else None
+            loss = loss_fn(image_features, text_features, scale, targets.to(device), offsets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -270,6 +283,14 @@ def _train(model, images: np.ndarray, labels: np.ndarray, config: CLIPPretrainCo
         log(f"CLIP epoch {epoch + 1:>3}/{config.epochs}  loss {row['loss']:.4f}  "
             f"{steps * config.batch_size / row['seconds']:.0f} pairs/s")
     return history
+
+
+def _single_claim_log_priors(claims: np.ndarray, prevalence: np.ndarray) -> np.ndarray:
+    """(M,) float32: for a caption with one claim, the log share of people it is true of; 0 for the others."""
+    single = (claims != 0).sum(1) == 1
+    attribute = np.abs(claims).argmax(1)
+    share = np.where(claims[np.arange(len(claims)), attribute] == 1, prevalence[attribute], 1 - prevalence[attribute])
+    return np.where(single, np.log(np.clip(share, 1e-3, 1.0)), 0.0).astype(np.float32)
 
 
 def retrieval_recall(similarity: torch.Tensor, codes: torch.Tensor, ks=(1, 5)) -> dict[int, float]:
