@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing as mp
 import os
 import shutil
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 
 from parlab.data.synthpa.network import sample_labels
 from parlab.data.synthpa.render import render_jpeg
+from parlab.data.synthpa.writer import map_chunks
 from parlab.errors import ConfigError, MissingFileError
 
 CORPUS_STREAM = 0x5CA7  # first entropy word of every corpus image's random stream
@@ -57,15 +57,8 @@ def render_corpus(n: int, seed: int, image_size: tuple[int, int], workers: int |
     labels = corpus_labels(n, seed)
     images = np.empty((n, *image_size, 3), np.uint8)
     jobs = [(seed, a, labels[a:a + _CHUNK], tuple(image_size)) for a in range(0, n, _CHUNK)]
-    workers = workers or os.cpu_count() or 1
-    if workers > 1 and len(jobs) > 1:
-        with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
-            for start, out in pool.imap_unordered(_render_chunk, jobs):
-                images[start:start + len(out)] = out
-    else:
-        for job in jobs:
-            start, out = _render_chunk(job)
-            images[start:start + len(out)] = out
+    for start, out in map_chunks(_render_chunk, jobs, workers or os.cpu_count() or 1):
+        images[start:start + len(out)] = out
     return images, labels
 
 

@@ -50,6 +50,15 @@ def _render_chunk(args: tuple[int, int, int, np.ndarray, tuple[int, int], str]) 
     return stop - start
 
 
+def map_chunks(fn, jobs: list, workers: int):
+    """``fn(job)`` for every job, on ``workers`` processes when more than one (results in any order)."""
+    if workers > 1 and len(jobs) > 1:
+        with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
+            yield from pool.imap_unordered(fn, jobs)
+    else:
+        yield from map(fn, jobs)
+
+
 def _split_bounds(n: int) -> dict[str, tuple[int, int]]:
     bounds, start = {}, 0
     for k, (split, frac) in enumerate(SPLIT_FRACTIONS):
@@ -117,13 +126,8 @@ def generate(
     chunk = max(1, min(500, n // (workers * 4) or 1))
     jobs = [(seed, a, min(a + chunk, n), labels[a:min(a + chunk, n)], tuple(image_size), str(tmp / "data"))
             for a in range(0, n, chunk)]
-    if workers > 1:
-        with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_render_chunk, jobs):
-                pass
-    else:
-        for job in jobs:
-            _render_chunk(job)
+    for _ in map_chunks(_render_chunk, jobs, workers):
+        pass
 
     write_annotation(tmp / "annotation.mat", labels)
     lines = ["filepath\tcaption"] + [f"data/{i + 1:06d}.jpg\t{full_caption(labels[i])}" for i in range(n)]
