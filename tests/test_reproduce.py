@@ -132,3 +132,15 @@ def test_hub_weights_pass_the_input_check(synthpa_root, tmp_path):
     profile = paper_profile("pa100k", str(synthpa_root), weights="hf-hub:timm/resnet50.a1_in1k",
                             clip_weights="openai")
     check_paper_inputs(profile, ["03_baseline", "05_promptpar"])  # the libraries fetch these, not parlab
+
+
+def test_full_profile_is_the_default_with_every_ablation_over_three_seeds():
+    from parlab.reproduce import notebook_parameters
+
+    default, full = (notebook_parameters(PROFILES[name], ["05"]) for name in ("default", "full"))
+    assert full["05_promptpar"]["ablation_seeds"] == [0, 1, 2]
+    assert "ablation_seeds" not in default["05_promptpar"]  # the notebook's own [0]
+    assert full["05_promptpar"]["runs_dir"] != default["05_promptpar"]["runs_dir"]
+    assert full["05_promptpar"]["figures_dir"] != default["05_promptpar"]["figures_dir"]
+    assert {k: v for k, v in full["05_promptpar"].items() if not k.endswith("_dir") and k != "ablation_seeds"} == \
+        {k: v for k, v in default["05_promptpar"].items() if not k.endswith("_dir")}
