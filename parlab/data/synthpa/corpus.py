@@ -34,10 +34,10 @@ _CHUNK = 250
 
 
 def _render_chunk(args: tuple[int, int, np.ndarray, tuple[int, int]]) -> tuple[int, np.ndarray]:
-    import torchvision.transforms as T
+    from parlab.data.images import build_transform
 
     seed, start, labels, size = args
-    resize = T.Resize(size)  # the dataset transform's own resize, so the pixels match a decoded file's
+    resize = build_transform(size).resize  # the dataset transform's own resize: pixels match a decoded file's
     out = np.empty((len(labels), size[0], size[1], 3), np.uint8)
     for k, y in enumerate(labels):
         data = render_jpeg(y, np.random.default_rng([CORPUS_STREAM, seed, start + k]), (128, 64))
