@@ -107,6 +107,15 @@ def _parser(methods: dict[str, MethodSpec]) -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     ex.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
+
+    ca = sub.add_parser("cache", help="decode a dataset's images once into a uint8 cache at a training size",
+                        description="Build the memory-mapped uint8 image cache that --image-cache reads (every "
+                                    "method, every run at that size); an up-to-date one is reused.")
+    ca.add_argument("folder", type=Path, help="the folder of caches (what --image-cache names)")
+    ca.add_argument("--dataset", default="synthpa", help="registry name (parlab.data.available_datasets())")
+    ca.add_argument("--root", required=True, help="dataset folder")
+    ca.add_argument("--image-size", type=int, nargs=2, default=(256, 192), metavar=("HEIGHT", "WIDTH"))
+    ca.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
     return parser
 
 
@@ -203,13 +212,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from parlab.data import load_dataset
+    from parlab.data.image_cache import build_image_cache
+
+    annotations = load_dataset(args.dataset, args.root)
+    cache = build_image_cache(args.folder, annotations, tuple(args.image_size), workers=args.workers)
+    print(f"{cache.folder}: {len(cache.images)} images at {args.image_size[0]}x{args.image_size[1]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     methods = available_methods()
     args = _parser(methods).parse_args(argv)
     try:
         if args.command in methods:
             return _train(methods[args.command], args)
-        return {"evaluate": _evaluate, "predict": _predict, "export": _export}[args.command](args)
+        return {"evaluate": _evaluate, "predict": _predict, "export": _export, "cache": _cache}[args.command](args)
     except ParlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -6,9 +6,10 @@ executed copies to ``runs/<profile>/`` and stops at the first failure with a
 non-zero exit naming the notebook and the failing cell.
 
 Profiles: ``smoke`` is what the tests run (small SynthPA, minutes in all);
-``default`` is what ``make reproduce`` runs (SynthPA default size); ``full``
-is the default plus what does not fit its time (every PromptPAR ablation over
-three seeds, figures under ``runs/full/figures``); ``paper``
+``default`` is what ``make reproduce`` runs (SynthPA default size, 3-epoch
+schedules, under 30 minutes on a 2-core CPU); ``full`` adds what does not fit
+that time (5-epoch schedules, the logit-BN stage 1, every PromptPAR ablation
+over three seeds; figures under ``runs/full/figures``); ``paper``
 runs the papers' settings on a real dataset::
 
     python -m parlab.reproduce --profile paper --dataset pa100k --root /data/PA100k --device cuda \
@@ -64,6 +65,7 @@ class Profile:
             "synthpa_size": self.synthpa_size,
             "figures_dir": str(repo / self.figures_dir),
             "runs_dir": str(repo / self.runs_dir),
+            "image_cache": str(repo / Path(self.runs_dir).parent / "cache"),  # every notebook's runs at one size
             "seed": self.seed,
             "interactive": False,
             "progress": False,
@@ -86,9 +88,12 @@ PROFILES: dict[str, Profile] = {
                                              "seeds": [0], "count_large_models": False}}),
     # The notebooks' own defaults (a few minutes per run on a 2-core CPU).
     "default": Profile("default", "default", "data/synthpa", "figures", "runs/default/train"),
-    # The default and what does not fit its time: every PromptPAR ablation over three seeds.
+    # What does not fit the default's 30 minutes: 5-epoch schedules, the logit-BN stage 1 and every PromptPAR
+    # ablation over three seeds.
     "full": Profile("full", "default", "data/synthpa", "runs/full/figures", "runs/full/train",
-                    extra={"05_promptpar": {"ablation_seeds": [0, 1, 2]}}),
+                    training={"epochs": 5},
+                    extra={"04_frdl_goat": {"frdl_epochs": 5, "balance_start": 2, "logit_bn_ablation": True},
+                           "05_promptpar": {"ablation_seeds": [0, 1, 2]}}),
 }
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -318,8 +319,8 @@ def test_flood_levels_come_from_training_images_augmented_as_epoch_0_draws_them(
     ann = load_dataset("synthpa", synthpa_root)
     rows = ann.split("train")
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
-    augmented = PARImageDataset(ann, rows, build_transform((64, 32), train=True))
-    logits, order = _epoch_view(model, augmented, 0, config, ctx, False, "")
+    data = SimpleNamespace(annotations=ann, plan=SimpleNamespace(train=rows), images=None)
+    logits, order = _epoch_view(model, data, build_transform((64, 32), train=True), 0, config, ctx, False, "")
     b_pos, b_neg = flood_levels(logits.numpy(), ann.labels[order])
     assert written["b_pos"].to_numpy() == pytest.approx(b_pos, abs=1e-5)
     assert written["b_neg"].to_numpy() == pytest.approx(b_neg, abs=1e-5)

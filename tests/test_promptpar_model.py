@@ -200,3 +200,49 @@ def test_vit_l14_trainable_count_is_the_papers():
     assert model.text_prompts.shape == (12, 26, 3, 768)
     assert model.prompts.shape == (24, 50, 1024) and model.layout.grid == (16, 16)
     assert model.bands == [(0, 4), (3, 8), (7, 12), (11, 15)]
+
+
+def test_prompts_written_in_place_equal_the_concatenated_sequence_with_their_gradients():
+    # Reference: each layer's prompts spliced in by concatenating the sequence around them.
+    def spliced(model, x):
+        layout, blocks = model.layout, model.clip.visual.transformer.resblocks
+        spans = [layout.global_slice] + [slice(layout.region(k).start + 1, layout.region(k).stop)
+                                         for k in range(layout.regions)]
+        for i, block in enumerate(blocks):
+            if 0 < i < model.prompts.shape[0]:
+                fresh, pieces, start, used = model.prompts[i].expand(len(x), -1, -1), [], 0, 0
+                for s in spans:
+                    pieces += [x[:, start:s.start], fresh[:, used:used + s.stop - s.start]]
+                    used, start = used + s.stop - s.start, s.stop
+                x = torch.cat([*pieces, x[:, start:]], dim=1)
+            x = block(x, attn_mask=model.attn_mask)
+        return x
+
+    model = tiny().train()
+    x = torch.randn(3, model.layout.length, model.prompts.shape[-1])
+    got = model._blocks(x)
+    (grad,) = torch.autograd.grad(got.square().sum(), model.prompts)
+    want = spliced(model, x)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), model.prompts)
+    assert torch.equal(got, want) and torch.equal(grad, want_grad)
+    assert grad[1:].abs().sum() > 0  # the deep prompts get gradients
+
+
+def test_sentence_features_cut_after_the_last_end_of_text_token_equal_the_whole_context():
+    plain = tiny(use_textprompt=False).eval()
+    with torch.no_grad():  # without prompts: CLIP's own encode_text over its whole context
+        assert torch.allclose(plain.text_features(), plain.clip.encode_text(plain.sentence_tokens), atol=1e-5)
+    model = tiny().eval()
+    cut = model._encode_text()
+    assert int(model.sentence_tokens.argmax(-1).max()) + 1 + 2 < model.sentence_tokens.shape[1]  # it does cut
+    # The whole context, by setting the mask aside: a mask of None is never cut.
+    mask, model.clip.attn_mask = model.clip.attn_mask, None
+    try:
+        hooks = [b.register_forward_pre_hook(lambda _, args, kwargs: (args, kwargs | {"attn_mask": mask}),
+                                             with_kwargs=True) for b in model.clip.transformer.resblocks]
+        whole = model._encode_text()
+    finally:
+        model.clip.attn_mask = mask
+        for h in hooks:
+            h.remove()
+    assert torch.allclose(cut, whole, atol=1e-5)

@@ -134,13 +134,20 @@ def test_hub_weights_pass_the_input_check(synthpa_root, tmp_path):
     check_paper_inputs(profile, ["03_baseline", "05_promptpar"])  # the libraries fetch these, not parlab
 
 
-def test_full_profile_is_the_default_with_every_ablation_over_three_seeds():
+def test_full_profile_is_the_default_with_longer_schedules_and_every_ablation_over_three_seeds():
     from parlab.reproduce import notebook_parameters
 
-    default, full = (notebook_parameters(PROFILES[name], ["05"]) for name in ("default", "full"))
+    default, full = (notebook_parameters(PROFILES[name], ["03", "04", "05"]) for name in ("default", "full"))
     assert full["05_promptpar"]["ablation_seeds"] == [0, 1, 2]
     assert "ablation_seeds" not in default["05_promptpar"]  # the notebook's own [0]
-    assert full["05_promptpar"]["runs_dir"] != default["05_promptpar"]["runs_dir"]
-    assert full["05_promptpar"]["figures_dir"] != default["05_promptpar"]["figures_dir"]
-    assert {k: v for k, v in full["05_promptpar"].items() if not k.endswith("_dir") and k != "ablation_seeds"} == \
-        {k: v for k, v in default["05_promptpar"].items() if not k.endswith("_dir")}
+    assert full["04_frdl_goat"]["logit_bn_ablation"] is True and "logit_bn_ablation" not in default["04_frdl_goat"]
+    longer = {"epochs": 5, "frdl_epochs": 5, "balance_start": 2, "logit_bn_ablation": True, "ablation_seeds": [0, 1, 2]}
+    for notebook in default:
+        assert "epochs" not in default[notebook]  # the notebooks' own (3)
+        assert full[notebook]["epochs"] == 5
+        assert full[notebook]["runs_dir"] != default[notebook]["runs_dir"]
+        assert full[notebook]["figures_dir"] != default[notebook]["figures_dir"]
+        assert full[notebook]["image_cache"] != default[notebook]["image_cache"]
+        # Everything else is the default's.
+        assert {k: v for k, v in full[notebook].items() if not k.endswith(("_dir", "_cache")) and k not in longer} == \
+            {k: v for k, v in default[notebook].items() if not k.endswith(("_dir", "_cache"))}

@@ -107,10 +107,13 @@ def _train_args(root: Path, out: Path, epochs: int = 3) -> list[str]:
             "--device", "cpu", "--no-progress", "--output-dir", str(out)]
 
 
-def test_killed_run_resumes_to_identical_weights(synthpa_root, tmp_path):
+@pytest.mark.parametrize("cached", [False, True], ids=["decoded", "image-cache"])
+def test_killed_run_resumes_to_identical_weights(synthpa_root, tmp_path, cached):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
+    # The killed run reads the uint8 image cache in the second case: it must still end as the decoding one.
+    cache = ("--image-cache", str(tmp_path / "cache")) if cached else ()
     subprocess.run(_cli(*_train_args(synthpa_root, whole)), check=True, capture_output=True, cwd=REPO)
-    proc = subprocess.Popen(_cli(*_train_args(synthpa_root, killed)), cwd=REPO,
+    proc = subprocess.Popen(_cli(*_train_args(synthpa_root, killed), *cache), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     # Kill in the middle of epoch 2: right after epoch 1's checkpoint and log row appear.
@@ -120,8 +123,8 @@ def test_killed_run_resumes_to_identical_weights(synthpa_root, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert load_checkpoint(killed / "last.pt")["epoch"] < 3, "the run finished before it was killed"
-    done = subprocess.run(_cli(*_train_args(synthpa_root, killed), "--resume"), capture_output=True, text=True,
-                          cwd=REPO)
+    done = subprocess.run(_cli(*_train_args(synthpa_root, killed), *cache, "--resume"), capture_output=True,
+                          text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stdout
     assert same_weights(whole / "last.pt", killed / "last.pt")
@@ -218,8 +221,10 @@ def test_torchrun_two_processes_match_single_process_evaluation(synthpa_root, tm
 
 
 def test_bf16_channels_last_ema_and_selection_on_test(synthpa_root, tmp_path):
+    # At 128x64, not 64x32: torch 2.14.1's oneDNN bf16 convolution on CPUs with AMX returns NaN now and then
+    # for a 3x3 stride-2 convolution of a 4x2 map (a ResNet's last stage at 64x32; README, "Known problems").
     cfg = tiny(synthpa_root, tmp_path / "r", epochs=1, amp="bf16", channels_last=True, ema=True, ema_decay=0.5,
-               select_on="test", scheduler="multistep", milestones=(1,))
+               select_on="test", scheduler="multistep", milestones=(1,), image_size=(128, 64))
     run = train(cfg, progress=False, log=lambda _: None)
     assert np.isfinite(run.history["train_loss"]).all()
     assert {"test_ma", "test_f1"} <= set(run.history.columns)

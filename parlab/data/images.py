@@ -104,6 +104,7 @@ class PARTransform:
                  std: tuple[float, ...] = IMAGENET_STD, pad: int = 10) -> None:
         self.image_size = (int(image_size[0]), int(image_size[1]))  # (height, width)
         self.train, self.pad = train, pad
+        self.mean, self.std = tuple(mean), tuple(std)
         self.resize = T.Resize(self.image_size)
         self.normalize = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
 

@@ -43,9 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
-from parlab.data.images import PARImageDataset
 from parlab.errors import ConfigError
 from parlab.files import write_atomic
 from parlab.methods.frdl import FeatureBank
@@ -57,9 +55,10 @@ from parlab.training import distributed as dist
 from parlab.training.checkpoint import CheckpointError, load_checkpoint, load_state_strict, state_digest
 from parlab.training.config import TrainConfig
 from parlab.training.engine import RunResult, fit
-from parlab.training.evaluation import Predictions, autocast, eval_loader, forward_split
+from parlab.training.batches import evaluation_batches, training_batches
+from parlab.training.evaluation import Predictions, autocast, forward_split
 from parlab.training.losses import PARLoss, multilabel_bce
-from parlab.training.sampling import EpochSampler, drops_last_batch, epoch_seed, train_loader
+from parlab.training.sampling import EpochSampler, drops_last_batch, epoch_seed
 from parlab.training.seeding import seed_everything
 from parlab.training.task import RunData, SupervisedTask, Task, wrap_ddp
 
@@ -122,20 +121,20 @@ def _positive_prior(config: FRDLConfig, labels: np.ndarray, attributes) -> torch
     return torch.from_numpy(prior)
 
 
-def _epoch_view(module: nn.Module, dataset: PARImageDataset, epoch: int, config: FRDLConfig, ctx: dist.DistContext,
+def _epoch_view(module: nn.Module, data: RunData, transform, epoch: int, config: FRDLConfig, ctx: dist.DistContext,
                 progress: bool, desc: str) -> tuple[torch.Tensor, np.ndarray]:
     """``module`` on every training image augmented as epoch ``epoch`` draws it: outputs (N, ...) and rows (N,)."""
-    sampler = EpochSampler(len(dataset), config.seed, ctx.rank, ctx.world_size)
+    sampler = EpochSampler(len(data.plan.train), config.seed, ctx.rank, ctx.world_size)
     sampler.set_epoch(epoch)
-    loader = DataLoader(dataset, batch_size=config.eval_batch_size, sampler=sampler,
-                        num_workers=config.num_workers, pin_memory=ctx.device.type == "cuda")
-    return forward_split(module, loader, ctx, config.amp, progress=progress, desc=desc)
+    batches = evaluation_batches(data.annotations, data.plan.train, transform, config.eval_batch_size,
+                                 config.num_workers, ctx, data.images, sampler=sampler)
+    return forward_split(module, batches, ctx, config.amp, progress=progress, desc=desc)
 
 
-def _extract_views(backbone: nn.Module, dataset: PARImageDataset, config: FRDLConfig, ctx: dist.DistContext,
+def _extract_views(backbone: nn.Module, data: RunData, transform, config: FRDLConfig, ctx: dist.DistContext,
                    progress: bool) -> torch.Tensor:
     """Pooled features (V, N, C) of V augmented views; view v is augmented as epoch v would be."""
-    return torch.stack([_epoch_view(backbone, dataset, v, config, ctx, progress,
+    return torch.stack([_epoch_view(backbone, data, transform, v, config, ctx, progress,
                                     f"features, view {v + 1}/{config.feature_cache}")[0].to(ctx.device)
                         for v in range(config.feature_cache)])
 
@@ -249,8 +248,8 @@ class FRDLTask(Task):
         self.rows = {"val": plan.val, "test": plan.test}
         # The test-time extractor is stage 1's, frozen: its validation and test features never change.
         self.pooled = {k: forward_split(stage1.model.backbone,
-                                        eval_loader(PARImageDataset(ann, rows, eval_tf), c.eval_batch_size,
-                                                    c.num_workers, ctx),
+                                        evaluation_batches(ann, rows, eval_tf, c.eval_batch_size, c.num_workers, ctx,
+                                                           data.images),
                                         ctx, c.amp, progress=progress, desc=f"{k} features")[0].to(device)
                        for k, rows in self.rows.items()}
         seed_everything(c.seed)  # h_ft starts the same on every rank
@@ -274,17 +273,18 @@ class FRDLTask(Task):
     def _setup_training(self, data: RunData, progress: bool) -> None:
         """GOAT's wandering copy and flood levels, and the training batches (cached views or a loader)."""
         c, ann, plan, ctx = self.config, data.annotations, data.plan, self.ctx
-        train_set = PARImageDataset(ann, plan.train, self.transform(train=True))
+        train_tf = self.transform(train=True)
         if c.goat:
-            self.goat = self._goat(data, train_set, progress)
+            self.goat = self._goat(data, train_tf, progress)
         if c.feature_cache:
-            self.cache = _extract_views(self.stage1.model.backbone, train_set, c, ctx, progress)
+            self.cache = _extract_views(self.stage1.model.backbone, data, train_tf, c, ctx, progress)
             self.cached_labels = torch.from_numpy(ann.labels[plan.train].astype(np.float32)).to(ctx.device)
             self.cached_rows = torch.from_numpy(plan.train.astype(np.int64)).to(ctx.device)
         else:
-            self.loader = train_loader(train_set, c.batch_size, c.seed, c.num_workers, ctx)
+            self.loader = training_batches(ann, plan.train, train_tf, c.batch_size, c.seed, c.num_workers, ctx,
+                                           data.images)
 
-    def _goat(self, data: RunData, train_set: PARImageDataset, progress: bool) -> GOAT:
+    def _goat(self, data: RunData, train_tf, progress: bool) -> GOAT:
         """GOAT's wandering copy, with flood levels from the stage-1 losses (``flood_source``).
 
         On the training set its images are augmented as epoch 0 draws them: the losses the public code
@@ -292,11 +292,11 @@ class FRDLTask(Task):
         """
         c, ctx, ann = self.config, self.ctx, data.annotations
         if c.flood_source == "train":
-            logits, rows = _epoch_view(self.stage1.model, train_set, 0, c, ctx, progress, "flood levels")
+            logits, rows = _epoch_view(self.stage1.model, data, train_tf, 0, c, ctx, progress, "flood levels")
         else:
-            val_set = PARImageDataset(ann, data.plan.val, self.transform(train=False))
-            logits, rows = forward_split(self.stage1.model, eval_loader(val_set, c.eval_batch_size, c.num_workers,
-                                                                        ctx), ctx, c.amp, progress=progress,
+            batches = evaluation_batches(ann, data.plan.val, self.transform(train=False), c.eval_batch_size,
+                                         c.num_workers, ctx, data.images)
+            logits, rows = forward_split(self.stage1.model, batches, ctx, c.amp, progress=progress,
                                          desc="flood levels")
         b_pos, b_neg = flood_levels(logits.numpy(), ann.labels[rows])
         if ctx.is_main:

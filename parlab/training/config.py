@@ -167,7 +167,9 @@ class RunFields(ConfigFile):
     epochs: int = option(30, "training epochs")
     batch_size: int = option(64, "training batch, per process")
     eval_batch_size: int = option(128, "validation and test batch, per process")
-    num_workers: int = option(0, "DataLoader worker processes")
+    num_workers: int = option(0, "DataLoader worker processes (unused with image_cache)")
+    image_cache: str = option("", "folder of uint8 image caches (parlab cache): images decoded once at image_size, "
+                                  "augmented on the device; built there when missing; empty: decode every epoch")
     amp: str = option("none", "bf16 on CPU or GPU, fp16 on GPU only", ("none", "bf16", "fp16"))
     device: str = option("auto", '"auto" picks cuda when available, else cpu')
     seed: int = option(0, "weights, order, augmentation and the carved validation split")
@@ -184,7 +186,8 @@ class RunFields(ConfigFile):
 
 
 # Run fields that may change when a run is resumed: they do not affect the numbers.
-RESUMABLE_CHANGES = ("device", "num_workers", "output_dir", "tensorboard", "eval_batch_size")
+# The image cache gives the very tensors that decoding does.
+RESUMABLE_CHANGES = ("device", "num_workers", "output_dir", "tensorboard", "eval_batch_size", "image_cache")
 
 
 @dataclass(frozen=True)

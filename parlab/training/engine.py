@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from parlab.data import load_dataset
+from parlab.data.image_cache import build_image_cache, open_image_cache
 from parlab.errors import ConfigError, ParlabError
 from parlab.files import write_atomic, write_json
 from parlab.labelstats import positive_ratio
@@ -49,6 +50,7 @@ from parlab.training.task import RunData, SupervisedTask, Task
 from parlab.training.thresholds import tune_thresholds
 
 METRIC_KEYS = ("ma", "acc", "prec", "rec", "f1")
+LOSS_READ_EVERY = 25  # training steps between reads of the loss on a GPU (the NaN guard's granularity there)
 
 
 class TrainingDiverged(ParlabError, RuntimeError):
@@ -130,7 +132,7 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     if resume is not None:
         resume = task.upgrade_checkpoint(resume)
         task.check_resume(resume, str(source))
-    data = load_run_data(task.data_config)
+    data = load_run_data(task.data_config, task.run.image_cache, ctx)
     if resume is not None:
         check_attributes(resume["attributes"], data.annotations.attributes, str(source), data.annotations.name)
     if existing == "overwrite":  # only now that the inputs read
@@ -157,11 +159,22 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     return finish(task, data, state, ctx, start_time, progress, log)
 
 
-def load_run_data(config: TrainConfig) -> RunData:
-    """The dataset of ``config``, its splits and the training split's positive ratio."""
+def load_run_data(config: TrainConfig, image_cache: str = "", ctx: dist.DistContext | None = None) -> RunData:
+    """The dataset of ``config``, its splits, the training split's positive ratio and its image cache.
+
+    With ``image_cache`` (a folder), the cache of these images at ``config.image_size`` is opened there,
+    built first (by rank 0, the others waiting) when it is missing.
+    """
     annotations = load_dataset(config.dataset, config.root, config.partition)
     plan = resolve_splits(annotations, config)
-    return RunData(annotations, plan, positive_ratio(annotations.labels[plan.train]))
+    cache = None
+    if image_cache:
+        if ctx is None or ctx.is_main:
+            cache = build_image_cache(image_cache, annotations, config.image_size)
+        if ctx is not None:
+            dist.barrier(ctx)
+            cache = cache or open_image_cache(image_cache, annotations, config.image_size)
+    return RunData(annotations, plan, positive_ratio(annotations.labels[plan.train]), cache)
 
 
 def run_record(task: Task, data: RunData, ctx: dist.DistContext) -> dict:
@@ -202,18 +215,31 @@ def train_one_epoch(task: Task, epoch: int, ctx: dist.DistContext, progress: boo
         raise ConfigError(f"the training split gives no batch of batch_size {task.run.batch_size} per process "
                           "(a final batch of one image is dropped); use more images or a smaller batch_size")
     start = time.perf_counter()
-    total, seen = 0.0, 0
+    # On a GPU, reading the loss every step would make the host wait for the device at every step: losses
+    # stay on the device and are read every LOSS_READ_EVERY steps (on the CPU every step, which costs nothing).
+    read_every = 1 if ctx.device.type == "cpu" else LOSS_READ_EVERY
+    losses = torch.zeros(steps, dtype=torch.float64, device=ctx.device)
+    sizes = torch.zeros(steps, dtype=torch.float64)
+    unread, pending_rows = 0, []  # first step not read yet; the annotation rows of the steps since
     bar = tqdm(batches, total=steps, leave=False, desc=f"epoch {epoch + 1}/{task.run.epochs}",
                disable=not (progress and ctx.is_main))
     for step, batch in enumerate(bar):
         loss = task.training_step(batch)["loss"]
-        value = float(dist.all_reduce_mean(loss.detach(), ctx))  # same on every rank, so all stop together
-        if not np.isfinite(value):
-            raise TrainingDiverged(diverged_message(value, epoch, step, steps, batch[2], out))
+        losses[step] = dist.all_reduce_mean(loss.detach(), ctx)  # same on every rank, so all stop together
+        sizes[step] = len(batch[1])
+        pending_rows.append(batch[2])
+        if step + 1 - unread >= read_every or step + 1 == steps:
+            read = losses[unread:step + 1].cpu().numpy()
+            bad = np.flatnonzero(~np.isfinite(read))
+            if len(bad):
+                at = unread + int(bad[0])
+                raise TrainingDiverged(diverged_message(float(read[bad[0]]), epoch, at, steps,
+                                                        pending_rows[int(bad[0])], out))
+            unread, pending_rows = step + 1, []
+            bar.set_postfix(loss=f"{read[-1]:.3f}")
         optimizer_step(task, loss, epoch * steps + step)
-        total += value * len(batch[1])
-        seen += len(batch[1])
-        bar.set_postfix(loss=f"{value:.3f}")
+    seen = float(sizes.sum())
+    total = float((losses.cpu() * sizes).sum())
     train_s = time.perf_counter() - start
     return {"train_loss": total / max(seen, 1), "lr": task.optimizer.param_groups[0]["lr"], "train_s": train_s,
             "train_img_s": seen * ctx.world_size / train_s} | task.epoch_summary()

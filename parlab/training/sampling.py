@@ -69,6 +69,8 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int,
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         drop_last=drops_last_batch(len(sampler), batch_size), pin_memory=ctx.device.type == "cuda",
         generator=torch.Generator().manual_seed(seed),
+        # Workers outlive the epoch (the order still comes from the sampler, in this process): no restart cost.
+        persistent_workers=num_workers > 0,
     )
 
 

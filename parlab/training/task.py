@@ -31,16 +31,17 @@ import torch
 import torch.nn as nn
 
 from parlab.data.annotations import Annotations
-from parlab.data.images import PARImageDataset, PARTransform, build_transform
+from parlab.data.image_cache import ImageCache
+from parlab.data.images import PARTransform, build_transform
 from parlab.models import build_model
 from parlab.models.backbones import backbone_weights_record
 from parlab.training import distributed as dist
 from parlab.training.checkpoint import CheckpointError, load_state_strict
 from parlab.training.config import RESUMABLE_CHANGES, RunFields, TrainConfig
-from parlab.training.evaluation import Predictions, autocast, eval_loader, predict_dataset
+from parlab.training.batches import evaluation_batches, training_batches
+from parlab.training.evaluation import Predictions, autocast, predict_dataset
 from parlab.training.losses import PARLoss
 from parlab.training.optim import build_optimizer, build_scheduler, steps_per_batch
-from parlab.training.sampling import train_loader
 from parlab.training.seeding import seed_everything
 from parlab.training.splits import SplitPlan
 
@@ -52,6 +53,7 @@ class RunData:
     annotations: Annotations
     plan: SplitPlan
     train_ratio: np.ndarray  # (A,) positive ratio of the training split
+    images: ImageCache | None = None  # the run's uint8 image cache (TrainConfig.image_cache), if it has one
 
 
 class Task:
@@ -256,11 +258,12 @@ class SupervisedTask(Task):
         self.weights_record = resume.get("backbone_weights") if resume is not None else \
             backbone_weights_record(c.backbone, c.weights)
         self.ema = ModelEmaV3(model, decay=c.ema_decay) if c.ema else None
-        train_set = PARImageDataset(ann, data.plan.train, self.transform(train=True))
-        self.loader = train_loader(train_set, c.batch_size, c.seed, c.num_workers, ctx)
+        self.loader = training_batches(ann, data.plan.train, self.transform(train=True), c.batch_size, c.seed,
+                                       c.num_workers, ctx, data.images)
         eval_tf = self.transform(train=False)
-        self.loaders = {split: eval_loader(PARImageDataset(ann, rows, eval_tf), c.eval_batch_size, c.num_workers,
-                                           ctx) for split, rows in (("val", data.plan.val), ("test", data.plan.test))}
+        self.loaders = {split: evaluation_batches(ann, rows, eval_tf, c.eval_batch_size, c.num_workers, ctx,
+                                                  data.images)
+                        for split, rows in (("val", data.plan.val), ("test", data.plan.test))}
         self.optimizer, self.scheduler, self.per_step = self.optimizer_and_schedule(model, len(self.loader))
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=c.amp == "fp16")
         self.loss = self.criterion(data.train_ratio).to(ctx.device)

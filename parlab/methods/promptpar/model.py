@@ -77,6 +77,8 @@ class PromptPAR(nn.Module):
         self.bands = band_rows(self.layout.grid[0], regions, config.overlap_row) if regions else []
         mask = region_attention_mask(self.layout, self.bands) if config.use_vismask else None
         self.register_buffer("attn_mask", mask, persistent=False)
+        # Where each layer's fresh prompts are written: one index_copy per layer, not a concatenation of pieces.
+        self.register_buffer("prompt_positions", self.layout.prompt_positions(), persistent=False)
 
         scale = width ** -0.5  # CLIP's initialisation of its class embedding
         self.prompts = nn.Parameter(scale * torch.randn(config.vis_depth, prompts, width)) if prompts else None
@@ -136,15 +138,22 @@ class PromptPAR(nn.Module):
             x = torch.cat([x[:, :1], first.to(x.dtype), x[:, 1:x.shape[1] - n]], dim=1)
             eot = eot + n
         x = x + clip.positional_embedding.to(x.dtype)
+        mask = clip.attn_mask
+        if mask is not None:
+            # Under the causal mask no position up to the last end-of-text token sees a later one: the
+            # padding after it changes nothing the features read, so it is cut (most of a short sentence's
+            # context of 77).
+            length = int(eot.max()) + 1
+            x, mask = x[:, :length], mask[:length, :length]
         if not deep:
-            x = clip.transformer(x, attn_mask=clip.attn_mask)
+            x = clip.transformer(x, attn_mask=mask)
         else:
             transformer = clip.transformer
             batch_first = getattr(transformer, "batch_first", True)
             for i, block in enumerate(transformer.resblocks):
                 if 0 < i < len(prompts):
                     x = torch.cat([x[:, :1], prompts[i].to(x.dtype), x[:, 1 + n:]], dim=1)
-                x = block(x if batch_first else x.transpose(0, 1), attn_mask=clip.attn_mask)
+                x = block(x if batch_first else x.transpose(0, 1), attn_mask=mask)
                 x = x if batch_first else x.transpose(0, 1)
         x = clip.ln_final(x)[torch.arange(len(x), device=x.device), eot]
         projection = clip.text_projection
@@ -157,28 +166,17 @@ class PromptPAR(nn.Module):
     # --- vision
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
         """Run the visual residual blocks with deep prompts and the region mask: (B, L, W) -> (B, L, W)."""
-        transformer, layout = self.clip.visual.transformer, self.layout
-        prompt_slices = [layout.global_slice] + [slice(layout.region(k).start + 1, layout.region(k).stop)
-                                                  for k in range(layout.regions)]
-        mask = None if self.attn_mask is None else self.attn_mask.to(x.dtype)
+        transformer = self.clip.visual.transformer
+        mask = None if self.attn_mask is None else self.attn_mask.to(x.dtype)  # once per forward, not per layer
         batch_first = getattr(transformer, "batch_first", True)
         for i, block in enumerate(transformer.resblocks):
             if self.prompts is not None and 0 < i < self.prompts.shape[0]:
-                x = self._with_prompts(x, i, prompt_slices)
+                # VPT-deep: the prompt positions take layer i's fresh prompts (one copy of x, not a concatenation).
+                fresh = self.prompts[i].to(x.dtype).unsqueeze(0).expand(len(x), -1, -1)
+                x = x.index_copy(1, self.prompt_positions, fresh)
             x = block(x if batch_first else x.transpose(0, 1), attn_mask=mask)
             x = x if batch_first else x.transpose(0, 1)
         return x
-
-    def _with_prompts(self, x: torch.Tensor, layer: int, slices: list[slice]) -> torch.Tensor:
-        """``x`` with the prompt positions replaced by layer ``layer``'s fresh prompts (VPT-deep)."""
-        prompts = self.prompts[layer].to(x.dtype).unsqueeze(0).expand(len(x), -1, -1)
-        pieces, start, used = [], 0, 0
-        for s in slices:
-            pieces.append(x[:, start:s.start])
-            pieces.append(prompts[:, used:used + s.stop - s.start])
-            used, start = used + s.stop - s.start, s.stop
-        pieces.append(x[:, start:])
-        return torch.cat(pieces, dim=1)
 
     def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Projected visual tokens (B, L, D) in :attr:`layout` order (CLS, patches, prompts, parts)."""

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from parlab.data import load_dataset
-from parlab.data.batch_augment import augment_batch
+from parlab.data.batch_augment import augment_batch, draws_from_generator
 from parlab.data.errors import DatasetError
 from parlab.data.images import PARImageDataset
 from parlab.data.synthpa.captions import corpus_caption, negate, truth
@@ -81,7 +81,7 @@ class CLIPPretrainConfig(ConfigFile):
     hard_negatives: bool = option(True, "each caption's hard negative (one claim flipped) joins the batch")
     balanced_claims: bool = option(True, "choose claims by 1 / how common the image's value is, so that an "
                                          "attribute's sentence is nearly as frequent as its negation")
-    adjusted_sentences: bool = option(False, "add the log share of people it is true of to the logit of every "
+    adjusted_sentences: bool = option(True, "add the log share of people it is true of to the logit of every "
                                              "one-claim caption (logit adjustment), so that sentence against "
                                              "negation does not learn the attribute's prior")
     epochs: int = option(2, "passes over the corpus")
@@ -259,8 +259,8 @@ def _train(model, images: np.ndarray, labels: np.ndarray, config: CLIPPretrainCo
                                                             if config.hard_negatives else [])
             claims = np.stack([claims for _, claims in captions])
             targets = torch.from_numpy(truth(labels[rows], claims))
-            x = augment_batch(torch.from_numpy(np.ascontiguousarray(images[rows])).to(device), generator,
-                              OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, config.pad)
+            x = augment_batch(torch.from_numpy(np.ascontiguousarray(images[rows])).to(device), OPENAI_DATASET_MEAN,
+                              OPENAI_DATASET_STD, config.pad, draws_from_generator(generator, len(rows), config.pad))
             # Each distinct text once (attribute sentences recur in a batch): the text tower is most of a step.
             texts, where = np.unique([text for text, _ in captions], return_inverse=True)
             image_features = model.encode_image(x, normalize=True)

@@ -80,6 +80,12 @@ class TokenLayout:
     def part_token(self, k: int) -> int:
         return self.region(k).start
 
+    def prompt_positions(self) -> torch.Tensor:
+        """(P,) sequence indices of the prompts, in the order of a layer's prompt set (global, then per band)."""
+        spans = [self.global_slice] + [slice(self.region(k).start + 1, self.region(k).stop)
+                                       for k in range(self.regions)]
+        return torch.cat([torch.arange(s.start, s.stop) for s in spans]).long()
+
     def band_patches(self, first_row: int, last_row: int) -> torch.Tensor:
         """Sequence indices of the patches in rows ``first_row..last_row`` (inclusive)."""
         rows = torch.arange(first_row, last_row + 1).unsqueeze(1)

@@ -1,0 +1,138 @@
+"""A dataset's images decoded once, at a training resolution, into one memory-mapped uint8 array.
+
+Decoding JPEGs and resizing them every epoch is what keeps worker processes
+busy and a GPU waiting. :func:`build_image_cache` decodes every image of a
+dataset exactly as :class:`~parlab.data.images.PARTransform` does before its
+random crop (``load_rgb`` at that size, then the same resize) and stores the
+result as ``images.npy``, (N, H, W, 3) uint8 in annotation-row order. What
+training then does per batch (pad, crop, flip, normalise) is
+:func:`parlab.data.batch_augment.augment_batch`, on the batch, on the device,
+with the same per-image draws: a run gives the same numbers with or without
+the cache.
+
+One cache serves every method and run at that (dataset, annotation file,
+image size). It lives in ``<folder>/<dataset>-<H>x<W>-<key>/``, where the key
+covers the image names, their sizes and modification times, the resolution
+and :data:`FORMAT`: change an image and the run asks for a rebuild rather
+than training on stale pixels. It is written to a temporary folder and
+renamed when complete, so a killed build leaves nothing that looks usable.
+Build it from the command line with ``parlab cache``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parlab.data.annotations import Annotations
+from parlab.data.errors import DatasetError
+from parlab.data.images import PARTransform, load_rgb
+
+FORMAT = 1  # bump when what is stored for an image changes
+CHUNK = 256  # images decoded per task of a worker process
+
+
+@dataclass(frozen=True)
+class ImageCache:
+    """A built cache: ``images`` (N, H, W, 3) uint8, memory-mapped, row ``r`` holding annotation row ``r``."""
+
+    folder: Path
+    images: np.ndarray
+    image_size: tuple[int, int]  # (height, width)
+
+    def batch(self, rows: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 images of annotation ``rows`` (a copy, read in ascending order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")  # sequential reads of the memory map, then back in order
+        out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
+        out[order] = self.images[rows[order]]
+        return torch.from_numpy(out)
+
+
+def cache_key(annotations: Annotations, image_size: tuple[int, int]) -> str:
+    """sha256 (12 hex digits) of the images' names, sizes and modification times, the resolution and format."""
+    digest = hashlib.sha256(json.dumps({"format": FORMAT, "size": list(image_size),
+                                        "annotation": str(annotations.name)}).encode())
+    for path in annotations.image_paths():
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: image not found (building the image cache of {annotations.name})") from None
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def cache_folder(folder: str | Path, annotations: Annotations, image_size: tuple[int, int]) -> Path:
+    """Where the cache of ``annotations`` at (height, width) ``image_size`` lives under ``folder``."""
+    h, w = image_size
+    return Path(folder) / f"{annotations.name.lower()}-{h}x{w}-{cache_key(annotations, image_size)}"
+
+
+def open_image_cache(folder: str | Path, annotations: Annotations, image_size: tuple[int, int]) -> ImageCache | None:
+    """The cache under ``folder`` for these images at ``image_size``, or None when it was never built."""
+    path = cache_folder(folder, annotations, image_size)
+    if not (path / "images.npy").is_file():
+        return None
+    images = np.load(path / "images.npy", mmap_mode="r", allow_pickle=False)
+    expected = (len(annotations.image_names), *image_size, 3)
+    if images.shape != expected or images.dtype != np.uint8:
+        raise DatasetError(f"{path / 'images.npy'}: holds {images.dtype} {images.shape}, expected uint8 {expected}; "
+                           "delete the folder and build the cache again")
+    return ImageCache(path, images, tuple(image_size))
+
+
+def build_image_cache(folder: str | Path, annotations: Annotations, image_size: tuple[int, int],
+                      workers: int | None = None, log=print) -> ImageCache:
+    """Decode every image of ``annotations`` at ``image_size`` into the cache under ``folder``; reuse a built one."""
+    image_size = (int(image_size[0]), int(image_size[1]))
+    cache = open_image_cache(folder, annotations, image_size)
+    if cache is not None:
+        return cache
+    path = cache_folder(folder, annotations, image_size)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = time.perf_counter()
+    paths = [str(p) for p in annotations.image_paths()]
+    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                       shape=(len(paths), *image_size, 3))
+    chunks = [(i, paths[i:i + CHUNK], image_size) for i in range(0, len(paths), CHUNK)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    try:
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers) as pool:
+                for first, block in pool.map(_decode_chunk, chunks):
+                    images[first:first + len(block)] = block
+        else:
+            for chunk in chunks:
+                first, block = _decode_chunk(chunk)
+                images[first:first + len(block)] = block
+        images.flush()
+        del images
+        manifest = {"format": FORMAT, "dataset": annotations.name, "images": len(paths),
+                    "image_size": list(image_size), "annotation_file": str(annotations.annotation_file)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"image cache {path}: {len(paths)} images at {image_size[0]}x{image_size[1]} in "
+        f"{time.perf_counter() - start:.1f} s ({(path / 'images.npy').stat().st_size / 2**20:.0f} MiB)")
+    return open_image_cache(folder, annotations, image_size)
+
+
+def _decode_chunk(job: tuple[int, list[str], tuple[int, int]]) -> tuple[int, np.ndarray]:
+    """Images ``paths`` decoded and resized as the PAR transform does before cropping: (n, H, W, 3) uint8."""
+    first, paths, image_size = job
+    resize = PARTransform(image_size, train=False).resize
+    return first, np.stack([np.asarray(resize(load_rgb(p, image_size)), dtype=np.uint8) for p in paths])
