@@ -131,7 +131,8 @@ def paper_profile(dataset: str, root: str, device: str = "cuda", weights: str = 
         "03_baseline": {"ema": key == "pa100k"},
         "04_frdl_goat": {"frdl_epochs": stage2["epochs"], "balance_start": stage2["balance_start"],
                          "frdl_milestones": list(stage2["milestones"]), "frdl_gamma": stage2["gamma"],
-                         "frdl_lr": stage2["lr"], "frdl_grad_clip": stage2["grad_clip"], "feature_cache": 0},
+                         "frdl_lr": stage2["lr"], "frdl_grad_clip": stage2["grad_clip"], "feature_cache": 0,
+                         "logit_bn_ablation": True},
         "05_promptpar": PAPER_PROMPTPAR | {"weights": clip_weights, "fusion_weights": fusion_weights,
                                            "fusion": "vit_b16" if fusion_weights else "clip_block"},
     }

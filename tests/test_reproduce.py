@@ -85,6 +85,7 @@ def test_paper_profile_dry_run_lists_each_notebooks_parameters(dataset, balance_
     assert baseline["ema"] == (dataset == "pa100k")
     frdl = params["04_frdl_goat"]
     assert (frdl["balance_start"], frdl["frdl_milestones"], frdl["feature_cache"]) == (balance_start, milestones, 0)
+    assert frdl["logit_bn_ablation"] is True  # the paper profile trains what the full profile does
     promptpar = params["05_promptpar"]
     assert (promptpar["clip_model"], promptpar["image_size"], promptpar["vis_prompt"], promptpar["weights"]) == \
         ("ViT-L-14-quickgelu", [224, 224], 50, "/w/clip.bin")
