@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import signal
 import struct
@@ -327,12 +328,21 @@ def test_other_size_taking_constructors_are_refused(tmp_path, payload):
 
 def test_real_pickles_still_load(tmp_path):
     obj = {"a": np.arange(3), "o": np.array([np.arange(2), "x"], dtype=object), "s": {1, 2},
-           "b": bytearray(b"ab"), "r": range(26), "f": np.float32(1.5)}
-    for protocol in (3, 4, 5):
+           "b": bytearray(b"ab"), "r": range(26), "f": np.float32(1.5), "e": np.zeros((0, 6)), "y": b""}
+    for protocol in (2, 3, 4, 5):  # protocol 2 names the builtins __builtin__ (and pickles b"" as bytes())
         (tmp_path / "ok.pkl").write_bytes(pickle.dumps(obj, protocol=protocol))
         got = load_pickle(tmp_path / "ok.pkl")
         assert type(got["a"]) is np.ndarray and got["a"].tolist() == [0, 1, 2]
         assert type(got["o"][0]) is np.ndarray and got["s"] == {1, 2} and got["b"] == b"ab"
+        assert got["e"].shape == (0, 6) and got["y"] == b"" and got["r"] == range(26)
+
+
+def test_python2_names_of_builtins_are_held_to_the_same_rules(tmp_path):
+    for payload, refused in [(b"\x80\x02c__builtin__\nbytes\nJ\x00\xe1\xf5\x05\x85R.", "builtins.bytes(100000000)"),
+                             (b"\x80\x02c__builtin__\neval\nX\x01\x00\x00\x001\x85R.", "'builtins.eval'")]:
+        (tmp_path / "p.pkl").write_bytes(payload)
+        with pytest.raises(DatasetError, match=re.escape(refused)):
+            load_pickle(tmp_path / "p.pkl")
 
 
 def test_shared_sublists_are_not_copied_exponentially(tmp_path):

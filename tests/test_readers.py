@@ -141,6 +141,25 @@ def test_wider_text_format(tmp_path):
         load_dataset("wider", tmp_path)
 
 
+@pytest.mark.parametrize("dataset", ["wider", "peta", "rethinking"])
+def test_an_annotation_file_that_lists_no_image_is_named(tmp_path, dataset):
+    if dataset == "wider":
+        (tmp_path / "Annotations").mkdir()
+        for name in ("trainval_name.txt", "trainval_gt_label.txt", "test_name.txt", "test_gt_label.txt"):
+            (tmp_path / "Annotations" / name).write_text("")
+        where = "trainval_name.txt"
+    elif dataset == "peta":
+        write_peta(tmp_path / "PETA.mat", n=0)
+        where = "PETA.mat"
+    else:
+        d = rethinking_dict(n=0)
+        d["label"] = d["label"].reshape(0, 6)
+        pickle_as_easydict(d, tmp_path / "dataset_all.pkl")
+        where = "dataset_all.pkl"
+    with pytest.raises(DatasetError, match=f"{where}: lists no image"):
+        load_dataset(dataset, tmp_path)
+
+
 def test_wrong_label_shape_is_named(tmp_path):
     import scipy.io
 

@@ -83,6 +83,8 @@ class Annotations:
     def __post_init__(self) -> None:
         n, a = self.labels.shape
         where = f"{self.annotation_file}"
+        if n == 0:
+            raise DatasetError(f"{where}: lists no image")
         if len(self.image_names) != n:
             raise DatasetError(f"{where}: {len(self.image_names)} image names but {n} label rows")
         if len(self.attributes) != a:

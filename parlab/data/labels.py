@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,8 @@ def find_file(root: Path, candidates: list[str], dataset: str) -> Path:
     raise DatasetError(f"{dataset}: no annotation file found; tried:\n  {tried}")
 
 
-def find_image_root(root: Path, candidates: list[str], first_image: str) -> Path:
-    """The image folder that holds ``first_image``; the first candidate if none does.
+def find_image_root(root: Path, candidates: list[str], names: Sequence[str]) -> Path:
+    """The image folder that holds the first of ``names``; the first candidate if none does (or no name).
 
     Label-only use (statistics on the annotation file alone) must work without
     any image on disk, so a missing folder is not an error here; opening an
@@ -62,6 +63,9 @@ def find_image_root(root: Path, candidates: list[str], first_image: str) -> Path
     root = Path(root)
     if root.is_file():
         root = root.parent
+    if not len(names):  # Annotations refuses a file that lists no image, naming it
+        return root / candidates[0]
+    first_image = str(names[0])
     if unsafe_image_name(first_image):  # never probe outside the root; Annotations names the bad entry
         return root / candidates[0]
     for rel in candidates:

@@ -45,7 +45,7 @@ def read_pa100k_mat(path: Path, name: str = "pa100k", image_root: Path | None = 
     raw = np.concatenate(blocks)
     columns = np.array(EVAL_COLUMNS if len(raw_attributes) == 26 else range(len(raw_attributes)))
     if image_root is None:
-        image_root = find_image_root(path.parent, IMAGE_CANDIDATES, names[0] if names else "")
+        image_root = find_image_root(path.parent, IMAGE_CANDIDATES, names)
     return Annotations.from_raw(
         name=name,
         annotation_file=path,

@@ -60,7 +60,7 @@ def read_peta(root: Path) -> Annotations:
     return Annotations.from_raw(
         name="peta",
         annotation_file=path,
-        image_root=find_image_root(path.parent, IMAGE_CANDIDATES, names[0]),
+        image_root=find_image_root(path.parent, IMAGE_CANDIDATES, names),
         image_names=names,
         raw_labels=raw,
         raw_attributes=raw_attributes,

@@ -60,7 +60,7 @@ def read_rapv1(root: Path) -> Annotations:
     return Annotations.from_raw(
         name="rapv1",
         annotation_file=path,
-        image_root=find_image_root(path.parent, IMAGE_CANDIDATES, names[0]),
+        image_root=find_image_root(path.parent, IMAGE_CANDIDATES, names),
         image_names=names,
         raw_labels=raw,
         raw_attributes=raw_attributes,
@@ -89,7 +89,7 @@ def read_rapv2(root: Path) -> Annotations:
     return Annotations.from_raw(
         name="rapv2",
         annotation_file=path,
-        image_root=find_image_root(path.parent, IMAGE_CANDIDATES, names[0]),
+        image_root=find_image_root(path.parent, IMAGE_CANDIDATES, names),
         image_names=names,
         raw_labels=raw,
         raw_attributes=raw_attributes,

@@ -89,7 +89,7 @@ def read_rethinking_pickle(path: Path, name: str | None = None, image_root: Path
         usable = isinstance(declared, str) and declared and names and not unsafe_image_name(names[0])
         image_root = Path(declared) if usable and Path(declared, names[0]).is_file() else None
     if image_root is None:
-        image_root = find_image_root(path.parent, ["data", "images", "."], names[0] if names else "")
+        image_root = find_image_root(path.parent, ["data", "images", "."], names)
     return Annotations.from_raw(
         name=name or str(info.get("description", "rethinking")).lower(),
         annotation_file=path,

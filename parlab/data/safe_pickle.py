@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ _ALLOWED = {
     ("builtins", "set"),
     ("builtins", "frozenset"),
     ("builtins", "bytearray"),
+    ("builtins", "bytes"),
     ("builtins", "slice"),
     ("builtins", "range"),
     ("builtins", "complex"),
@@ -50,7 +52,7 @@ _ALLOWED = {
 _AS_DICT = {("easydict", "EasyDict")}
 # Constructors that build a container from their argument: only from one the pickle already holds
 # (what Python's own pickles of sets and bytearrays pass), never from a size or a lazy range.
-_COPYING = {"list", "tuple", "set", "frozenset", "bytearray"}
+_COPYING = {"list", "tuple", "set", "frozenset", "bytearray", "bytes"}
 _MATERIAL = (bytes, str, list, tuple, dict, set, frozenset)
 # A range costs nothing in the file but becomes an array downstream (``np.asarray(range(10**10))``).
 # 2**24 rows is far more than any PAR dataset has.
@@ -100,6 +102,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        # Pickles of protocol 0-2 use Python 2's names (Python 3 writes them too, for compatibility):
+        # a set, a range or an empty array's b"" arrive as __builtin__.set, .xrange, .bytes. Map them as
+        # pickle's own find_class does, then hold them to the same rules.
+        if (module, name) in NAME_MAPPING:
+            module, name = NAME_MAPPING[module, name]
+        module = IMPORT_MAPPING.get(module, module)
         if (module, name) in _AS_DICT:
             return _PlainDict
         if (module, name) not in _ALLOWED:

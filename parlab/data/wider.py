@@ -62,7 +62,7 @@ def read_wider(root: Path) -> Annotations:
     ann = Annotations.from_raw(
         name="wider",
         annotation_file=first,
-        image_root=find_image_root(folder.parent, ["Image", "images", "."], names[0]),
+        image_root=find_image_root(folder.parent, ["Image", "images", "."], names),
         image_names=names,
         raw_labels=raw,
         raw_attributes=ATTRIBUTES,
