@@ -334,6 +334,19 @@ def test_overwrite_with_a_bad_input_keeps_the_run_it_would_replace(run, tmp_path
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"} == before
 
 
+def test_overwrite_leaves_no_file_of_another_methods_run(run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "was_frdl"
+    shutil.copytree(run.output_dir, folder)
+    for name in ("label_prior.csv", "flood_levels.csv"):  # what an FRDL+GOAT run leaves besides the run files
+        (folder / name).write_text("epoch,Hat\n1,0.5\n")
+    train(tiny(Path(run.config.root), folder, epochs=1, train_limit=32), existing="overwrite", progress=False,
+          log=lambda _: None)
+    assert not (folder / "label_prior.csv").exists() and not (folder / "flood_levels.csv").exists()
+    assert json.loads((folder / "config.json").read_text())["config"]["epochs"] == 1
+
+
 def test_a_split_too_small_for_one_batch_is_an_error(synthpa_root, tmp_path):
     from parlab.errors import ConfigError
 

@@ -76,6 +76,15 @@ def available_methods() -> dict[str, MethodSpec]:
     return dict(METHODS)
 
 
+def every_method_files() -> tuple[str, ...]:
+    """The files any registered method adds to a run folder (its task's ``extra_files``), sorted.
+
+    An overwrite removes them all: a folder that held an FRDL run and now holds a baseline keeps no
+    ``label_prior.csv`` that would pass for the new run's.
+    """
+    return tuple(sorted({name for spec in available_methods().values() for name in spec.task_class().extra_files}))
+
+
 def method_for(label: str) -> MethodSpec:
     """The method whose runs record ``label`` ("baseline", "FRDL", "FRDL+GOAT", "PromptPAR" ...)."""
     for spec in available_methods().values():

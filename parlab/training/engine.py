@@ -36,6 +36,7 @@ from parlab.data.image_cache import build_image_cache, open_image_cache
 from parlab.errors import ConfigError, ParlabError
 from parlab.files import write_atomic, write_json
 from parlab.labelstats import positive_ratio
+from parlab.methods.registry import every_method_files
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training import distributed as dist
 from parlab.training.checkpoint import FORMAT, check_attributes, library_versions, load_checkpoint, save_atomic
@@ -136,7 +137,7 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     if resume is not None:
         check_attributes(resume["attributes"], data.annotations.attributes, str(source), data.annotations.name)
     if existing == "overwrite":  # only now that the inputs read
-        clear_run_folder(out, ctx, task.extra_files)
+        clear_run_folder(out, ctx, tuple(sorted(set(task.extra_files) | set(every_method_files()))))
     task.setup(data, ctx, resume, progress)
     state = Progress()
     if resume is not None:

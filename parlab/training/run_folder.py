@@ -97,7 +97,11 @@ def prepare_run_folder(out: Path, existing: str) -> tuple[dict | None, Path | No
 
 
 def clear_run_folder(out: Path, ctx: dist.DistContext, extra_files: tuple[str, ...] = ()) -> None:
-    """Delete a run's files (and the method's ``extra_files``) for ``existing="overwrite"``; rank 0 deletes."""
+    """Delete a run's files and ``extra_files`` for ``existing="overwrite"``; rank 0 deletes.
+
+    The engine passes every registered method's files, so that no file of an earlier run of another
+    method survives the overwrite.
+    """
     dist.barrier(ctx)
     if ctx.is_main:
         for name in RUN_FILES + extra_files:
