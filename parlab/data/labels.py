@@ -63,10 +63,9 @@ def find_image_root(root: Path, candidates: list[str], names: Sequence[str]) -> 
     root = Path(root)
     if root.is_file():
         root = root.parent
-    if not len(names):  # Annotations refuses a file that lists no image, naming it
-        return root / candidates[0]
-    first_image = str(names[0])
-    if unsafe_image_name(first_image):  # never probe outside the root; Annotations names the bad entry
+    # No name, or an unsafe one: never probe outside the root; Annotations names the problem.
+    first_image = str(names[0]) if len(names) else ""
+    if not first_image or unsafe_image_name(first_image):
         return root / candidates[0]
     for rel in candidates:
         if (root / rel / first_image).is_file():
