@@ -95,8 +95,10 @@ def _thresholds(run: RunResult, tuned: bool):
     return run.thresholds
 
 
-def saved_test_predictions(run: RunResult) -> Predictions:
-    saved = np.load(Path(run.output_dir) / "test_predictions.npz")
+def saved_test_predictions(run: RunResult | str | Path) -> Predictions:
+    """The test predictions a finished run saved (``run``: its result or its folder)."""
+    folder = Path(run) if isinstance(run, (str, Path)) else Path(run.output_dir)
+    saved = np.load(folder / "test_predictions.npz")
     return Predictions(saved["logits"], saved["rows"])
 
 
@@ -248,7 +250,8 @@ def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: 
 
 
 def with_differences(table: pd.DataFrame, diffs: pd.DataFrame, setting: str = "standard") -> pd.DataFrame:
-    """A :func:`repeated_settings_table` with, on its ``setting`` rows, each :func:`differences` column per reference."""
+    """A :func:`repeated_settings_table` with, on its ``setting`` rows, each :func:`differences` column per
+    reference."""
     out = table.copy()
     for reference in dict.fromkeys(diffs.index.get_level_values("reference")):
         part = diffs.xs(reference, level="reference")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from parlab.models import clip_models, count_parameters, create_clip
-from parlab.models.clip import CONFIG_DIR
+from parlab.models.clip import CONFIG_DIR, clip_tokenizer, encode_text_by_length
 
 
 def test_tiny_clip_is_registered_and_runs_on_64x32_images():
@@ -164,3 +164,21 @@ def test_a_stem_must_make_the_configured_patch():
 
     with pytest.raises(ValueError, match="8-pixel patches, not 16"):
         conv_stem(64, 16, [16, 32])
+
+
+def test_texts_encoded_up_to_their_end_of_text_token_equal_the_whole_context_with_their_gradients():
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        model = create_clip("parlab-clip-tiny", None).eval()
+    texts = ["a man", "a woman carrying a backpack and wearing a hat, not a skirt", "a child", "a man in a long coat",
+             "a person", "a woman without a hat who carries nothing in her hands and wears trousers"]
+    tokens = clip_tokenizer("parlab-clip-tiny")(texts)
+    assert int(tokens.argmax(-1).max()) + 1 < tokens.shape[1]  # the context is longer than every text
+    cut = encode_text_by_length(model, tokens, normalize=True, groups=3)
+    whole = model.encode_text(tokens, normalize=True)
+    torch.testing.assert_close(cut, whole, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(whole)
+    grads = [torch.autograd.grad((f * weights).sum(), model.token_embedding.weight)[0] for f in (cut, whole)]
+    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-6)
+    model.attn_mask = None  # a tower without its causal mask sees the padding: the whole context
+    assert torch.equal(encode_text_by_length(model, tokens), model.encode_text(tokens))

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from parlab.data.synthpa.captions import negate
-from parlab.methods.promptpar.pretrain import (CLIPPretrainConfig, MultiPositiveClipLoss, linear_probe, pretrain_clip,
-                                               retrieval_recall, weights_path, zero_shot_probs)
+from parlab.methods.promptpar.pretrain import (CLIPPretrainConfig, MultiPositiveClipLoss, likelihood_recall,
+                                               linear_probe, pretrain_clip, retrieval_recall, weights_path,
+                                               zero_shot_probs)
 from parlab.models import create_clip
 from parlab.models.clip import clip_tokenizer
 
@@ -138,3 +139,16 @@ def test_logit_adjustment_adds_each_one_claim_captions_log_prior():
     columns = torch.nn.functional.cross_entropy(logits.T, targets)  # the caption side is not adjusted
     loss = MultiPositiveClipLoss()(images, texts, scale, targets, shift)
     assert loss == pytest.approx(float(rows + columns) / 2)
+
+
+def test_a_classifier_retrieves_the_captions_whose_labels_its_probabilities_favour():
+    labels = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 1], [0, 0, 0]])
+    texts = ["a", "b", "a", "c"]  # images 0 and 2 share a caption
+    # Image 0 (caption a) favours b, then a; the others favour their own captions.
+    probs = np.array([[0.6, 0.9, 0.9], [0.2, 0.8, 0.7], [0.9, 0.1, 0.6], [0.3, 0.2, 0.4]])
+    assert likelihood_recall(probs, labels, texts, (1, 2)) == {1: 75.0, 2: 100.0}
+    ignored = labels.copy()
+    ignored[:, 1] = -1  # the attribute that misled image 0, left out of every score
+    assert likelihood_recall(probs, ignored, texts, (1,)) == {1: 100.0}
+    # Certain probabilities (exact 0 and 1) still score: the right captions win, nothing is NaN.
+    assert likelihood_recall(labels.astype(float), labels, texts, (1,)) == {1: 100.0}

@@ -172,6 +172,19 @@ def test_stage1_must_use_the_attribute_head_and_not_change_under_a_resume(stage1
         train_frdl(config, existing="resume", **QUIET)
 
 
+def test_a_channels_last_stage1_loads_in_its_layout_with_the_same_outputs(stage1, tmp_path):
+    ckpt = load_checkpoint(stage1 / "best.pt")
+    ckpt["config"]["channels_last"] = True
+    torch.save(ckpt, tmp_path / "best.pt")
+    plain, nhwc = load_stage1(stage1).model, load_stage1(tmp_path / "best.pt").model
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    x = torch.randn(4, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
 class _Stop(Exception):
     pass
 
@@ -290,7 +303,8 @@ def test_goat_keeps_its_adam_moments_over_a_reset_by_default_and_its_weight_deca
     kept.step(x, y)  # the period ends: back to stage 1, moments kept (the public code's Adam is never reset)
     assert kept.optimizer.state and all(torch.equal(v, kept.reference[k]) for k, v in kept.module.state_dict().items())
     # Zero flood levels make the flooded loss the plain BCE; only the decay differs between the two copies.
-    copies = {wd: GOAT(stage1, torch.zeros(5), torch.zeros(5), period=10, lr=1e-2, weight_decay=wd) for wd in (0.0, 5.0)}
+    copies = {wd: GOAT(stage1, torch.zeros(5), torch.zeros(5), period=10, lr=1e-2, weight_decay=wd)
+              for wd in (0.0, 5.0)}
     for goat in copies.values():
         goat.step(x, y)
     w0, w5 = (dict(g.module.named_parameters())["head.expand.weight"] for g in copies.values())

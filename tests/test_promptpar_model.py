@@ -53,6 +53,24 @@ def test_fusion_options(fusion):
         assert len(trainable) < len(fusion_params)
 
 
+@pytest.mark.parametrize("fusion", ["clip_block", "trainable", "vit_b16"])
+def test_the_fusion_computes_only_its_sentence_tokens_and_equals_the_whole_block(fusion):
+    from parlab.methods.promptpar.model import first_tokens
+
+    model = tiny(fusion=fusion).eval()
+    block, width = model.fusion_block, model.head_weight.shape[1]
+    x = torch.randn(2, 5 + 9, width, requires_grad=True)
+    got = first_tokens(block, x, 5)
+    want = block(x)[:, :5]
+    assert got.shape == (2, 5, width)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(got)
+    norms = [p for n, p in block.named_parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad((got * weights).sum(), [x, *norms]),
+                    torch.autograd.grad((want * weights).sum(), [x, *norms]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("size,grid", [((112, 112), (14, 14)), ((128, 128), (16, 16)), ((128, 96), (16, 12))])
 def test_bands_come_from_the_actual_patch_grid(size, grid):
     model = tiny(image_size=size)
@@ -113,7 +131,8 @@ def test_text_prompts_learn_and_change_the_logits():
     out.sum().backward()
     assert model.text_prompts.grad is not None and model.text_prompts.grad.abs().sum() > 0
     with torch.no_grad():
-        model.text_prompts.add_(0.5 * torch.randn_like(model.text_prompts))  # a constant shift would vanish in LayerNorm
+        # Random, not constant: a constant shift would vanish in LayerNorm.
+        model.text_prompts.add_(0.5 * torch.randn_like(model.text_prompts))
         assert not torch.allclose(model(x), out)
     assert model.text_cache is None
 

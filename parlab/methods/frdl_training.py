@@ -52,10 +52,10 @@ from parlab.methods.goat import GOAT, flood_levels
 from parlab.models import PARModel
 from parlab.models.heads import AttributeClassifiers, AttributeFeatureHead
 from parlab.training import distributed as dist
+from parlab.training.batches import evaluation_batches, training_batches
 from parlab.training.checkpoint import CheckpointError, load_checkpoint, load_state_strict, state_digest
 from parlab.training.config import TrainConfig
 from parlab.training.engine import RunResult, fit
-from parlab.training.batches import evaluation_batches, training_batches
 from parlab.training.evaluation import Predictions, autocast, forward_split
 from parlab.training.losses import PARLoss, multilabel_bce
 from parlab.training.sampling import EpochSampler, drops_last_batch, epoch_seed
@@ -93,6 +93,8 @@ def load_stage1(source: str | Path, device: torch.device | str = "cpu") -> Stage
     model = SupervisedTask(config).build_model(len(attributes), pretrained=False)
     load_state_strict(model, ckpt["model"], str(path))
     model.requires_grad_(False)
+    if config.channels_last:  # stage 2's extractor (and GOAT's wandering copy) keep stage 1's layout
+        model = model.to(memory_format=torch.channels_last)
     return Stage1(path, state_digest(ckpt["model"]), config, attributes, model.to(device).eval())
 
 

@@ -39,6 +39,9 @@ trained at 64x32 would not load at 128x64). The grid of the weights is taken
 from the hub config of an ``hf-hub:`` id, else the architecture's configured
 grid when the count matches, else that grid's aspect ratio at the count, else a
 square (:func:`weights_grid`).
+
+:func:`encode_text_by_length` is ``encode_text`` that stops each text at its
+end-of-text token: the same features, for the padding's share less work.
 """
 
 from __future__ import annotations
@@ -84,6 +87,41 @@ def clip_tokenizer(name: str):
 
     _register_configs()
     return open_clip.get_tokenizer(name)
+
+
+def encode_text_by_length(model: nn.Module, tokens: torch.Tensor, normalize: bool = False,
+                          groups: int = 4) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text``, each text run only up to its end-of-text token.
+
+    Under CLIP's causal mask no position up to the end-of-text token (whose feature is the text's) sees a later
+    one, so the padding after it changes nothing but the rounding. The texts are sorted by length and encoded
+    in ``groups`` groups of equal count, each cut after its longest text: on a batch of short and long
+    captions in a context of 40, about 40% of the token positions.
+
+    Args:
+        model: an open_clip ``CLIP`` (a tower with another pooling or no causal mask runs ``encode_text``).
+        tokens: (N, context) token ids from the model's tokenizer.
+    Returns:
+        (N, D) text features, in the order of ``tokens``.
+    """
+    if getattr(model, "text_pool_type", None) != "argmax" or getattr(model, "attn_mask", None) is None:
+        return model.encode_text(tokens, normalize=normalize)
+    lengths = tokens.argmax(dim=-1) + 1  # the end-of-text token has the largest id
+    order = torch.argsort(lengths, stable=True)
+    cast = model.transformer.get_cast_dtype()
+    # One lookup for all texts: each lookup's backward is a dense (vocabulary, width) gradient.
+    embedded = model.token_embedding(tokens[:, :int(lengths.max())]).to(cast)
+    pieces = []
+    for rows in torch.tensor_split(order, min(groups, len(order))):
+        n = int(lengths[rows].max())
+        x = embedded[rows, :n] + model.positional_embedding[:n].to(cast)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+        pieces.append(x[torch.arange(len(rows), device=x.device), lengths[rows] - 1])
+    x = torch.cat(pieces)[torch.argsort(order)]
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+    return F.normalize(x, dim=-1) if normalize else x
 
 
 def clip_transform(image_size: tuple[int, int], train: bool, pad: int = 10):

@@ -227,7 +227,7 @@ class PromptPAR(nn.Module):
         if self.fusion_block is None:  # linear alternative: A + L tokens mixed into A along the token axis
             fused = self.fusion_linear(x.transpose(1, 2)).transpose(1, 2)
         else:
-            fused = self.fusion_block(x)[:, :a]
+            fused = first_tokens(self.fusion_block, x, a)
         fused = self.fusion_norm(fused)
         logits = (fused * self.head_weight.to(fused.dtype)).sum(-1) + self.head_bias.to(fused.dtype)
         return self.bn(logits)
@@ -300,6 +300,35 @@ def _vit_b16_fusion(path: str | None) -> tuple[nn.Module, nn.Module, int]:
         if lacking:
             raise ValueError(f"{source}: missing {', '.join(lacking[:4])}")
     return _FrozenBlock(vit.blocks[-1], ("norm1", "norm2")), vit.norm, vit.embed_dim
+
+
+def first_tokens(block: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
+    """``block(x)[:, :n]`` (B, n, F) from tokens x (B, L, F), computing only what those n outputs need.
+
+    In one pre-norm transformer block the first n outputs read every token as a key and a value but only
+    their own queries, attention output and MLP; the fusion reads only its A sentence tokens of A + L, so the
+    other L queries and MLP rows (most of the block) are skipped. ``block``: an open_clip
+    ``ResidualAttentionBlock`` or a timm ``Block`` (bare or in a :class:`_FrozenBlock`).
+    """
+    block = block.block if isinstance(block, _FrozenBlock) else block
+    if hasattr(block, "ln_1"):  # open_clip: its attention takes queries apart from keys and values
+        keys = block.ln_1(x)
+        y = x[:, :n] + block.ls_1(block.attention(q_x=keys[:, :n], k_x=keys, v_x=keys))
+        return y + block.ls_2(block.mlp(block.ln_2(y)))
+    attn = block.attn  # timm: its fused qkv Linear split into the query rows and the key and value rows
+    if getattr(attn, "gate", None) is not None:
+        raise ValueError("a gated timm attention is not supported as the PromptPAR fusion block")
+    h = block.norm1(x)
+    (b, length, _), heads, dim = h.shape, attn.num_heads, attn.num_heads * attn.head_dim
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(h[:, :n], weight[:dim], None if bias is None else bias[:dim])
+    kv = F.linear(h, weight[dim:], None if bias is None else bias[dim:])
+    q = attn.q_norm(q.view(b, n, heads, -1).transpose(1, 2))
+    k, v = kv.view(b, length, 2, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    o = F.scaled_dot_product_attention(q, attn.k_norm(k), v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(b, n, dim))))
+    y = x[:, :n] + block.drop_path1(block.ls1(o))
+    return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
 
 
 class _FrozenBlock(nn.Module):
