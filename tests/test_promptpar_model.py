@@ -11,6 +11,7 @@ import torch
 from promptpar_models import TINY, tiny
 
 from parlab.methods.promptpar import PromptPARConfig, build_model
+from parlab.methods.promptpar.model import first_tokens
 from parlab.methods.promptpar.regions import band_rows
 from parlab.methods.promptpar.training import PromptPARTask, promptpar_run_config
 from parlab.models import count_parameters, create_clip
@@ -55,8 +56,6 @@ def test_fusion_options(fusion):
 
 @pytest.mark.parametrize("fusion", ["clip_block", "trainable", "vit_b16"])
 def test_the_fusion_computes_only_its_sentence_tokens_and_equals_the_whole_block(fusion):
-    from parlab.methods.promptpar.model import first_tokens
-
     model = tiny(fusion=fusion).eval()
     block, width = model.fusion_block, model.head_weight.shape[1]
     x = torch.randn(2, 5 + 9, width, requires_grad=True)

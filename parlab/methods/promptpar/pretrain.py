@@ -61,6 +61,7 @@ from parlab.errors import ConfigError, MissingFileError, RunFolderError
 from parlab.files import write_atomic, write_json
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.models.clip import clip_tokenizer, clip_transform, create_clip, encode_text_by_length
+from parlab.reporting import saved_test_predictions
 from parlab.training.config import ConfigFile, option
 from parlab.training.distributed import resolve_device
 from parlab.training.optim import WarmupCosine
@@ -345,8 +346,6 @@ def likelihood_recall(probs: np.ndarray, labels: np.ndarray, texts, ks=(1, 5)) -
 
 def run_likelihood_recall(run_folder: str | Path, root: str | Path, ks=(1, 5)) -> dict[int, float]:
     """:func:`likelihood_recall` of a finished run's saved test predictions on the SynthPA folder ``root``."""
-    from parlab.reporting import saved_test_predictions  # reporting reads runs of every method
-
     preds = saved_test_predictions(run_folder)
     ann = load_dataset("synthpa", root)
     return likelihood_recall(preds.probs, ann.labels[preds.rows], captions_of(ann, root, preds.rows), ks)
