@@ -315,6 +315,11 @@ def retrieval_recall(similarity: torch.Tensor, codes: torch.Tensor, ks=(1, 5)) -
     return {k: 100.0 * float(hit[:, :k].any(1).float().mean()) for k in ks}
 
 
+def caption_codes(texts) -> torch.Tensor:
+    """(N,) one code per distinct caption, for :func:`retrieval_recall`: identical captions share it."""
+    return torch.from_numpy(pd.factorize(pd.Series(list(texts)))[0])
+
+
 def captions_of(ann, root: str | Path, rows: np.ndarray) -> list[str]:
     """The complete caption (``captions.tsv``) of each image of annotation ``rows`` of a SynthPA folder."""
     captions = read_captions(root)
@@ -341,7 +346,7 @@ def likelihood_recall(probs: np.ndarray, labels: np.ndarray, texts, ks=(1, 5)) -
     p = torch.as_tensor(np.asarray(probs), dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
     y = torch.as_tensor(np.asarray(labels))
     score = p.log() @ (y == 1).double().T + (1 - p).log() @ (y == 0).double().T  # (images, captions)
-    return retrieval_recall(score, torch.from_numpy(pd.factorize(pd.Series(list(texts)))[0]), ks)
+    return retrieval_recall(score, caption_codes(texts), ks)
 
 
 def run_likelihood_recall(run_folder: str | Path, root: str | Path, ks=(1, 5)) -> dict[int, float]:
@@ -437,8 +442,8 @@ def _evaluate(model, config: CLIPPretrainConfig, device) -> tuple[dict[int, floa
     image_emb = _embed_images(model, DataLoader(test, batch_size=256), device)
     text_emb = torch.cat([encode_text_by_length(model, t.to(device), normalize=True)
                           for t in DataLoader(_Texts(tokenizer(texts)), batch_size=256)]).float()
-    codes = torch.from_numpy(pd.factorize(pd.Series(texts))[0]).to(device)
-    recall = retrieval_recall(image_emb @ text_emb.T, codes, (1, 5))  # image i's own caption is column i
+    # Image i's own caption is column i.
+    recall = retrieval_recall(image_emb @ text_emb.T, caption_codes(texts).to(device), (1, 5))
     labels = ann.labels[test.rows]
     zero = pedestrian_metrics(labels, zero_shot_probs(model, image_emb, ann.sentences, tokenizer, device),
                               attributes=ann.attributes)
