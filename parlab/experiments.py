@@ -1,10 +1,11 @@
 """Finished runs of every method, opened from their folders for comparison.
 
 A run folder records which method trained it (``config.json``); :func:`open_run`
-re-opens a finished run through that method's own ``existing="resume"`` path,
-which only re-evaluates the selected model, and returns its
-:class:`~parlab.training.RunResult`. The results notebooks use it to compare
-runs trained by earlier notebooks.
+returns a finished run's :class:`~parlab.training.RunResult` from the
+predictions it saved when it finished, or, for runs of earlier versions,
+re-opens it through that method's own ``existing="resume"`` path, which only
+re-evaluates the selected model. The results notebooks use it to compare runs
+trained by earlier notebooks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from parlab.errors import MissingFileError
 from parlab.methods.registry import method_for
-from parlab.training.engine import RunResult, fit
+from parlab.training.engine import RunResult, fit, saved_result
 
 
 def run_finished(folder: str | Path) -> bool:
@@ -22,8 +23,13 @@ def run_finished(folder: str | Path) -> bool:
     return (Path(folder) / "metrics.json").is_file() and (Path(folder) / "config.json").is_file()
 
 
-def open_run(folder: str | Path, device: str = "auto", progress: bool = False) -> RunResult:
-    """The :class:`RunResult` of the finished run in ``folder`` (re-evaluated, nothing retrained)."""
+def open_run(folder: str | Path, device: str = "auto", progress: bool = False, reevaluate: bool = False) -> RunResult:
+    """The :class:`RunResult` of the finished run in ``folder``; nothing is retrained.
+
+    Read from the validation and test predictions the run saved; a run without them (written by an earlier
+    parlab), or any run with ``reevaluate``, is re-evaluated from its ``best.pt`` on ``device`` instead (which
+    also saves them).
+    """
     folder = Path(folder)
     if not run_finished(folder):
         raise MissingFileError(f"{folder}: no finished run here (metrics.json is written when a run ends); "
@@ -34,7 +40,9 @@ def open_run(folder: str | Path, device: str = "auto", progress: bool = False) -
     record = task_class.upgrade_checkpoint(record)
     # The folder it was found in (runs may be moved) and the device asked for.
     record[task_class.run_key] = record[task_class.run_key] | {"output_dir": str(folder), "device": device}
-    return fit(task_class.from_record(record, source), existing="resume", progress=progress, log=lambda *_: None)
+    task = task_class.from_record(record, source)
+    saved = None if reevaluate else saved_result(task, folder, record["attributes"])
+    return saved or fit(task, existing="resume", progress=progress, log=lambda *_: None)
 
 
 def collect_runs(runs_dir: str | Path, groups: dict[str, str], device: str = "auto") -> dict[str, list[RunResult]]:

@@ -22,8 +22,8 @@ import pandas as pd
 from parlab.data import load_dataset
 from parlab.errors import ConfigError, MissingFileError
 from parlab.metrics import PARMetrics, pedestrian_metrics
-from parlab.training.engine import RunResult
-from parlab.training.evaluation import Predictions
+from parlab.training.engine import TEST_PREDICTIONS, RunResult
+from parlab.training.evaluation import Predictions, load_predictions
 
 # Test settings of docs/methods.md section 1: the standard one and the label-balanced one of the FRDL
 # paper, keeping the first m_j entries (reference) or a seeded random choice.
@@ -98,8 +98,7 @@ def _thresholds(run: RunResult, tuned: bool):
 def saved_test_predictions(run: RunResult | str | Path) -> Predictions:
     """The test predictions a finished run saved (``run``: its result or its folder)."""
     folder = Path(run) if isinstance(run, (str, Path)) else Path(run.output_dir)
-    saved = np.load(folder / "test_predictions.npz")
-    return Predictions(saved["logits"], saved["rows"])
+    return load_predictions(folder / TEST_PREDICTIONS)
 
 
 def test_metrics(run: RunResult, setting: str = "standard", seed: int = 0, annotations=None,

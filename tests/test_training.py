@@ -43,7 +43,7 @@ def run(synthpa_root, tmp_path_factory):
 def test_run_folder_holds_config_log_checkpoints_and_results(run):
     out = run.output_dir
     for name in ("config.json", "log.csv", "last.pt", "previous.pt", "best.pt", "metrics.json",
-                 "test_per_attribute.csv", "test_predictions.npz"):
+                 "test_per_attribute.csv", "test_predictions.npz", "val_predictions.npz"):
         assert (out / name).is_file(), name
     record = json.loads((out / "config.json").read_text())
     assert record["config"]["backbone"] == "test_resnet" and record["seed"] == 0
@@ -86,6 +86,56 @@ def test_evaluate_and_predict_agree_with_the_run(run, synthpa_root):
     tuned = parlab.predict(run.output_dir / "best.pt", files)  # the run's tuned thresholds
     assert np.array_equal(tuned[[f"label.{a}" for a in ann.attributes]].to_numpy(),
                           (probs > run.thresholds).astype(np.int8))
+
+
+def _same_result(a, b) -> None:
+    for split in ("val", "test", "test_tuned"):
+        assert getattr(a, split).summary() == getattr(b, split).summary(), split
+        pd.testing.assert_frame_equal(getattr(a, split).per_attribute, getattr(b, split).per_attribute)
+    assert np.array_equal(a.thresholds, b.thresholds) and (a.best_epoch, a.selection) == (b.best_epoch, b.selection)
+    assert (a.config, a.method, a.method_config, a.output_dir) == (b.config, b.method, b.method_config, b.output_dir)
+    pd.testing.assert_frame_equal(a.history, b.history)
+
+
+def test_a_finished_run_opens_from_its_saved_predictions(run, tmp_path):
+    import shutil
+
+    from parlab.experiments import open_run
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run.output_dir, copy)
+    reevaluated = open_run(copy, device="cpu", reevaluate=True)
+    (copy / "best.pt").unlink()  # the saved predictions are read: no model is built or evaluated
+    saved = open_run(copy, device="cpu")
+    _same_result(saved, reevaluated)
+    assert saved.test.summary() == run.test.summary()
+    # A run of an earlier version saved no validation predictions: it is re-evaluated, which saves them.
+    earlier = tmp_path / "earlier"
+    shutil.copytree(run.output_dir, earlier)
+    (earlier / "val_predictions.npz").unlink()
+    first = open_run(earlier, device="cpu")
+    assert (earlier / "val_predictions.npz").is_file() and first.test.summary() == run.test.summary()
+    _same_result(open_run(earlier, device="cpu"), first)
+
+
+def test_saved_predictions_that_do_not_fit_the_dataset_are_named(run, tmp_path):
+    import shutil
+
+    from parlab.errors import RunFolderError
+    from parlab.experiments import open_run
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run.output_dir, copy)
+    saved = np.load(copy / "val_predictions.npz")
+    np.savez(copy / "val_predictions.npz", logits=saved["logits"], rows=saved["rows"] + 10**6)
+    with pytest.raises(RunFolderError, match=r"val_predictions.npz: rows outside the dataset's \d+ annotations"):
+        open_run(copy, device="cpu")
+    np.savez(copy / "val_predictions.npz", logits=saved["logits"][:, :3], rows=saved["rows"])
+    with pytest.raises(RunFolderError, match="val_predictions.npz: 3 attributes, the dataset has 26"):
+        open_run(copy, device="cpu")
+    (copy / "val_predictions.npz").write_bytes(b"not a zip")
+    with pytest.raises(RunFolderError, match="val_predictions.npz: not readable as saved predictions"):
+        open_run(copy, device="cpu")
 
 
 def test_same_seed_same_weights(run, synthpa_root, tmp_path):

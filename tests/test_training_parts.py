@@ -161,3 +161,26 @@ def test_warmup_cosine_schedule():
     assert [rule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert rule(9) == pytest.approx(0.5)  # half-way through the cosine part
     assert rule(14) == pytest.approx(0.0) and rule(20) == pytest.approx(0.0)
+
+
+def test_optimisers_use_the_fused_kernels_where_every_parameter_can():
+    from parlab.training.optim import build_optimizer, fused
+
+    weights = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    assert fused(weights) == {"fused": True}
+    assert fused([{"params": weights}, {"params": weights[:1]}]) == {"fused": True}
+    assert fused([torch.nn.Parameter(torch.randn(2, device="meta"))]) == {} and fused([]) == {}
+    for name in ("adam", "adamw", "sgd"):
+        optimizer = build_optimizer(iter(weights), TrainConfig(optimizer=name))  # a generator, as model.parameters()
+        assert optimizer.param_groups[0]["fused"] is True and len(optimizer.param_groups[0]["params"]) == 2
+    # Same update rule as the default kernel, to rounding.
+    reference = [p.detach().clone().requires_grad_(True) for p in weights]
+    steps = [torch.optim.Adam(weights, lr=0.1, weight_decay=1e-2, **fused(weights)),
+             torch.optim.Adam(reference, lr=0.1, weight_decay=1e-2, foreach=False)]
+    for _ in range(3):
+        for optimizer, params in zip(steps, (weights, reference)):
+            for p in params:
+                p.grad = p.detach() * 2 + 1
+            optimizer.step()
+    for a, b in zip(weights, reference):
+        torch.testing.assert_close(a, b)

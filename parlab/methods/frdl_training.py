@@ -58,6 +58,7 @@ from parlab.training.config import TrainConfig
 from parlab.training.engine import RunResult, fit
 from parlab.training.evaluation import Predictions, autocast, forward_split
 from parlab.training.losses import PARLoss, multilabel_bce
+from parlab.training.optim import fused
 from parlab.training.sampling import EpochSampler, drops_last_batch, epoch_seed
 from parlab.training.seeding import seed_everything
 from parlab.training.task import RunData, SupervisedTask, Task, wrap_ddp
@@ -256,7 +257,8 @@ class FRDLTask(Task):
                        for k, rows in self.rows.items()}
         seed_everything(c.seed)  # h_ft starts the same on every rank
         self.model = AttributeClassifiers(a, width).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        heads = list(self.model.parameters())
+        self.optimizer = torch.optim.Adam(heads, lr=c.lr, weight_decay=c.weight_decay, **fused(heads))
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(c.milestones), c.gamma) \
             if c.milestones else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # h_ft trains in full precision

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from parlab.methods.frdl_config import GOAT_MODULES
 from parlab.models.heads import AttributeFeatureHead
 from parlab.training.evaluation import autocast
+from parlab.training.optim import fused
 
 
 def flood_levels(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +119,8 @@ class GOAT:
         # test-time features, and only the weights wander.
         self.module.eval()
         self.reference = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-        self.optimizer = torch.optim.Adam([p for p in self.module.parameters() if p.requires_grad], lr=lr,
-                                          weight_decay=weight_decay)
+        wandering = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(wandering, lr=lr, weight_decay=weight_decay, **fused(wandering))
         self.reset_optimizer = reset_optimizer
         self.b_pos = torch.tensor(np.asarray(b_pos, dtype=np.float32), device=device)  # a copy: inputs may be read-only
         self.b_neg = torch.tensor(np.asarray(b_neg, dtype=np.float32), device=device)

@@ -8,7 +8,8 @@ A run writes one folder (``output_dir``):
   the method's own columns);
 - ``last.pt`` (+ ``previous.pt``): the full training state after the latest epoch;
 - ``best.pt``: the selected epoch's evaluation weights, config, attributes and thresholds;
-- ``metrics.json``, ``test_per_attribute.csv``, ``test_predictions.npz``: the final test evaluation.
+- ``metrics.json``, ``test_per_attribute.csv``, ``test_predictions.npz``, ``val_predictions.npz``: the
+  final evaluation of the selected epoch (:func:`saved_result` reads a finished run back from them).
 
 The loop is small named steps: :func:`train_one_epoch` (seeding, the task's batches and steps,
 :func:`optimizer_step`, the NaN guard), :func:`validate`, :func:`select_and_save` and
@@ -21,6 +22,7 @@ with DistributedDataParallel; rank 0 writes every file.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training import distributed as dist
 from parlab.training.checkpoint import FORMAT, check_attributes, library_versions, load_checkpoint, save_atomic
 from parlab.training.config import TrainConfig
-from parlab.training.evaluation import Predictions
+from parlab.training.evaluation import Predictions, load_predictions, save_predictions
 from parlab.training.run_folder import clear_run_folder, prepare_run_folder, run_folder_lock
 from parlab.training.runlog import RunLog
 from parlab.training.sampling import epoch_seed
@@ -384,6 +386,9 @@ def split_metrics(annotations, preds: Predictions, threshold) -> PARMetrics:
                               attributes=annotations.attributes)
 
 
+TEST_PREDICTIONS, VAL_PREDICTIONS = "test_predictions.npz", "val_predictions.npz"
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """The selected model on validation and test."""
@@ -392,6 +397,7 @@ class Evaluation:
     test: PARMetrics
     test_tuned: PARMetrics | None
     thresholds: np.ndarray | None  # (A,) tuned on validation
+    val_preds: Predictions
     test_preds: Predictions
 
 
@@ -403,12 +409,12 @@ def evaluate_selected(annotations, val_preds: Predictions, test_preds: Predictio
         if tune else None
     test = split_metrics(annotations, test_preds, threshold)
     tuned = split_metrics(annotations, test_preds, thresholds) if thresholds is not None else None
-    return Evaluation(val, test, tuned, thresholds, test_preds)
+    return Evaluation(val, test, tuned, thresholds, val_preds, test_preds)
 
 
 def write_results(out: Path, evaluation: Evaluation, selection: str, best_epoch: int, epochs: int,
                   world_size: int, wall_s: float, log) -> None:
-    """``metrics.json``, ``test_per_attribute.csv`` and ``test_predictions.npz`` of a finished run."""
+    """``metrics.json``, ``test_per_attribute.csv`` and the validation and test predictions of a finished run."""
     test, tuned, thresholds = evaluation.test, evaluation.test_tuned, evaluation.thresholds
     results = {
         "selection": selection, "best_epoch": best_epoch, "epochs": epochs,
@@ -423,12 +429,37 @@ def write_results(out: Path, evaluation: Evaluation, selection: str, best_epoch:
         table["tuned_threshold"] = thresholds
         table["tuned_tpr"], table["tuned_tnr"] = tuned.per_attribute["tpr"], tuned.per_attribute["tnr"]
     write_atomic(out / "test_per_attribute.csv", table.to_csv)
-    preds = evaluation.test_preds
-    write_atomic(out / "test_predictions.npz", lambda tmp: np.savez(tmp, logits=preds.logits, rows=preds.rows))
+    save_predictions(out / TEST_PREDICTIONS, evaluation.test_preds)
+    save_predictions(out / VAL_PREDICTIONS, evaluation.val_preds)  # last: its presence marks complete results
     log(f"best epoch {best_epoch} ({selection})")
     log("test  " + "  ".join(f"{k} {v:.2f}" for k, v in test.summary().items() if k in METRIC_KEYS))
     if tuned is not None:
         log("tuned " + "  ".join(f"{k} {v:.2f}" for k, v in tuned.summary().items() if k in METRIC_KEYS))
+
+
+def saved_result(task: Task, out: Path, attributes: list[str]) -> RunResult | None:
+    """The :class:`RunResult` of the finished run in ``out``, from the files :func:`write_results` wrote.
+
+    The same numbers as re-evaluating its ``best.pt`` (those files are that evaluation), without building
+    the model. ``attributes``: the run's, checked against its dataset's. None when the folder lacks
+    validation predictions (runs of earlier versions) or its results are of another schedule than
+    ``task``'s (a finished run continued for more epochs).
+    """
+    start_time = time.perf_counter()
+    results = json.loads((out / "metrics.json").read_text())
+    if not (out / VAL_PREDICTIONS).is_file() or results.get("epochs") != task.run.epochs:
+        return None
+    config = task.data_config
+    annotations = load_dataset(config.dataset, config.root, config.partition)
+    check_attributes(attributes, annotations.attributes, str(out / "config.json"), annotations.name)
+    val_preds, test_preds = (load_predictions(out / name, len(annotations.labels), annotations.num_attributes)
+                             for name in (VAL_PREDICTIONS, TEST_PREDICTIONS))
+    thresholds = None if results["thresholds"] is None else np.asarray(results["thresholds"], dtype=np.float64)
+    tuned = None if thresholds is None else split_metrics(annotations, test_preds, thresholds)
+    return RunResult(out, config, pd.read_csv(out / "log.csv"), results["best_epoch"], results["selection"],
+                     split_metrics(annotations, val_preds, config.threshold),
+                     split_metrics(annotations, test_preds, config.threshold), tuned, thresholds,
+                     time.perf_counter() - start_time, task.method, task.method_config)
 
 
 def epoch_line(row: dict, epochs: int, split: str, tag: str = "") -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,7 +14,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from parlab.data.images import PARImageDataset
-from parlab.errors import ConfigError
+from parlab.errors import ConfigError, RunFolderError
+from parlab.files import write_atomic
 from parlab.training.distributed import DistContext, all_gather_rows
 from parlab.training.sampling import ShardSampler
 
@@ -40,6 +43,34 @@ class Predictions:
     @functools.cached_property  # metrics, threshold tuning and reports all read it
     def probs(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
+
+
+def save_predictions(path: Path, preds: Predictions) -> None:
+    """Write ``preds`` to ``path`` (.npz: ``logits`` (n, A), ``rows`` (n,)) atomically."""
+    write_atomic(path, lambda tmp: np.savez(tmp, logits=preds.logits, rows=preds.rows))
+
+
+def load_predictions(path: Path, num_rows: int | None = None, num_attributes: int | None = None) -> Predictions:
+    """Predictions written by :func:`save_predictions`, checked against the dataset they index.
+
+    ``num_rows``, ``num_attributes``: the dataset's annotation rows and attributes, when known. Raises
+    :class:`~parlab.errors.RunFolderError` naming the file for an unreadable file or one that does not fit.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            logits, rows = saved["logits"], saved["rows"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise RunFolderError(f"{path}: not readable as saved predictions ({exc})") from exc
+    problem = None
+    if logits.ndim != 2 or rows.ndim != 1 or len(rows) != len(logits) or not np.issubdtype(rows.dtype, np.integer):
+        problem = f"logits {logits.shape} and rows {rows.shape} ({rows.dtype}) do not pair up"
+    elif num_attributes is not None and logits.shape[1] != num_attributes:
+        problem = f"{logits.shape[1]} attributes, the dataset has {num_attributes}"
+    elif num_rows is not None and len(rows) and (rows.min() < 0 or rows.max() >= num_rows):
+        problem = f"rows outside the dataset's {num_rows} annotations"
+    if problem:
+        raise RunFolderError(f"{path}: {problem}; was the dataset changed since the run?")
+    return Predictions(logits, rows)
 
 
 @torch.no_grad()

@@ -14,12 +14,26 @@ import torch
 from parlab.training.config import TrainConfig
 
 
+def fused(params: list) -> dict:
+    """``{"fused": True}`` where every parameter can take torch's fused optimiser kernels, else ``{}``.
+
+    ``params``: tensors or parameter groups (dicts with "params"). On the CPU the default single-tensor
+    path loops over parameters in Python: with FRDL's 6.8 M-parameter attribute head, Adam's step took
+    ~50 ms of a ~290 ms ResNet-10-T step, the fused kernel ~12 ms. Same update rule, another rounding.
+    """
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fusable = tensors and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
+    return {"fused": True} if fusable else {}
+
+
 def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    params = list(params)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused(params))
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused(params))
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           **fused(params))
 
 
 class WarmupCosine:

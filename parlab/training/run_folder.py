@@ -22,7 +22,7 @@ from parlab.training import distributed as dist
 from parlab.training.checkpoint import load_checkpoint
 
 RUN_FILES = ("last.pt", "previous.pt", "best.pt", "log.csv", "metrics.json", "config.json",
-             "test_per_attribute.csv", "test_predictions.npz")
+             "test_per_attribute.csv", "test_predictions.npz", "val_predictions.npz")
 EXISTING = ("error", "resume", "overwrite")
 LOCK_FILE = ".lock"
 

@@ -64,7 +64,7 @@ from parlab.models.clip import clip_tokenizer, clip_transform, create_clip, enco
 from parlab.reporting import saved_test_predictions
 from parlab.training.config import ConfigFile, option
 from parlab.training.distributed import resolve_device
-from parlab.training.optim import WarmupCosine
+from parlab.training.optim import WarmupCosine, fused
 from parlab.training.sampling import epoch_seed
 from parlab.training.seeding import seed_everything
 
@@ -244,9 +244,8 @@ def _train(model, images: np.ndarray, labels: np.ndarray, config: CLIPPretrainCo
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     # Fused: one kernel for all tensors, where the single-tensor path spent ~100 ms a step on the token embedding.
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
-                                  fused=True)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, **fused(groups))
     # Warm-up from the very first step: a from-scratch CLIP at full lr collapses to one embedding.
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(config.warmup_steps, config.epochs * steps))
     loss_fn = MultiPositiveClipLoss()
