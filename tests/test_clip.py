@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from parlab.models import clip_models, count_parameters, create_clip
-from parlab.models.clip import CONFIG_DIR, clip_tokenizer, encode_text_by_length
+from parlab.models.clip import CONFIG_DIR, clip_tokenizer, encode_text_by_length, residual_block
 
 
 def test_tiny_clip_is_registered_and_runs_on_64x32_images():
@@ -182,3 +182,39 @@ def test_texts_encoded_up_to_their_end_of_text_token_equal_the_whole_context_wit
     torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-6)
     model.attn_mask = None  # a tower without its causal mask sees the padding: the whole context
     assert torch.equal(encode_text_by_length(model, tokens), model.encode_text(tokens))
+
+
+@pytest.mark.parametrize("tower", ["visual", "text"])
+def test_a_residual_block_run_batch_first_equals_the_block_with_its_gradients(tower):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        model = create_clip("parlab-clip-hybrid", None, image_size=(64, 32))
+    blocks = (model.visual.transformer if tower == "visual" else model.transformer).resblocks
+    x = torch.randn(5, 12, blocks[0].ln_1.normalized_shape[0], requires_grad=True)
+    # The text tower's causal mask; for the visual one an additive mask like PromptPAR's region mask.
+    mask = model.attn_mask[:12, :12] if tower == "text" else torch.where(torch.rand(12, 12) < 0.3, -torch.inf, 0.0)
+    mask.fill_diagonal_(0.0)
+    weights = torch.randn(5, 12, x.shape[-1])
+    outputs, grads = [], []
+    for run in (lambda b, h: b(h, attn_mask=mask), lambda b, h: residual_block(b, h, mask)):
+        h = x
+        for block in blocks:
+            h = run(block, h)
+        outputs.append(h)
+        grads.append(torch.autograd.grad((h * weights).sum(), [x, *blocks.parameters()]))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(*grads):  # weight gradients sum the batch in another order
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # The first n outputs alone, and a boolean mask (True = masked for nn.MultiheadAttention, the opposite for
+    # scaled_dot_product_attention) left to the block's own attention.
+    block = blocks[0]
+    torch.testing.assert_close(residual_block(block, x, mask, queries=4), block(x, attn_mask=mask)[:, :4],
+                               rtol=1e-5, atol=1e-6)
+    masked = torch.isinf(mask)
+    torch.testing.assert_close(residual_block(block, x, masked), block(x, attn_mask=masked), rtol=1e-5, atol=1e-6)
+    # A hooked block (Grad-CAM's target layer, attention maps) runs as itself, so that its hooks see it.
+    seen = []
+    handle = block.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    residual_block(block, x, mask)
+    handle.remove()
+    assert seen == [x.shape]

@@ -58,7 +58,8 @@ def test_every_layers_text_prompts_get_gradients_and_change_the_logits():
 def test_deep_text_prompts_replace_their_positions_after_the_start_token_at_each_layer():
     model = tiny().eval()
     seen = []
-    hooks = [block.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0]), with_kwargs=True)
+    # A block's input is what its first LayerNorm reads.
+    hooks = [block.ln_1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
              for block in model.clip.transformer.resblocks]
     with torch.no_grad():
         model.text_features()
@@ -211,8 +212,8 @@ def test_group_clip_hook_clips_each_group():
 
 def _first_block_input(model, images):
     seen = []
-    hook = model.clip.visual.transformer.resblocks[0].register_forward_pre_hook(
-        lambda m, args, kwargs: seen.append(args[0]), with_kwargs=True)
+    hook = model.clip.visual.transformer.resblocks[0].ln_1.register_forward_pre_hook(  # the block's input
+        lambda m, args: seen.append(args[0]))
     with torch.no_grad():
         model.visual_tokens(images)
     hook.remove()

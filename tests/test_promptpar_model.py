@@ -11,10 +11,12 @@ import torch
 from promptpar_models import TINY, tiny
 
 from parlab.methods.promptpar import PromptPARConfig, build_model
+from parlab.methods.promptpar import model as promptpar_model
 from parlab.methods.promptpar.model import first_tokens
 from parlab.methods.promptpar.regions import band_rows
 from parlab.methods.promptpar.training import PromptPARTask, promptpar_run_config
 from parlab.models import count_parameters, create_clip
+from parlab.models.clip import residual_block
 from parlab.training.checkpoint import CheckpointError
 
 
@@ -233,7 +235,7 @@ def test_prompts_written_in_place_equal_the_concatenated_sequence_with_their_gra
                     pieces += [x[:, start:s.start], fresh[:, used:used + s.stop - s.start]]
                     used, start = used + s.stop - s.start, s.stop
                 x = torch.cat([*pieces, x[:, start:]], dim=1)
-            x = block(x, attn_mask=model.attn_mask)
+            x = residual_block(block, x, model.attn_mask)  # as _blocks runs them (test_clip: same as block(x))
         return x
 
     model = tiny().train()
@@ -246,21 +248,16 @@ def test_prompts_written_in_place_equal_the_concatenated_sequence_with_their_gra
     assert grad[1:].abs().sum() > 0  # the deep prompts get gradients
 
 
-def test_sentence_features_cut_after_the_last_end_of_text_token_equal_the_whole_context():
+def test_sentence_features_cut_after_the_last_end_of_text_token_equal_the_whole_context(monkeypatch):
     plain = tiny(use_textprompt=False).eval()
     with torch.no_grad():  # without prompts: CLIP's own encode_text over its whole context
         assert torch.allclose(plain.text_features(), plain.clip.encode_text(plain.sentence_tokens), atol=1e-5)
     model = tiny().eval()
     cut = model._encode_text()
     assert int(model.sentence_tokens.argmax(-1).max()) + 1 + 2 < model.sentence_tokens.shape[1]  # it does cut
-    # The whole context, by setting the mask aside: a mask of None is never cut.
-    mask, model.clip.attn_mask = model.clip.attn_mask, None
-    try:
-        hooks = [b.register_forward_pre_hook(lambda _, args, kwargs: (args, kwargs | {"attn_mask": mask}),
-                                             with_kwargs=True) for b in model.clip.transformer.resblocks]
-        whole = model._encode_text()
-    finally:
-        model.clip.attn_mask = mask
-        for h in hooks:
-            h.remove()
+    # The whole context, by setting the mask aside (a mask of None is never cut) and giving it to each block.
+    mask = model.clip.attn_mask
+    monkeypatch.setattr(model.clip, "attn_mask", None)
+    monkeypatch.setattr(promptpar_model, "residual_block", lambda block, x, _: residual_block(block, x, mask))
+    whole = model._encode_text()
     assert torch.allclose(cut, whole, atol=1e-5)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from parlab.methods.promptpar.config import PromptPARConfig
 from parlab.methods.promptpar.regions import TokenLayout, band_rows, region_attention_mask, split_prompts
-from parlab.models.clip import clip_tokenizer, create_clip
+from parlab.models.clip import clip_tokenizer, create_clip, residual_block
 
 
 class PromptPAR(nn.Module):
@@ -153,8 +153,8 @@ class PromptPAR(nn.Module):
             for i, block in enumerate(transformer.resblocks):
                 if 0 < i < len(prompts):
                     x = torch.cat([x[:, :1], prompts[i].to(x.dtype), x[:, 1 + n:]], dim=1)
-                x = block(x if batch_first else x.transpose(0, 1), attn_mask=mask)
-                x = x if batch_first else x.transpose(0, 1)
+                x = residual_block(block, x, mask) if batch_first else \
+                    block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         x = clip.ln_final(x)[torch.arange(len(x), device=x.device), eot]
         projection = clip.text_projection
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
@@ -174,8 +174,8 @@ class PromptPAR(nn.Module):
                 # VPT-deep: the prompt positions take layer i's fresh prompts (one copy of x, not a concatenation).
                 fresh = self.prompts[i].to(x.dtype).unsqueeze(0).expand(len(x), -1, -1)
                 x = x.index_copy(1, self.prompt_positions, fresh)
-            x = block(x if batch_first else x.transpose(0, 1), attn_mask=mask)
-            x = x if batch_first else x.transpose(0, 1)
+            x = residual_block(block, x, mask) if batch_first else \
+                block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         return x
 
     def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -311,10 +311,8 @@ def first_tokens(block: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
     ``ResidualAttentionBlock`` or a timm ``Block`` (bare or in a :class:`_FrozenBlock`).
     """
     block = block.block if isinstance(block, _FrozenBlock) else block
-    if hasattr(block, "ln_1"):  # open_clip: its attention takes queries apart from keys and values
-        keys = block.ln_1(x)
-        y = x[:, :n] + block.ls_1(block.attention(q_x=keys[:, :n], k_x=keys, v_x=keys))
-        return y + block.ls_2(block.mlp(block.ln_2(y)))
+    if hasattr(block, "ln_1"):  # open_clip
+        return residual_block(block, x, queries=n)
     attn = block.attn  # timm: its fused qkv Linear split into the query rows and the key and value rows
     if getattr(attn, "gate", None) is not None:
         raise ValueError("a gated timm attention is not supported as the PromptPAR fusion block")
