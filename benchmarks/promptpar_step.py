@@ -47,12 +47,13 @@ from parlab.models import count_parameters
 from parlab.training.distributed import resolve_device
 from parlab.training.evaluation import autocast
 from parlab.training.losses import PARLoss
+from parlab.training.optim import fused
 
 
 def images_per_second(model, batch: torch.Tensor, labels: torch.Tensor, steps: int, amp: str = "none") -> float:
     """Images/s of forward + loss + backward + clip + SGD step (the first step is not timed)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4, **fused(params))  # as parlab's
     criterion = PromptPARLoss(PARLoss("weighted", np.full(labels.shape[1], 0.2)), 0.5).to(batch.device)
     model.train()
     for step in range(steps + 1):

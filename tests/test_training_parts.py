@@ -184,3 +184,26 @@ def test_optimisers_use_the_fused_kernels_where_every_parameter_can():
             optimizer.step()
     for a, b in zip(weights, reference):
         torch.testing.assert_close(a, b)
+
+
+def test_an_optimiser_step_pre_hook_reads_unscaled_gradients_under_loss_scaling():
+    """PromptPAR clips each group in a step pre-hook; a fused optimiser must not hand it scaled gradients."""
+    from types import SimpleNamespace
+
+    from parlab.methods.promptpar.training import GroupGradClip
+    from parlab.training.engine import optimizer_step
+    from parlab.training.optim import fused
+
+    def updated(scale: float) -> torch.Tensor:
+        weight = torch.nn.Parameter(torch.ones(4))
+        optimizer = torch.optim.SGD([weight], lr=1.0, **fused([weight]))
+        optimizer.register_step_pre_hook(GroupGradClip(1.0))
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale, enabled=scale != 1.0)
+        task = SimpleNamespace(optimizer=optimizer, scaler=scaler, grad_clip=0.0, ema=None, per_step=False,
+                               scheduler=None, model=None)
+        optimizer_step(task, (weight * torch.tensor([3.0, 4.0, 0.0, 0.0])).sum(), 0)  # gradient norm 5
+        return weight.detach()
+
+    expected = torch.tensor([1 - 0.6, 1 - 0.8, 1.0, 1.0])  # the gradient clipped to norm 1, one step of lr 1
+    torch.testing.assert_close(updated(1.0), expected)
+    torch.testing.assert_close(updated(2.0 ** 10), expected)

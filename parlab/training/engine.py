@@ -261,8 +261,10 @@ def optimizer_step(task: Task, loss: torch.Tensor, global_step: int) -> None:
     optimizer, scaler = task.optimizer, task.scaler
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    # Gradients at their true scale before anything reads them: the clip below or an optimiser step pre-hook
+    # (PromptPAR's per-group clip). Left to it, a fused optimiser would unscale only inside its kernel.
+    scaler.unscale_(optimizer)  # a no-op without fp16
     if task.grad_clip > 0:
-        scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(task.model.parameters(), task.grad_clip)
     scaler.step(optimizer)
     scaler.update()

@@ -81,8 +81,9 @@ class GroupGradClip:
     """An optimiser step pre-hook: clip the gradient norm of each parameter group at ``max_norm`` separately.
 
     The reference code clips its two modules (heads and fusion; its CLIP with the prompts) one at a time, which
-    are exactly PromptPAR's two groups. Run inside ``optimizer.step()``, so under fp16 the GradScaler has already
-    unscaled the gradients (and skips the step, hook included, on an overflow).
+    are exactly PromptPAR's two groups. Run inside ``optimizer.step()``; under fp16 the engine has unscaled the
+    gradients before (:func:`~parlab.training.engine.optimizer_step`), and the GradScaler skips the step, hook
+    included, on an overflow.
     """
 
     def __init__(self, max_norm: float) -> None:
