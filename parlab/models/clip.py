@@ -132,23 +132,24 @@ def residual_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | 
     values into the heads' layout (and back, in the backward pass); here one packed projection is viewed
     as heads and goes to the same ``scaled_dot_product_attention``: the same sums, ~14% less time for
     PromptPAR's visual blocks on the CPU. With ``queries=n`` only the first n outputs are computed (B, n, W):
-    every token is still a key and a value. Attention this does not cover (separate key/value weights,
-    bias_k, zero attention, a boolean or per-head mask) runs through the block's own attention, and a block
-    with forward hooks runs as itself.
+    every token is still a key and a value. A block with forward hooks, or with attention this does not
+    cover (another attention module, separate key/value weights, bias_k, zero attention, a boolean or
+    per-head mask), runs as itself (its first n outputs through its own attention).
 
     Args:
         x: (B, L, W) tokens; attn_mask: (L, L) additive float mask or None.
     """
-    if queries is None and (block._forward_hooks or block._forward_pre_hooks):
-        return block(x, attn_mask=attn_mask)  # hooks on the block (CAMs, attention maps) see it run
-    attn = block.attn
-    b, length, width = x.shape
-    n = length if queries is None else queries
-    h = block.ln_1(x)
+    attn = getattr(block, "attn", None)
     plain = (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.bias_k is None
              and not attn.add_zero_attn and (attn_mask is None or (attn_mask.dim() == 2
                                                                     and attn_mask.is_floating_point())))
-    if not plain:
+    hooked = bool(block._forward_hooks or block._forward_pre_hooks)  # hooks (CAMs, attention maps) see it run
+    if queries is None and (hooked or not plain):
+        return block(x, attn_mask=attn_mask)
+    b, length, width = x.shape
+    n = length if queries is None else queries
+    h = block.ln_1(x)
+    if not plain:  # open_clip's own attention takes the queries apart from the keys and values
         y = x[:, :n] + block.ls_1(block.attention(q_x=h[:, :n], k_x=h, v_x=h, attn_mask=attn_mask))
         return y + block.ls_2(block.mlp(block.ln_2(y)))
     weight, bias = attn.in_proj_weight, attn.in_proj_bias
