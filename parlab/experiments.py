@@ -38,8 +38,10 @@ def open_run(folder: str | Path, device: str = "auto", progress: bool = False, r
     record = json.loads((folder / "config.json").read_text())
     task_class = method_for(record.get("method") or "baseline").task_class()
     record = task_class.upgrade_checkpoint(record)
-    # The folder it was found in (runs may be moved) and the device asked for.
+    # The folder it was found in (runs may be moved) and the device asked for (FRDL also keeps its stage-1
+    # data config under "config").
     record[task_class.run_key] = record[task_class.run_key] | {"output_dir": str(folder), "device": device}
+    record["config"] = record["config"] | {"device": device}
     task = task_class.from_record(record, source)
     saved = None if reevaluate else saved_result(task, folder, record["attributes"])
     return saved or fit(task, existing="resume", progress=progress, log=lambda *_: None)

@@ -218,3 +218,29 @@ def test_a_residual_block_run_batch_first_equals_the_block_with_its_gradients(to
     residual_block(block, x, mask)
     handle.remove()
     assert seen == [x.shape]
+
+
+
+def test_the_batch_first_path_covers_biases_and_layer_scale_without_the_blocks_own_attention():
+    from unittest import mock
+
+    from open_clip.transformer import ResidualAttentionBlock
+
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(32, 4, ls_init_value=0.5, batch_first=True)
+    with torch.no_grad():
+        for p in block.parameters():  # no zero biases or unit gains left to hide a slip
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(3, 10, 32)
+    mask = torch.where(torch.rand(10, 10) < 0.3, -torch.inf, 0.0).fill_diagonal_(0.0)
+    want, first = block(x, attn_mask=mask), block(x, attn_mask=mask)[:, :4]
+    with mock.patch.object(torch.nn.MultiheadAttention, "forward", side_effect=AssertionError("not batch-first")):
+        got, got_first = residual_block(block, x, mask), residual_block(block, x, mask, queries=4)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_first, first, rtol=1e-5, atol=1e-6)
+    # A hook on the attention module: the block runs as itself, queries included, and the hook sees it.
+    calls = []
+    handle = block.attn.register_forward_hook(lambda *_: calls.append(1))
+    torch.testing.assert_close(residual_block(block, x, mask, queries=4), first, rtol=1e-5, atol=1e-6)
+    handle.remove()
+    assert calls == [1]

@@ -99,6 +99,10 @@ def test_a_finished_run_reopens_with_the_same_results(frdl):
     again = open_run(frdl.output_dir, device="cpu")
     assert again.method == "FRDL" and again.best_epoch == frdl.best_epoch
     assert again.test.summary() == frdl.test.summary()
+    reevaluated = open_run(frdl.output_dir, device="cpu", reevaluate=True)  # through the task, stage 1 loaded
+    assert (again.config, again.method_config) == (reevaluated.config, reevaluated.method_config)
+    assert again.val.summary() == reevaluated.val.summary()
+    assert again.test_tuned.summary() == reevaluated.test_tuned.summary()
 
 
 def test_a_run_in_the_layout_of_earlier_versions_still_opens(frdl, tmp_path):

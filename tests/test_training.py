@@ -109,6 +109,15 @@ def test_a_finished_run_opens_from_its_saved_predictions(run, tmp_path):
     saved = open_run(copy, device="cpu")
     _same_result(saved, reevaluated)
     assert saved.test.summary() == run.test.summary()
+    # Predictions that do not give the metrics metrics.json recorded (a finish killed while writing them) are
+    # not read: the run is re-evaluated, which writes them again.
+    shutil.copytree(run.output_dir, tmp_path / "stale")
+    stale = dict(np.load(tmp_path / "stale" / "val_predictions.npz"))
+    np.savez(tmp_path / "stale" / "val_predictions.npz", logits=-stale["logits"], rows=stale["rows"])
+    _same_result(open_run(tmp_path / "stale", device="cpu"), replace(reevaluated, output_dir=tmp_path / "stale",
+                                                                     config=replace(reevaluated.config,
+                                                                                    output_dir=str(tmp_path / "stale"))))
+    assert np.array_equal(np.load(tmp_path / "stale" / "val_predictions.npz")["logits"], stale["logits"])
     # A run of an earlier version saved no validation predictions: it is re-evaluated, which saves them.
     earlier = tmp_path / "earlier"
     shutil.copytree(run.output_dir, earlier)

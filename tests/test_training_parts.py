@@ -207,3 +207,22 @@ def test_an_optimiser_step_pre_hook_reads_unscaled_gradients_under_loss_scaling(
     expected = torch.tensor([1 - 0.6, 1 - 0.8, 1.0, 1.0])  # the gradient clipped to norm 1, one step of lr 1
     torch.testing.assert_close(updated(1.0), expected)
     torch.testing.assert_close(updated(2.0 ** 10), expected)
+
+
+def test_a_checkpoint_of_the_single_tensor_kernel_loads_into_a_fused_optimiser():
+    """Earlier runs saved single-tensor Adam states; a fused optimiser resuming one stays fused (fp16 included)."""
+    from parlab.training.optim import fused, load_optimizer_state
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    earlier = torch.optim.Adam([weight], lr=0.1, foreach=False)
+    weight.grad = torch.ones(3)
+    earlier.step()
+    optimizer = torch.optim.Adam([weight], lr=0.1, **fused([weight]))
+    load_optimizer_state(optimizer, earlier.state_dict())
+    assert optimizer.param_groups[0]["fused"] is True and optimizer.state[weight]["step"] == 1
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    optimizer.zero_grad()
+    scaler.scale((weight * 2).sum()).backward()
+    scaler.step(optimizer)  # a fused step, handed the scaler's found_inf
+    scaler.update()
+    assert optimizer.state[weight]["step"] == 2 and (weight < 1 - 0.1).all()

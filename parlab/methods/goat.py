@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from parlab.methods.frdl_config import GOAT_MODULES
 from parlab.models.heads import AttributeFeatureHead
 from parlab.training.evaluation import autocast
-from parlab.training.optim import fused
+from parlab.training.optim import fused, load_optimizer_state
 
 
 def flood_levels(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +145,7 @@ class GOAT:
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -58,6 +58,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _module_hooks
 
 from parlab.errors import ConfigError, MissingFileError
 from parlab.models.clip_stem import install_stem, stem_specs
@@ -132,9 +133,10 @@ def residual_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | 
     values into the heads' layout (and back, in the backward pass); here one packed projection is viewed
     as heads and goes to the same ``scaled_dot_product_attention``: the same sums, ~14% less time for
     PromptPAR's visual blocks on the CPU. With ``queries=n`` only the first n outputs are computed (B, n, W):
-    every token is still a key and a value. A block with forward hooks, or with attention this does not
-    cover (another attention module, separate key/value weights, bias_k, zero attention, a boolean or
-    per-head mask), runs as itself (its first n outputs through its own attention).
+    every token is still a key and a value. A block with forward hooks (on it, its attention or global),
+    or with attention this does not cover (another attention module, separate key/value weights, bias_k,
+    zero attention, a boolean or per-head mask), runs as itself (its first n outputs through its own
+    attention).
 
     Args:
         x: (B, L, W) tokens; attn_mask: (L, L) additive float mask or None.
@@ -143,14 +145,17 @@ def residual_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | 
     plain = (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.bias_k is None
              and not attn.add_zero_attn and (attn_mask is None or (attn_mask.dim() == 2
                                                                     and attn_mask.is_floating_point())))
-    hooked = bool(block._forward_hooks or block._forward_pre_hooks)  # hooks (CAMs, attention maps) see it run
+    # Hooks (CAMs, attention maps) must see the modules they are on run.
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (block, attn) if m is not None) or \
+        bool(_module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks)
     if queries is None and (hooked or not plain):
         return block(x, attn_mask=attn_mask)
     b, length, width = x.shape
     n = length if queries is None else queries
     h = block.ln_1(x)
-    if not plain:  # open_clip's own attention takes the queries apart from the keys and values
-        y = x[:, :n] + block.ls_1(block.attention(q_x=h[:, :n], k_x=h, v_x=h, attn_mask=attn_mask))
+    if hooked or not plain:  # open_clip's own attention takes the queries apart from the keys and values
+        mask = None if attn_mask is None else attn_mask[..., :n, :]
+        y = x[:, :n] + block.ls_1(block.attention(q_x=h[:, :n], k_x=h, v_x=h, attn_mask=mask))
         return y + block.ls_2(block.mlp(block.ln_2(y)))
     weight, bias = attn.in_proj_weight, attn.in_proj_bias
     if n == length:

@@ -44,6 +44,7 @@ from parlab.training import distributed as dist
 from parlab.training.checkpoint import FORMAT, check_attributes, library_versions, load_checkpoint, save_atomic
 from parlab.training.config import TrainConfig
 from parlab.training.evaluation import Predictions, load_predictions, save_predictions
+from parlab.training.optim import load_optimizer_state
 from parlab.training.run_folder import clear_run_folder, prepare_run_folder, run_folder_lock
 from parlab.training.runlog import RunLog
 from parlab.training.sampling import epoch_seed
@@ -193,7 +194,7 @@ def run_record(task: Task, data: RunData, ctx: dist.DistContext) -> dict:
 def restore(task: Task, ckpt: dict, state: Progress) -> None:
     """Continue from a ``last.pt``: the task's weights, optimiser, schedule, EMA, scaler, state and RNGs."""
     task.load_state_dict(task.model, ckpt["model"], "last.pt")
-    task.optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(task.optimizer, ckpt["optimizer"])
     if task.scheduler is not None:
         task.scheduler.load_state_dict(ckpt["scheduler"])
     task.scaler.load_state_dict(ckpt["scaler"])
@@ -444,8 +445,9 @@ def saved_result(task: Task, out: Path, attributes: list[str]) -> RunResult | No
 
     The same numbers as re-evaluating its ``best.pt`` (those files are that evaluation), without building
     the model. ``attributes``: the run's, checked against its dataset's. None when the folder lacks
-    validation predictions (runs of earlier versions) or its results are of another schedule than
-    ``task``'s (a finished run continued for more epochs).
+    validation predictions (runs of earlier versions), when its results are of another schedule than
+    ``task``'s (a finished run continued for more epochs), or when the predictions do not give the
+    metrics ``metrics.json`` recorded (a finish killed while writing them, or files of another run).
     """
     start_time = time.perf_counter()
     results = json.loads((out / "metrics.json").read_text())
@@ -457,11 +459,21 @@ def saved_result(task: Task, out: Path, attributes: list[str]) -> RunResult | No
     val_preds, test_preds = (load_predictions(out / name, len(annotations.labels), annotations.num_attributes)
                              for name in (VAL_PREDICTIONS, TEST_PREDICTIONS))
     thresholds = None if results["thresholds"] is None else np.asarray(results["thresholds"], dtype=np.float64)
+    val, test = (split_metrics(annotations, preds, config.threshold) for preds in (val_preds, test_preds))
     tuned = None if thresholds is None else split_metrics(annotations, test_preds, thresholds)
+    recorded = (results["val"], results["test"], results["test_tuned_thresholds"])
+    if any((m is None) != (r is None) or (m is not None and not _same_summary(m.summary(), r))
+           for m, r in zip((val, test, tuned), recorded)):
+        return None
     return RunResult(out, config, pd.read_csv(out / "log.csv"), results["best_epoch"], results["selection"],
-                     split_metrics(annotations, val_preds, config.threshold),
-                     split_metrics(annotations, test_preds, config.threshold), tuned, thresholds,
-                     time.perf_counter() - start_time, task.method, task.method_config)
+                     val, test, tuned, thresholds, time.perf_counter() - start_time, task.method,
+                     task.method_config)
+
+
+def _same_summary(computed: dict, recorded: dict) -> bool:
+    """Metrics computed now equal those a ``metrics.json`` recorded (JSON keeps floats exactly; NaN is NaN)."""
+    return computed.keys() == recorded.keys() and all(
+        np.isclose(computed[k], recorded[k], rtol=0.0, atol=1e-9, equal_nan=True) for k in computed)
 
 
 def epoch_line(row: dict, epochs: int, split: str, tag: str = "") -> str:

@@ -26,6 +26,19 @@ def fused(params: list) -> dict:
     return {"fused": True} if fusable else {}
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, keeping the kernel the optimiser was built with.
+
+    The saved groups carry their own ``fused`` flag: a checkpoint of an earlier parlab (single-tensor
+    kernel) would switch a fused optimiser back, which a fp16 GradScaler still treats as fused (it hands
+    the step ``found_inf``, which the single-tensor step refuses).
+    """
+    kernels = [{k: group.get(k) for k in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kernel in zip(optimizer.param_groups, kernels):
+        group.update(kernel)
+
+
 def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     params = list(params)
     if config.optimizer == "adam":

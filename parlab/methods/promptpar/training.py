@@ -82,8 +82,8 @@ class GroupGradClip:
 
     The reference code clips its two modules (heads and fusion; its CLIP with the prompts) one at a time, which
     are exactly PromptPAR's two groups. Run inside ``optimizer.step()``; under fp16 the engine has unscaled the
-    gradients before (:func:`~parlab.training.engine.optimizer_step`), and the GradScaler skips the step, hook
-    included, on an overflow.
+    gradients before (:func:`~parlab.training.engine.optimizer_step`). On an overflow the update is skipped (by
+    the GradScaler, or inside a fused kernel after this hook ran), so clipping inf gradients changes nothing.
     """
 
     def __init__(self, max_norm: float) -> None:
