@@ -11,10 +11,10 @@ import torch
 from promptpar_models import TINY, tiny
 
 from parlab.methods.promptpar import PromptPARConfig, build_model
-from parlab.methods.promptpar import model as promptpar_model
 from parlab.methods.promptpar.model import first_tokens
 from parlab.methods.promptpar.regions import band_rows
 from parlab.methods.promptpar.training import PromptPARTask, promptpar_run_config
+from parlab.models import clip as clip_module
 from parlab.models import count_parameters, create_clip
 from parlab.models.clip import residual_block
 from parlab.training.checkpoint import CheckpointError
@@ -258,6 +258,6 @@ def test_sentence_features_cut_after_the_last_end_of_text_token_equal_the_whole_
     # The whole context, by setting the mask aside (a mask of None is never cut) and giving it to each block.
     mask = model.clip.attn_mask
     monkeypatch.setattr(model.clip, "attn_mask", None)
-    monkeypatch.setattr(promptpar_model, "residual_block", lambda block, x, _: residual_block(block, x, mask))
+    monkeypatch.setattr(clip_module, "residual_block", lambda block, x, _: residual_block(block, x, mask))
     whole = model._encode_text()
     assert torch.allclose(cut, whole, atol=1e-5)

@@ -171,6 +171,14 @@ def residual_block(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | 
     return y + block.ls_2(block.mlp(block.ln_2(y)))
 
 
+def run_block(transformer: nn.Module, block: nn.Module, x: torch.Tensor,
+              attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One block of an open_clip ``Transformer`` on batch-first tokens x (B, L, W), whatever its own layout."""
+    if getattr(transformer, "batch_first", True):
+        return residual_block(block, x, attn_mask)
+    return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+
+
 def clip_transform(image_size: tuple[int, int], train: bool, pad: int = 10):
     """The PAR transform at (height, width) ``image_size`` with CLIP's input statistics, not ImageNet's."""
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from parlab.methods.promptpar.config import PromptPARConfig
 from parlab.methods.promptpar.regions import TokenLayout, band_rows, region_attention_mask, split_prompts
-from parlab.models.clip import clip_tokenizer, create_clip, residual_block
+from parlab.models.clip import clip_tokenizer, create_clip, residual_block, run_block
 
 
 class PromptPAR(nn.Module):
@@ -148,13 +148,10 @@ class PromptPAR(nn.Module):
         if not deep:
             x = clip.transformer(x, attn_mask=mask)
         else:
-            transformer = clip.transformer
-            batch_first = getattr(transformer, "batch_first", True)
-            for i, block in enumerate(transformer.resblocks):
+            for i, block in enumerate(clip.transformer.resblocks):
                 if 0 < i < len(prompts):
                     x = torch.cat([x[:, :1], prompts[i].to(x.dtype), x[:, 1 + n:]], dim=1)
-                x = residual_block(block, x, mask) if batch_first else \
-                    block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+                x = run_block(clip.transformer, block, x, mask)
         x = clip.ln_final(x)[torch.arange(len(x), device=x.device), eot]
         projection = clip.text_projection
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
@@ -168,14 +165,12 @@ class PromptPAR(nn.Module):
         """Run the visual residual blocks with deep prompts and the region mask: (B, L, W) -> (B, L, W)."""
         transformer = self.clip.visual.transformer
         mask = None if self.attn_mask is None else self.attn_mask.to(x.dtype)  # once per forward, not per layer
-        batch_first = getattr(transformer, "batch_first", True)
         for i, block in enumerate(transformer.resblocks):
             if self.prompts is not None and 0 < i < self.prompts.shape[0]:
                 # VPT-deep: the prompt positions take layer i's fresh prompts (one copy of x, not a concatenation).
                 fresh = self.prompts[i].to(x.dtype).unsqueeze(0).expand(len(x), -1, -1)
                 x = x.index_copy(1, self.prompt_positions, fresh)
-            x = residual_block(block, x, mask) if batch_first else \
-                block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+            x = run_block(transformer, block, x, mask)
         return x
 
     def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:

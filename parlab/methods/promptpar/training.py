@@ -109,7 +109,15 @@ class PromptPARTask(SupervisedTask):
         super().__init__(config)
         # The run's image size is the one the data is resized to.
         self.model_config = replace(model_config, image_size=config.image_size)
-        self.base = base if base is not None else base_weights_record(self.model_config)
+        self._base = base
+
+    @property
+    def base(self) -> dict:
+        """The base CLIP weights' record, hashed on first use: a run opened from its saved predictions never
+        needs it (a ViT-L/14 file is 1.7 GB)."""
+        if self._base is None:
+            self._base = base_weights_record(self.model_config)
+        return self._base
 
     @classmethod
     def from_record(cls, record: dict, source: str, clip_weights: str | None = None, **_) -> PromptPARTask:
