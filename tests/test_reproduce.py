@@ -139,10 +139,10 @@ def test_full_profile_is_the_default_with_longer_schedules_and_every_ablation_ov
     from parlab.reproduce import notebook_parameters
 
     default, full = (notebook_parameters(PROFILES[name], ["03", "04", "05"]) for name in ("default", "full"))
-    assert full["05_promptpar"]["ablation_seeds"] == [0, 1, 2]
-    assert "ablation_seeds" not in default["05_promptpar"]  # the notebook's own [0]
+    assert full["05_promptpar"]["ablation"] is True  # over the notebook's own ablation_seeds
+    assert "ablation" not in default["05_promptpar"]  # the notebook's own False
     assert full["04_frdl_goat"]["logit_bn_ablation"] is True and "logit_bn_ablation" not in default["04_frdl_goat"]
-    longer = {"epochs": 5, "frdl_epochs": 5, "balance_start": 2, "logit_bn_ablation": True, "ablation_seeds": [0, 1, 2]}
+    longer = {"epochs": 5, "frdl_epochs": 5, "balance_start": 2, "logit_bn_ablation": True, "ablation": True}
     for notebook in default:
         assert "epochs" not in default[notebook]  # the notebooks' own (3)
         assert full[notebook]["epochs"] == 5
