@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,22 +165,35 @@ def _train_args(root: Path, out: Path, epochs: int = 3) -> list[str]:
             "--device", "cpu", "--no-progress", "--output-dir", str(out)]
 
 
+# Runs the ``parlab`` command and SIGKILLs it from inside after the second optimiser step of epoch 2, whatever
+# the machine's speed: a kill timed from outside raced the tiny epochs (a fast machine finished the run first).
+_KILL_IN_EPOCH_2 = """
+import os, runpy, signal, sys
+from pathlib import Path
+from torch.optim.optimizer import register_optimizer_step_post_hook
+log, steps = Path(sys.argv[1]) / "log.csv", []
+def kill_mid_epoch_2(optimizer, args, kwargs):
+    if log.is_file():  # epoch 1's checkpoint is written before its log row
+        steps.append(1)
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+register_optimizer_step_post_hook(kill_mid_epoch_2)
+sys.argv = ["parlab", *sys.argv[2:]]
+runpy.run_module("parlab", run_name="__main__")
+"""
+
+
 @pytest.mark.parametrize("cached", [False, True], ids=["decoded", "image-cache"])
 def test_killed_run_resumes_to_identical_weights(synthpa_root, tmp_path, cached):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     # The killed run reads the uint8 image cache in the second case: it must still end as the decoding one.
     cache = ("--image-cache", str(tmp_path / "cache")) if cached else ()
     subprocess.run(_cli(*_train_args(synthpa_root, whole)), check=True, capture_output=True, cwd=REPO)
-    proc = subprocess.Popen(_cli(*_train_args(synthpa_root, killed), *cache), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    # Kill in the middle of epoch 2: right after epoch 1's checkpoint and log row appear.
-    while time.time() < deadline and not (killed / "log.csv").is_file():
-        time.sleep(0.02)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert load_checkpoint(killed / "last.pt")["epoch"] < 3, "the run finished before it was killed"
+    proc = subprocess.run([sys.executable, "-c", _KILL_IN_EPOCH_2, str(killed), *_train_args(synthpa_root, killed),
+                           *cache], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert load_checkpoint(killed / "last.pt")["epoch"] == 1
+    assert len(pd.read_csv(killed / "log.csv")) == 1
     done = subprocess.run(_cli(*_train_args(synthpa_root, killed), *cache, "--resume"), capture_output=True,
                           text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
