@@ -30,7 +30,8 @@ import torch
 from parlab.data import load_dataset
 from parlab.data.image_cache import build_image_cache
 from parlab.labelstats import positive_ratio
-from parlab.training import PARLoss, TrainConfig, train
+from parlab.training import BaselineConfig, DataConfig, PARLoss, RunFields, train
+from parlab.training.config import split_config
 from parlab.training.distributed import resolve_device
 from parlab.training.evaluation import autocast
 from parlab.training.optim import build_optimizer
@@ -39,33 +40,34 @@ from parlab.training.task import SupervisedTask
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bare_loop(config: TrainConfig, num_attributes: int, ratio, steps: int) -> float:
+def bare_loop(run: RunFields, data: DataConfig, method: BaselineConfig, num_attributes: int, ratio,
+              steps: int) -> float:
     """Images/s of forward + loss + backward + clip + step on batches already on the device."""
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    model = SupervisedTask(config).build_model(num_attributes).to(device).train()
-    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    device = resolve_device(run.device)
+    torch.manual_seed(run.seed)
+    model = SupervisedTask(run, data, method).build_model(num_attributes).to(device).train()
+    memory = torch.channels_last if method.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory)
-    optimizer = build_optimizer(model.parameters(), config)
-    criterion = PARLoss(config.loss, ratio).to(device)
-    x = torch.randn(config.batch_size, 3, *config.image_size, device=device).contiguous(memory_format=memory)
-    y = (torch.rand(config.batch_size, num_attributes, device=device) < 0.2).float()
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    optimizer = build_optimizer(model.parameters(), method)
+    criterion = PARLoss(method.loss, ratio).to(device)
+    x = torch.randn(run.batch_size, 3, *data.image_size, device=device).contiguous(memory_format=memory)
+    y = (torch.rand(run.batch_size, num_attributes, device=device) < 0.2).float()
+    scaler = torch.amp.GradScaler(device.type, enabled=run.amp == "fp16")
     for step in range(steps + 1):
         if step == 1:  # the first step pays one-off allocation costs
             _sync(device)
             start = time.perf_counter()
-        with autocast(device, config.amp):
+        with autocast(device, run.amp):
             loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), method.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         float(loss.detach())  # parlab reads the loss every step too
     _sync(device)
-    return steps * config.batch_size / (time.perf_counter() - start)
+    return steps * run.batch_size / (time.perf_counter() - start)
 
 
 def _sync(device: torch.device) -> None:
@@ -89,20 +91,21 @@ def main() -> None:
     ann = load_dataset("synthpa", args.root)
     ratio = positive_ratio(ann.split_labels("train"))
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(root=args.root, backbone=args.backbone, image_size=tuple(args.image_size),
-                             batch_size=args.batch_size, lr=1e-3, epochs=1, train_limit=args.images,
-                             scheduler="none", device=args.device, num_workers=args.num_workers, amp=args.amp,
-                             channels_last=args.channels_last, output_dir=f"{out}/decoded")
+        run, data, method = split_config(
+            BaselineConfig, root=args.root, backbone=args.backbone, image_size=tuple(args.image_size),
+            batch_size=args.batch_size, lr=1e-3, epochs=1, train_limit=args.images, scheduler="none",
+            device=args.device, num_workers=args.num_workers, amp=args.amp, channels_last=args.channels_last,
+            output_dir=f"{out}/decoded")
         steps = args.images // args.batch_size
         build_start = time.perf_counter()
-        build_image_cache(f"{out}/cache", ann, config.image_size, log=lambda _: None)
+        build_image_cache(f"{out}/cache", ann, data.image_size, log=lambda _: None)
         build_s = time.perf_counter() - build_start
-        bare_loop(config, ann.num_attributes, ratio, 5)  # process warm-up (oneDNN kernels, allocator)
-        bare_before = bare_loop(config, ann.num_attributes, ratio, steps)
-        decoded = train(config, progress=False, log=lambda _: None).history.iloc[0]
-        cached = train(replace(config, image_cache=f"{out}/cache", output_dir=f"{out}/cached"), progress=False,
-                       log=lambda _: None).history.iloc[0]
-        bare_after = bare_loop(config, ann.num_attributes, ratio, steps)
+        bare_loop(run, data, method, ann.num_attributes, ratio, 5)  # process warm-up (oneDNN kernels, allocator)
+        bare_before = bare_loop(run, data, method, ann.num_attributes, ratio, steps)
+        decoded = train(run, data, method, progress=False, log=lambda _: None).history.iloc[0]
+        cached = train(replace(run, output_dir=f"{out}/cached"), replace(data, image_cache=f"{out}/cache"), method,
+                       progress=False, log=lambda _: None).history.iloc[0]
+        bare_after = bare_loop(run, data, method, ann.num_attributes, ratio, steps)
     bare = (bare_before + bare_after) / 2
     val_images = len(ann.split("val"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

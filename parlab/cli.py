@@ -1,11 +1,14 @@
 """The ``parlab`` command: one subcommand per registered method, plus ``evaluate``, ``predict`` and ``export``.
 
 Each method's subcommand (``train``, ``frdl``, ``promptpar``; see
-:mod:`parlab.methods.registry`) takes every field of its config dataclasses
-as an option (``--backbone resnet50 --epochs 30 --image-size 256 192
---ema``), after an optional ``--config file.yaml``; options given on the
-command line win. An option's help is its field's ``help`` metadata. All run
-on several GPUs or nodes under torchrun::
+:mod:`parlab.methods.registry`) takes every field of its run, data and method
+configs as an option (``--backbone resnet50 --epochs 30 --image-size 256 192
+--ema``), after an optional ``--config FILE``: a YAML or JSON file of fields,
+flat or under ``run`` / ``data`` / ``method``, such as a run's own
+``config.json`` (``parlab train --config runs/x/config.json --output-dir
+runs/y`` trains that run again); options given on the command line win.
+An option's help is its field's ``help`` metadata. All run on several GPUs or
+nodes under torchrun::
 
     torchrun --nproc_per_node 4 -m parlab train --config pa100k.yaml --device cuda
     torchrun --nproc_per_node 4 -m parlab frdl --stage1 runs/pa100k_stage1 --goat --device cuda
@@ -30,6 +33,7 @@ from pathlib import Path
 from parlab.errors import ParlabError
 from parlab.methods.registry import MethodSpec, OptionGroup, available_methods
 from parlab.training.config import choices_of, help_of, read_mapping
+from parlab.training.record import CONFIG_KEYS, EARLIER_LAYOUT_KEYS, method_name_of
 
 
 def _add_group(parser: argparse.ArgumentParser, group: OptionGroup) -> None:
@@ -59,7 +63,8 @@ def _add_group(parser: argparse.ArgumentParser, group: OptionGroup) -> None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="JSON or YAML file of config fields")
+    parser.add_argument("--config", type=Path, help="JSON or YAML file of config fields (flat, or under run, data "
+                                                     "and method, as a run's config.json)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--resume", action="store_true", help="continue the run in --output-dir from last.pt")
     what.add_argument("--overwrite", action="store_true", help="discard the run in --output-dir and start again")
@@ -120,18 +125,37 @@ def _parser(methods: dict[str, MethodSpec]) -> argparse.ArgumentParser:
 
 
 def option_values(spec: MethodSpec, args: argparse.Namespace) -> dict[str, dict]:
-    """Each option group's values: the ``--config`` file's, then the command line's on top.
+    """Each option group's values: its defaults, the ``--config`` file's, then the command line's on top.
 
-    A file's field goes to the group that offers it as an option (else to the first group, whose config
-    then names it as unknown).
+    A flat file's field goes to the group that offers it as an option (else to the first group, whose
+    config then names it as unknown); a file with ``run``, ``data`` and ``method`` sections (a run's
+    ``config.json``) gives each group its section.
     """
     values: dict[str, dict] = {g.key: dict(g.defaults) for g in spec.groups}
-    offered = {f.name: g.key for g in reversed(spec.groups) for f in fields(g.config) if f.name not in g.skip}
-    for name, value in (read_mapping(args.config) if args.config else {}).items():
-        values[offered.get(name, spec.groups[0].key)][name] = value
+    for key, section in (config_file_values(spec, args.config) if args.config else {}).items():
+        values[key] |= section
     for g in spec.groups:
         values[g.key] |= {f.name: getattr(args, f.name) for f in fields(g.config)
                           if f.name not in g.skip and hasattr(args, f.name)}
+    return values
+
+
+def config_file_values(spec: MethodSpec, path: Path) -> dict[str, dict]:
+    """The values a ``--config`` file gives each option group of ``spec``."""
+    mapping = read_mapping(path)
+    earlier = any(key in mapping for key in EARLIER_LAYOUT_KEYS)
+    if earlier or any(isinstance(mapping.get(key), dict) for key in CONFIG_KEYS):  # sections, as a run records them
+        if "versions" in mapping:  # a run's own record: it must be of this method
+            name = method_name_of(mapping)
+            if name not in spec.labels:
+                raise ParlabError(f"{path}: a run of {name}, which parlab {spec.command} does not train")
+        record = spec.task_class().upgrade_checkpoint(mapping) if earlier else mapping
+        keys = {g.key for g in spec.groups}
+        return {key: dict(record[key]) for key in CONFIG_KEYS if key in keys and isinstance(record.get(key), dict)}
+    values: dict[str, dict] = {}
+    offered = {f.name: g.key for g in reversed(spec.groups) for f in fields(g.config) if f.name not in g.skip}
+    for name, value in mapping.items():
+        values.setdefault(offered.get(name, spec.groups[0].key), {})[name] = value
     return values
 
 

@@ -42,7 +42,6 @@ from parlab._version import __version__
 from parlab.errors import ParlabError
 from parlab.files import write_atomic
 from parlab.inference import LoadedModel, load_model
-from parlab.training.checkpoint import load_checkpoint
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -89,11 +88,10 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17, dev
     if output.is_dir():
         raise ParlabError(f"{output}: is a folder; give the .onnx file to write")
     loaded = load_model(checkpoint, device, clip_weights=clip_weights)
-    record = load_checkpoint(checkpoint)  # only its method fields: load_model keeps them to itself
-    method, backbone = _method_and_backbone(loaded, record)
+    method, backbone = _method_and_backbone(loaded)
     model = _frozen_for_export(loaded.model)
     metadata = _metadata(loaded, method, backbone)
-    h, w = loaded.config.image_size
+    h, w = loaded.data.image_size
     example = torch.zeros(1, 3, h, w, device=loaded.device)
     use_dynamo = method == "PromptPAR"
     results: dict[str, Any] = {}
@@ -129,11 +127,10 @@ def _onnx_modules() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def _method_and_backbone(loaded: LoadedModel, record: dict) -> tuple[str, str]:
-    """The method a checkpoint records and its network: the CLIP architecture or the timm backbone."""
-    method = str(record.get("method") or "baseline")
-    clip_model = getattr(getattr(loaded.model, "config", None), "clip_model", None)
-    return method, str(clip_model if clip_model is not None else loaded.config.backbone)
+def _method_and_backbone(loaded: LoadedModel) -> tuple[str, str]:
+    """The method that trained a model and its network: the CLIP architecture or the timm backbone."""
+    clip_model = getattr(loaded.model_config, "clip_model", None)
+    return loaded.method_name, str(clip_model if clip_model is not None else loaded.model_config.backbone)
 
 
 def _frozen_for_export(model: nn.Module) -> nn.Module:
@@ -213,7 +210,7 @@ def _quiet(*names: str) -> Iterator[None]:
 def _metadata(loaded: LoadedModel, method: str, backbone: str) -> dict[str, str]:
     """``metadata_props`` of the file: what a consumer needs to prepare images and read logits."""
     mean, std = _normalisation(loaded.transform)
-    h, w = loaded.config.image_size
+    h, w = loaded.data.image_size
     values = {
         "attributes": list(loaded.attributes),
         "thresholds": [float(t) for t in loaded.thresholds],
@@ -242,7 +239,7 @@ def _max_abs_diff(ort, path: str, model: nn.Module, loaded: LoadedModel) -> floa
     """Max |onnxruntime - PyTorch| of the logits on seeded random batches of :data:`CHECK_BATCHES` images."""
     # The CPU provider: the reference runtime wherever the file is used later; loading also validates it.
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    h, w = loaded.config.image_size
+    h, w = loaded.data.image_size
     generator = torch.Generator().manual_seed(CHECK_SEED)
     worst = 0.0
     for batch in CHECK_BATCHES:

@@ -3,6 +3,11 @@
 A run killed mid-write leaves the previous file (or none), never half of one.
 Its half-written temporary file, ``.{name}.tmp-{pid}-{random}{suffix}``, is
 removed by the next write to the same path once that process is gone.
+
+The notebooks' outputs go through the same writes: figures as PDF (TrueType
+fonts) + PNG (:func:`save_figure`), tables as CSV (:func:`save_table`).
+matplotlib and pandas are imported by those functions only: the command line
+imports this module, and its ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,8 +19,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 _TMP_PREFIX = ".{name}.tmp-"  # then the writer's process id, "-", mkstemp's random part, the suffix
+PNG_DPI = 300  # print resolution of the PNG copies; the PDF stays vector
 
 
 def write_atomic(path: str | Path, write: Callable[[str], None], previous: str | Path | None = None) -> Path:
@@ -96,3 +107,23 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_figure(fig: Figure, name: str, folder: str | Path = "figures") -> list[Path]:
+    """Write ``fig`` as ``folder/name.pdf`` and ``folder/name.png``; return both paths."""
+    import matplotlib
+
+    folder = Path(folder)
+    paths = [folder / f"{name}.pdf", folder / f"{name}.png"]
+    # Type 42 embeds TrueType fonts, which journals accept and editors can read.
+    with matplotlib.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
+        write_atomic(paths[0], lambda tmp: fig.savefig(tmp, format="pdf", bbox_inches="tight"))
+        write_atomic(paths[1], lambda tmp: fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches="tight"))
+    return paths
+
+
+def save_table(table: pd.DataFrame, name: str, folder: str | Path = "figures") -> Path:
+    """Write ``table`` as ``folder/name.csv``; return the path."""
+    path = Path(folder) / f"{name}.csv"
+    write_atomic(path, lambda tmp: table.to_csv(tmp))
+    return path

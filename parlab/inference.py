@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,10 @@ from parlab.data import load_dataset
 from parlab.data.images import PARImageDataset, PARTransform, load_rgb
 from parlab.errors import MissingFileError
 from parlab.methods.registry import method_for
+from parlab.training.record import method_name_of
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training.checkpoint import CheckpointError, check_attributes, load_checkpoint
-from parlab.training.config import TrainConfig
+from parlab.training.config import DataConfig, RunFields
 from parlab.training.distributed import DistContext, resolve_device
 from parlab.training.evaluation import autocast, eval_loader, predict_dataset
 
@@ -33,7 +35,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 @dataclass(frozen=True)
 class LoadedModel:
     model: nn.Module  # in eval mode, on ``device``
-    config: TrainConfig
+    run: RunFields  # the run that trained it
+    data: DataConfig  # the data it was trained on (dataset, image size, fixed threshold)
+    model_config: Any  # the config describing the network (FRDL: its stage 1's)
+    method_name: str  # what trained it: "baseline", "FRDL", "PromptPAR"...
     attributes: tuple[str, ...]
     thresholds: np.ndarray  # (A,)
     device: torch.device
@@ -49,7 +54,8 @@ def load_model(checkpoint: str | Path, device: str = "cpu", clip_weights: str | 
     """
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
-    task_class = method_for(ckpt.get("method") or "baseline").task_class()
+    method_name = method_name_of(ckpt)
+    task_class = method_for(method_name).task_class()
     if "model" not in ckpt or (ckpt.get("kind") == "training" and not task_class.trains_whole_model):
         raise CheckpointError(f"{path}: a {ckpt.get('kind')!r} checkpoint of this method holds no complete model; "
                               "load the run's best.pt")
@@ -59,10 +65,9 @@ def load_model(checkpoint: str | Path, device: str = "cpu", clip_weights: str | 
     state = ckpt["ema"] if ckpt.get("kind") == "training" and ckpt.get("ema") is not None else ckpt["model"]
     dev = resolve_device(device)
     model = task.load_selected(state, len(attributes), str(path), dev)
-    config = task.data_config
-    thresholds = ckpt.get("thresholds") or [config.threshold] * len(attributes)
-    return LoadedModel(model, config, attributes, np.asarray(thresholds, dtype=np.float64), dev, path,
-                       task.transform(train=False))
+    thresholds = ckpt.get("thresholds") or [task.data.threshold] * len(attributes)
+    return LoadedModel(model, task.run, task.data, task.model_config, method_name, attributes,
+                       np.asarray(thresholds, dtype=np.float64), dev, path, task.transform(train=False))
 
 
 def list_images(images_or_folder) -> list[Path]:
@@ -113,7 +118,7 @@ def predict(checkpoint: str | Path | LoadedModel, images_or_folder, device: str 
                         batch_size=batch_size, num_workers=num_workers)
     probs = []
     for x in loader:
-        with autocast(loaded.device, loaded.config.amp):
+        with autocast(loaded.device, loaded.run.amp):
             probs.append(torch.sigmoid(loaded.model(x.to(loaded.device)).float()).cpu())
     p = torch.cat(probs).numpy()
     thr = loaded.thresholds if threshold is None else np.full(len(loaded.attributes), threshold)
@@ -130,12 +135,12 @@ def evaluate(checkpoint: str | Path | LoadedModel, dataset: str | None = None, r
              threshold: float | None = None, num_workers: int = 0) -> PARMetrics:
     """PAR metrics of a checkpoint on a split, in one process (dataset and root default to the run's)."""
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
-    cfg = loaded.config
+    cfg = loaded.data
     annotations = load_dataset(dataset or cfg.dataset, root or cfg.root, cfg.partition)
     check_attributes(loaded.attributes, annotations.attributes, str(loaded.source), annotations.name)
     data = PARImageDataset(annotations, split, loaded.transform)
     ctx = DistContext(0, 1, 0, loaded.device)
-    preds = predict_dataset(loaded.model, eval_loader(data, batch_size, num_workers, ctx), ctx, cfg.amp)
+    preds = predict_dataset(loaded.model, eval_loader(data, batch_size, num_workers, ctx), ctx, loaded.run.amp)
     thr = cfg.threshold if threshold is None else threshold
     return pedestrian_metrics(annotations.labels[preds.rows], preds.probs, threshold=thr,
                               attributes=annotations.attributes)

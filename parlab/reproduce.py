@@ -125,14 +125,15 @@ def paper_profile(dataset: str, root: str, device: str = "cuda", weights: str = 
     if key not in PAPER_DATASETS:
         raise ConfigError(f"the paper profile knows {', '.join(PAPER_DATASETS)}, not {dataset!r}")
     stage2 = frdl_defaults(key)
+    run2, frdl = stage2["run"], stage2["method"]
     training = PAPER_BASELINE | {"weights": weights, "device": device, "amp": amp,
                                  "train_split": "trainval" if key == "rapv1" else "train"}
     extra = {
         # The reference keeps an EMA of the weights on PA100k.
         "03_baseline": {"ema": key == "pa100k"},
-        "04_frdl_goat": {"frdl_epochs": stage2["epochs"], "balance_start": stage2["balance_start"],
-                         "frdl_milestones": list(stage2["milestones"]), "frdl_gamma": stage2["gamma"],
-                         "frdl_lr": stage2["lr"], "frdl_grad_clip": stage2["grad_clip"], "feature_cache": 0,
+        "04_frdl_goat": {"frdl_epochs": run2["epochs"], "balance_start": frdl["balance_start"],
+                         "frdl_milestones": list(frdl["milestones"]), "frdl_gamma": frdl["gamma"],
+                         "frdl_lr": frdl["lr"], "frdl_grad_clip": frdl["grad_clip"], "feature_cache": 0,
                          "logit_bn_ablation": True},
         "05_promptpar": PAPER_PROMPTPAR | {"weights": clip_weights, "fusion_weights": fusion_weights,
                                            "fusion": "vit_b16" if fusion_weights else "clip_block"},

@@ -11,9 +11,9 @@ import pytest
 
 from parlab.cli import _parser, main, option_values
 from parlab.errors import ParlabError
-from parlab.methods.promptpar.config import PAPER_SETTINGS
+from parlab.methods.promptpar.config import PAPER_DATA, PAPER_RUN, PromptPARConfig
 from parlab.methods.registry import MethodSpec, OptionGroup, available_methods, method_for, register_method
-from parlab.training.config import RunFields, TrainConfig, help_of
+from parlab.training.config import BaselineConfig, DataConfig, RunFields, help_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def test_every_config_field_of_every_method_has_help():
     configs = {group.config for spec in available_methods().values() for group in spec.groups}
     from parlab.methods.promptpar.pretrain import CLIPPretrainConfig
 
-    assert len(configs) == 3  # TrainConfig, FRDLConfig, PromptPARConfig
+    assert len(configs) == 5  # RunFields, DataConfig, BaselineConfig, FRDLConfig, PromptPARConfig
     for cls in configs | {CLIPPretrainConfig}:
         missing = [f.name for f in fields(cls) if not help_of(f).strip()]
         assert not missing, f"{cls.__name__}: fields without help: {missing}"
@@ -32,29 +32,37 @@ def test_help_of_an_option_is_its_field_help_including_awkward_ones(capsys):
     with pytest.raises(SystemExit):
         main(["frdl", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    # An inherited run field and a default string holding a '#' or quotes keep their help.
+    # A shared run field, a group default that differs from the dataclass's, and help or defaults holding quotes
+    # keep their help.
     assert "training batch, per process (default: 64)" in text
-    assert 'dataset folder; "" uses the stage-1 run\'s' in text
-    assert "stage-2 epochs (default: 20)" in text
+    assert "training epochs (default: 20)" in text  # FRDL's run default, not RunFields' 30
+    assert 'trained with head "attribute" (default: \'\')' in text
+    assert '"auto" picks cuda when available, else cpu (default: \'auto\')' in text
+    assert "dataset folder (default: '')" in text  # FRDL's data group default, not DataConfig's
 
 
 def test_run_fields_are_defined_once_and_shared():
     shared = {f.name for f in fields(RunFields)}
     assert {"device", "amp", "num_workers", "seed", "output_dir", "select_on", "tensorboard"} <= shared
     for spec in available_methods().values():
-        run_config = spec.groups[0].config
-        assert issubclass(run_config, RunFields), spec.command
+        groups = {group.key: group.config for group in spec.groups}
+        assert list(groups) == ["run", "data", "method"], spec.command
+        assert groups["run"] is RunFields and groups["data"] is DataConfig, spec.command
+        # Each option names one field of one group.
+        names = [f.name for group in spec.groups for f in fields(group.config) if f.name not in group.skip]
+        assert len(names) == len(set(names)), (spec.command, sorted(n for n in names if names.count(n) > 1))
 
 
 def test_parser_builds_without_source_for_a_registered_method_defined_at_run_time():
     # A config class made at run time has no source file: help comes from metadata only.
     from dataclasses import make_dataclass
 
-    from parlab.training.config import option
+    from parlab.training.config import ConfigFile, option
 
-    Made = make_dataclass("Made", [("steps", int, option(3, "how many # steps"))], bases=(RunFields,), frozen=True)
+    Made = make_dataclass("Made", [("steps", int, option(3, "how many # steps"))], bases=(ConfigFile,), frozen=True)
     spec = MethodSpec(command="made", task="parlab.training.task:SupervisedTask", labels=("Made",),
-                      groups=(OptionGroup("config", Made, "made fields"),), help="a method made here")
+                      groups=(OptionGroup("run", RunFields, "run fields"), OptionGroup("data", DataConfig, "data"),
+                              OptionGroup("method", Made, "made fields")), help="a method made here")
     before = dict(available_methods())
     register_method(spec)
     try:
@@ -83,8 +91,14 @@ def test_config_file_values_go_to_the_group_that_offers_them(tmp_path):
     args = _parser(available_methods()).parse_args(["promptpar", "--config", str(tmp_path / "run.yaml"),
                                                     "--epochs", "4", "--vis-prompt", "8"])
     values = option_values(spec, args)
-    assert values["config"] == PAPER_SETTINGS | {"epochs": 4}  # the paper's settings, then the command line
-    assert values["model"] == {"weights": "clip.pt", "use_div": False, "vis_prompt": 8}
+    assert values["run"] == PAPER_RUN | {"epochs": 4}  # the paper's settings, then the command line
+    assert values["data"] == PAPER_DATA
+    assert PAPER_RUN["batch_size"] == 16 and PAPER_DATA["image_size"] == (224, 224)  # docs/methods.md section 5
+    assert values["method"] == {"weights": "clip.pt", "use_div": False, "vis_prompt": 8}
+    # The paper's optimisation is the method config's own defaults.
+    method = PromptPARConfig()
+    assert (method.optimizer, method.lr, method.momentum, method.weight_decay, method.scheduler, method.warmup_epochs,
+            method.grad_clip, method.loss) == ("sgd", 8e-3, 0.9, 1e-4, "cosine", 5, 10.0, "weighted")
 
 
 def test_help_answers_without_importing_torch():
@@ -121,7 +135,7 @@ def test_user_mistakes_are_one_error_line_and_exit_status_1(argv, message, capsy
 
 def test_a_config_error_is_a_parlab_error_and_still_a_value_error():
     with pytest.raises(ParlabError) as caught:
-        TrainConfig(head="linear_bnn")
+        BaselineConfig(head="linear_bnn")
     assert isinstance(caught.value, ValueError) and "not one of linear, linear_bn, attribute" in str(caught.value)
 
 
@@ -135,7 +149,7 @@ def test_list_options_take_their_item_type_their_length_and_may_be_empty():
     args = _parser(available_methods()).parse_args(["frdl", "--milestones"])
     assert args.milestones == []
     spec = available_methods()["frdl"]
-    assert option_values(spec, args)["config"]["milestones"] == []
+    assert option_values(spec, args)["method"]["milestones"] == []
     with pytest.raises(SystemExit):  # a (height, width) pair takes exactly two numbers
         _parser(available_methods()).parse_args(["train", "--image-size", "64"])
     args = _parser(available_methods()).parse_args(["train", "--image-size", "64", "32"])

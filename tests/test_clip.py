@@ -179,7 +179,9 @@ def test_texts_encoded_up_to_their_end_of_text_token_equal_the_whole_context_wit
     torch.testing.assert_close(cut, whole, rtol=1e-5, atol=1e-6)
     weights = torch.randn_like(whole)
     grads = [torch.autograd.grad((f * weights).sum(), model.token_embedding.weight)[0] for f in (cut, whole)]
-    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-6)
+    # float32 sums in another order: an error relative to the gradient's scale (max |g| is about 37 here), which
+    # a gradient lost or doubled for some token (differences of the gradients' own size) still far exceeds.
+    torch.testing.assert_close(*grads, rtol=1e-4, atol=1e-6 * float(grads[1].abs().max()))
     model.attn_mask = None  # a tower without its causal mask sees the padding: the whole context
     assert torch.equal(encode_text_by_length(model, tokens), model.encode_text(tokens))
 

@@ -9,38 +9,9 @@ import pandas as pd
 import pytest
 
 from parlab.data import load_dataset
-from parlab.metrics import pedestrian_metrics
-from parlab.reporting import (
-    bootstrap_weights,
-    differences,
-    differences_text,
-    repeated_settings_table,
-    weighted_ma,
-    with_differences,
-)
-from parlab.training import RunResult, TrainConfig
-
-
-def test_weighted_ma_with_unit_weights_is_the_metrics_ma():
-    rng = np.random.default_rng(0)
-    gt = (rng.random((60, 5)) < 0.3).astype(int)
-    gt[:5, 0] = -1  # ignored entries
-    gt[:, 4] = 0  # an attribute with no positives is left out
-    probs = rng.random((60, 5))
-    ma = weighted_ma([(probs > 0.5).astype(float)], gt, np.ones((1, 60)))[0, 0]
-    assert ma == pytest.approx(pedestrian_metrics(gt, probs).ma)
-    # A resample is a weighting: counting image 0 three times is the same as repeating its row.
-    weights = np.ones((1, 60))
-    weights[0, 0] = 3
-    repeated = np.concatenate([gt[:1], gt[:1], gt])
-    assert weighted_ma([(probs > 0.5).astype(float)], gt, weights)[0, 0] == pytest.approx(
-        pedestrian_metrics(repeated, np.concatenate([probs[:1], probs[:1], probs])).ma)
-
-
-def test_bootstrap_weights_are_seeded_resamples():
-    w = bootstrap_weights(50, draws=20, seed=3)
-    assert w.shape == (20, 50) and (w.sum(axis=1) == 50).all()
-    assert np.array_equal(w, bootstrap_weights(50, draws=20, seed=3))
+from parlab.results import differences, differences_text, repeated_settings_table, with_differences
+from parlab.training import BaselineConfig, RunResult
+from parlab.training.config import split_config
 
 
 def _fake_run(folder: Path, root: Path, probs: np.ndarray, rows: np.ndarray, name: str) -> RunResult:
@@ -48,9 +19,9 @@ def _fake_run(folder: Path, root: Path, probs: np.ndarray, rows: np.ndarray, nam
     out.mkdir(parents=True)
     logits = np.log(probs / (1 - probs)).astype(np.float32)
     np.savez(out / "test_predictions.npz", logits=logits, rows=rows)
-    config = TrainConfig(root=str(root), head="linear")
-    return RunResult(out, config, pd.DataFrame(), 1, "val", None, None, None,
-                     np.full(probs.shape[1], 0.5), 0.0)
+    run, data, method = split_config(BaselineConfig, root=str(root), head="linear")
+    return RunResult(out, run, data, method, pd.DataFrame(), 1, "val", None, None, None,
+                     np.full(probs.shape[1], 0.5), 0.0, model_config=method)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +82,7 @@ def test_a_method_at_tuned_thresholds_can_be_the_reference(runs):
 def test_ablation_sentences_say_help_only_beyond_the_spread(runs):
     from scipy import stats
 
-    from parlab.reporting import component_sentences
+    from parlab.results import component_sentences
 
     def sentences_of(groups):
         diffs = differences(groups, references=["full"], draws=300)

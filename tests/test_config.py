@@ -7,17 +7,19 @@ import pytest
 from parlab.errors import ConfigError, MissingFileError
 from parlab.methods.frdl_config import FRDLConfig
 from parlab.methods.promptpar.config import PromptPARConfig
-from parlab.training.config import TrainConfig
+from parlab.training.config import BaselineConfig, DataConfig, RunFields, read_mapping, split_config
 
 
 def test_numbers_written_as_strings_become_numbers(tmp_path):
     # PyYAML reads 1e-3 (no dot) as a string; a YAML file with it must still train.
     (tmp_path / "run.yaml").write_text("lr: 1e-3\nepochs: '3'\nimage_size: [64, 32]\nmilestones: [2, '4']\n")
-    config = TrainConfig.from_file(tmp_path / "run.yaml")
-    assert config.lr == 1e-3 and isinstance(config.lr, float)
-    assert config.epochs == 3 and isinstance(config.epochs, int)
-    assert config.image_size == (64, 32) and config.milestones == (2, 4)
-    assert TrainConfig(epochs=4.0).epochs == 4  # a whole float is an int
+    run, data, method = split_config(BaselineConfig, **read_mapping(tmp_path / "run.yaml"))
+    assert method.lr == 1e-3 and isinstance(method.lr, float)
+    assert run.epochs == 3 and isinstance(run.epochs, int)
+    assert data.image_size == (64, 32) and method.milestones == (2, 4)
+    assert RunFields(epochs=4.0).epochs == 4  # a whole float is an int
+    (tmp_path / "method.yaml").write_text("lr: 1e-3\nmilestones: [2, '4']\n")
+    assert BaselineConfig.from_file(tmp_path / "method.yaml") == BaselineConfig(lr=1e-3, milestones=(2, 4))
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -33,12 +35,15 @@ def test_numbers_written_as_strings_become_numbers(tmp_path):
     ("weight_decay", -1e-4, "'weight_decay' must be >= 0"),
 ])
 def test_wrong_values_name_the_field_and_the_expected_type(field, value, message):
+    # Each field is checked by the config that has it (RunFields, DataConfig or BaselineConfig).
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
-        TrainConfig(**{field: value})
+        split_config(BaselineConfig, **{field: value})
 
 
 def test_every_method_config_coerces_its_fields():
-    assert FRDLConfig(epochs="6", balance_start="2", lr="1e-3").balance_start == 2
+    config = FRDLConfig(balance_start="2", lr="1e-3")
+    assert config.balance_start == 2 and config.lr == 1e-3
+    assert RunFields(epochs="6").epochs == 6 and DataConfig(image_size=["64", 32]).image_size == (64, 32)
     assert PromptPARConfig(image_size=["64", 32], vis_prompt="4").image_size == (64, 32)
     with pytest.raises(ConfigError, match="'goat' must be true or false"):
         FRDLConfig(goat="no")
@@ -54,10 +59,10 @@ def test_every_method_config_coerces_its_fields():
 def test_unreadable_config_files_are_one_line_errors(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError, match=message) as caught:
-        TrainConfig.from_file(tmp_path / name)
+        RunFields.from_file(tmp_path / name)
     assert "\n" not in str(caught.value)
 
 
 def test_a_missing_config_file_names_itself(tmp_path):
     with pytest.raises(MissingFileError, match="absent.yaml: config file not found"):
-        TrainConfig.from_file(tmp_path / "absent.yaml")
+        BaselineConfig.from_file(tmp_path / "absent.yaml")

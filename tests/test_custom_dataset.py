@@ -15,7 +15,8 @@ import pytest
 
 import parlab
 from parlab.data import DatasetError, load_dataset
-from parlab.training import TrainConfig, train
+from parlab.training import BaselineConfig, DataConfig, train
+from parlab.training.config import split_config
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"progress": False, "log": lambda _: None}
@@ -58,8 +59,9 @@ def test_the_table_reads_as_a_dataset(custom_root):
 
 
 def test_it_trains_evaluates_and_predicts_under_its_own_attribute_names(custom_root, tmp_path):
-    run = train(TrainConfig(dataset="custom", root=str(custom_root), backbone="test_resnet", image_size=(64, 32),
-                            epochs=1, batch_size=16, device="cpu", output_dir=str(tmp_path / "run")), **QUIET)
+    run = train(*split_config(BaselineConfig, dataset="custom", root=str(custom_root), backbone="test_resnet",
+                              image_size=(64, 32), epochs=1, batch_size=16, device="cpu",
+                              output_dir=str(tmp_path / "run")), **QUIET)
     assert parlab.evaluate(run.output_dir / "best.pt").summary() == pytest.approx(run.test.summary(), abs=1e-6)
     out = tmp_path / "pred.csv"
     done = subprocess.run([sys.executable, "-m", "parlab", "predict", str(run.output_dir / "best.pt"),
@@ -77,7 +79,7 @@ def test_without_a_val_split_one_is_carved_from_train(tmp_path):
     assert set(ann.splits()) == {"train", "test"} and len(ann.split("train")) == 16
     from parlab.training.splits import resolve_splits
 
-    plan = resolve_splits(ann, TrainConfig(dataset="custom", root=str(tmp_path / "tv")))
+    plan = resolve_splits(ann, DataConfig(dataset="custom", root=str(tmp_path / "tv")))
     assert len(plan.val) == 2 and "carved" in plan.note
 
 
@@ -102,8 +104,9 @@ def test_a_missing_image_is_found_before_training_and_names_it(custom_root, tmp_
     victim = sorted((broken / "photos").iterdir())[5]
     victim.unlink()
     with pytest.raises(DatasetError, match=victim.name):
-        train(TrainConfig(dataset="custom", root=str(broken), backbone="test_resnet", image_size=(64, 32), epochs=1,
-                          batch_size=16, device="cpu", output_dir=str(tmp_path / "run")), **QUIET)
+        train(*split_config(BaselineConfig, dataset="custom", root=str(broken), backbone="test_resnet",
+                            image_size=(64, 32), epochs=1, batch_size=16, device="cpu",
+                            output_dir=str(tmp_path / "run")), **QUIET)
     assert not (tmp_path / "run" / "last.pt").exists()
 
 

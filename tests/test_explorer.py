@@ -19,7 +19,7 @@ from parlab.inference import load_model
 from parlab.metrics import pedestrian_metrics
 from parlab.models import build_model
 from parlab.training.checkpoint import save_atomic
-from parlab.training.config import TrainConfig
+from parlab.training.config import BaselineConfig, split_config
 from parlab.training.engine import model_checkpoint
 from parlab.training.task import SupervisedTask
 from parlab.visualisation import model_inputs
@@ -32,10 +32,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 def checkpoint(synthpa_root, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     ann = load_dataset("synthpa", synthpa_root)
-    config = TrainConfig(root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32))
+    configs = split_config(BaselineConfig, root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32))
     model = build_model("test_resnet", ann.num_attributes, image_size=(64, 32)).eval()
     path = tmp_path_factory.mktemp("explorer") / "best.pt"
-    save_atomic(model_checkpoint(SupervisedTask(config), model, ann.attributes, 1, {}, "test"), path)
+    save_atomic(model_checkpoint(SupervisedTask(*configs), model, ann.attributes, 1, {}, "test"), path)
     return path
 
 

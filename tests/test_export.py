@@ -19,13 +19,14 @@ from parlab.data.images import IMAGENET_MEAN, IMAGENET_STD, load_rgb
 from parlab.errors import ParlabError
 from parlab.export import ExportReport, export_onnx
 from parlab.inference import load_model
-from parlab.training import TrainConfig, load_checkpoint, train
+from parlab.training import BaselineConfig, load_checkpoint, train
+from parlab.training.config import split_config
 
 
 def _train(root: Path, out: Path, **changes):
-    config = TrainConfig(root=str(root), backbone="test_resnet", image_size=(64, 32), epochs=1, batch_size=16,
-                         device="cpu", output_dir=str(out), **changes)
-    return train(config, progress=False, log=lambda _: None)
+    configs = split_config(BaselineConfig, root=str(root), backbone="test_resnet", image_size=(64, 32), epochs=1,
+                           batch_size=16, device="cpu", output_dir=str(out), **changes)
+    return train(*configs, progress=False, log=lambda _: None)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_promptpar_exports_with_a_dynamic_batch(synthpa_root, tmp_path):
     pytest.importorskip("onnxscript", reason="PromptPAR export needs onnxscript (pip install parlab[onnx])")
     from open_clip.constants import OPENAI_DATASET_MEAN
 
-    from parlab.methods.promptpar import PromptPARConfig, promptpar_run_config, train_promptpar
+    from parlab.methods.promptpar import PromptPARConfig, train_promptpar
     from parlab.models import create_clip
 
     torch.manual_seed(0)
@@ -152,11 +153,11 @@ def test_promptpar_exports_with_a_dynamic_batch(synthpa_root, tmp_path):
         warnings.filterwarnings("ignore", message=".*random")
         clip = create_clip("parlab-clip-tiny", None)
     torch.save(clip.state_dict(), tmp_path / "clip.pt")
-    config = promptpar_run_config(root=str(synthpa_root), image_size=(64, 32), epochs=1, batch_size=16,
-                                  warmup_epochs=0, device="cpu", output_dir=str(tmp_path / "run"))
-    model = PromptPARConfig(clip_model="parlab-clip-tiny", weights=str(tmp_path / "clip.pt"), vis_prompt=10,
-                            vis_depth=4, prompt_warmup_epochs=0)
-    run = train_promptpar(config, model, progress=False, log=lambda _: None)
+    configs = split_config(PromptPARConfig, root=str(synthpa_root), image_size=(64, 32), epochs=1, batch_size=16,
+                           warmup_epochs=0, device="cpu", output_dir=str(tmp_path / "run"),
+                           clip_model="parlab-clip-tiny", weights=str(tmp_path / "clip.pt"), vis_prompt=10,
+                           vis_depth=4, prompt_warmup_epochs=0)
+    run = train_promptpar(*configs, progress=False, log=lambda _: None)
     report = export_onnx(run.output_dir / "best.pt", tmp_path / "promptpar.onnx")
     assert report.max_abs_diff <= 1e-4 and report.image_size == (64, 32)
     meta = _metadata(report.output)

@@ -153,15 +153,16 @@ def test_an_empty_split_is_named(synthpa_root):
 
 
 def test_training_stops_on_a_missing_image_before_its_first_epoch(synthpa_copy, tmp_path):
-    from parlab.training import TrainConfig, train
+    from parlab.training import BaselineConfig, train
+    from parlab.training.config import split_config
 
     ann = load_dataset("synthpa", synthpa_copy)
     ann.image_paths("test")[-1].unlink()  # test: the split a run reaches last
     out = tmp_path / "run"
-    cfg = TrainConfig(root=str(synthpa_copy), backbone="test_resnet", image_size=(64, 32), epochs=1,
-                      batch_size=16, device="cpu", output_dir=str(out))
+    configs = split_config(BaselineConfig, root=str(synthpa_copy), backbone="test_resnet", image_size=(64, 32),
+                           epochs=1, batch_size=16, device="cpu", output_dir=str(out))
     with pytest.raises(DatasetError, match="1 of 20 images of the rows given are missing"):
-        train(cfg, progress=False, log=lambda _: None)
+        train(*configs, progress=False, log=lambda _: None)
     assert not (out / "last.pt").exists() and not (out / "log.csv").exists()
 
 

@@ -16,8 +16,9 @@ from parlab.data.errors import DatasetError
 from parlab.data.image_cache import build_image_cache, open_image_cache
 from parlab.data.images import PARTransform, build_transform, load_rgb
 from parlab.models.clip import clip_transform
-from parlab.training import TrainConfig, load_checkpoint, train
+from parlab.training import BaselineConfig, load_checkpoint, train
 from parlab.training.batches import evaluation_batches, training_batches
+from parlab.training.config import split_config
 from parlab.training.distributed import DistContext
 
 SIZE = (64, 32)
@@ -93,11 +94,12 @@ def test_cached_batches_equal_the_decoding_loader_for_each_epoch(cache):
 
 
 def test_a_run_from_the_cache_trains_the_same_weights(synthpa_root, tmp_path):
-    base = TrainConfig(root=str(synthpa_root), backbone="test_resnet", image_size=SIZE, epochs=1, batch_size=16,
-                       lr=1e-3, device="cpu", output_dir=str(tmp_path / "decoded"))
-    decoded = train(base, progress=False, log=lambda _: None)
-    cached = train(replace(base, image_cache=str(tmp_path / "cache"), output_dir=str(tmp_path / "cached")),
-                   progress=False, log=lambda _: None)
+    run, data, method = split_config(BaselineConfig, root=str(synthpa_root), backbone="test_resnet", image_size=SIZE,
+                                     epochs=1, batch_size=16, lr=1e-3, device="cpu",
+                                     output_dir=str(tmp_path / "decoded"))
+    decoded = train(run, data, method, progress=False, log=lambda _: None)
+    cached = train(replace(run, output_dir=str(tmp_path / "cached")),
+                   replace(data, image_cache=str(tmp_path / "cache")), method, progress=False, log=lambda _: None)
     assert any((tmp_path / "cache").glob("synthpa-64x32-*/images.npy"))
     a, b = (load_checkpoint(r.output_dir / "last.pt")["model"] for r in (decoded, cached))
     assert all(torch.equal(a[k], b[k]) for k in a)

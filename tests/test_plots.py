@@ -1,4 +1,5 @@
-"""Every public figure of :mod:`parlab.plots` on small hand-made inputs: what is drawn equals what was given."""
+"""Every public figure of :mod:`parlab.plots` and :mod:`parlab.visualisation.figures` on small hand-made inputs:
+what is drawn equals what was given."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from PIL import Image
 
 from parlab import plots
 from parlab.data.annotations import Annotations
+from parlab.visualisation import figures
 
 ATTRIBUTES = ("Hat", "Glasses", "Backpack")
 # rows: 0-5 train, 6-7 test; nobody in train wears glasses
@@ -264,7 +266,7 @@ def test_cam_grid_rows_of_methods_titles_coloured_by_correctness():
     cams = {"gradcam": np.zeros((2, 4, 2)), "hirescam": np.ones((2, 4, 2))}
     probs = {"gradcam": np.array([0.9, 0.8]), "hirescam": np.array([0.2, 0.1])}
     labels = np.array([1, 0])
-    fig = plots.cam_grid(images, cams, probs, labels, "Hat")
+    fig = figures.cam_grid(images, cams, probs, labels, "Hat")
     axes = np.array(fig.axes).reshape(3, 2)
     assert [ax.get_title() for ax in axes[0]] == ["present", "absent"]
     assert [ax.get_ylabel() for ax in axes[:, 0]] == ["image", "gradcam", "hirescam"]
@@ -278,10 +280,10 @@ def test_cam_grid_rows_of_methods_titles_coloured_by_correctness():
     assert fig.get_suptitle() == "Hat"
 
 
-def test_token_attention_panels_and_band_edges():
+def test_token_attention_figure_panels_and_band_edges():
     image = Image.new("RGB", (16, 40), (128, 128, 128))  # (W, H): 40 image rows
     attention = np.random.default_rng(0).random((3, 4, 2))  # CLS + 2 part tokens over a 4 x 2 patch grid
-    fig = plots.token_attention(image, attention, [(0, 1), (2, 3)], input_size=(64, 32))
+    fig = figures.token_attention_figure(image, attention, [(0, 1), (2, 3)], input_size=(64, 32))
     assert [ax.get_title() for ax in fig.axes] == ["image", "CLS", "part 1", "part 2"]
     for ax in fig.axes:
         assert ax.images[0].get_array().shape[:2] == (40, 16)
@@ -292,7 +294,7 @@ def test_token_attention_panels_and_band_edges():
 
 def test_channel_maps_one_panel_per_channel():
     maps = np.random.default_rng(0).random((3, 5, 4))
-    fig = plots.channel_maps(maps, np.array([7, 2, 11]), "layer4")
+    fig = figures.channel_maps(maps, np.array([7, 2, 11]), "layer4")
     assert [ax.get_title() for ax in fig.axes] == ["ch 7", "ch 2", "ch 11"]
     for ax, m in zip(fig.axes, maps):
         np.testing.assert_allclose(ax.images[0].get_array(), m)
@@ -303,7 +305,7 @@ def test_head_boundaries_panel_per_head_with_recall():
     points = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.5], [3.0, 3.0], [4.0, 1.0]])
     labels = np.array([1, 1, 0, -1, 1])
     decisions = {"stage 1": np.array([1, 0, 0, 1, 0]), "FRDL": np.array([1, 1, 1, 0, 1])}
-    fig = plots.head_boundaries(points, labels, decisions, "Hat")
+    fig = figures.head_boundaries(points, labels, decisions, "Hat")
     assert len(fig.axes) == 2
     assert fig.axes[0].get_title().startswith("stage 1") and "recall of present 33%" in fig.axes[0].get_title()
     assert fig.axes[1].get_title().startswith("FRDL") and "recall of present 100%" in fig.axes[1].get_title()

@@ -14,8 +14,9 @@ from promptpar_models import TINY, A, tiny
 
 from parlab.errors import ConfigError
 from parlab.methods.promptpar import PromptPARConfig
-from parlab.methods.promptpar.training import GroupGradClip, PromptPARTask, promptpar_run_config
+from parlab.methods.promptpar.training import GroupGradClip, PromptPARTask
 from parlab.models import count_parameters
+from parlab.training.config import DataConfig, RunFields
 
 TEXT_LAYERS, TEXT_WIDTH = 4, 64  # parlab-clip-tiny's text tower
 
@@ -163,7 +164,7 @@ def test_linear_fusion_mixes_all_fused_tokens_along_the_token_axis_and_trains():
 
 def test_global_local_batchnorm_and_temperature_train_in_the_prompt_group():
     model = tiny()
-    task = PromptPARTask(promptpar_run_config(image_size=(64, 32), epochs=2), TINY)
+    task = PromptPARTask(RunFields(epochs=2), DataConfig(image_size=(64, 32)), TINY)  # the paper's optimisation
     optimizer, _, _ = task.optimizer_and_schedule(model, steps_per_epoch=1)
     names = {id(p): n for n, p in model.named_parameters()}
     heads, prompts = ({names[id(p)] for p in g["params"]} for g in optimizer.param_groups)
@@ -177,7 +178,8 @@ def test_global_local_batchnorm_and_temperature_train_in_the_prompt_group():
 
 def test_each_group_is_clipped_on_its_own():
     model = tiny()
-    task = PromptPARTask(promptpar_run_config(image_size=(64, 32), epochs=2, grad_clip=1.0), TINY)
+    run, data = RunFields(epochs=2), DataConfig(image_size=(64, 32))
+    task = PromptPARTask(run, data, replace(TINY, grad_clip=1.0))
     assert task.grad_clip == 0.0  # the engine's single clip over all parameters is off
     optimizer, _, _ = task.optimizer_and_schedule(model, steps_per_epoch=1)
     heads, prompts = (g["params"] for g in optimizer.param_groups)
@@ -190,7 +192,7 @@ def test_each_group_is_clipped_on_its_own():
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in heads]))
     assert norm == pytest.approx(1.0, rel=1e-4)
     assert all(torch.equal(p.grad, g) for p, g in zip(prompts, small))  # a global clip would have shrunk them
-    off = PromptPARTask(promptpar_run_config(image_size=(64, 32), epochs=2, grad_clip=0.0), TINY)
+    off = PromptPARTask(run, data, replace(TINY, grad_clip=0.0))
     optimizer, _, _ = off.optimizer_and_schedule(model, steps_per_epoch=1)
     for p in optimizer.param_groups[0]["params"]:
         p.grad = torch.full_like(p, 10.0)

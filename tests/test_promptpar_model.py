@@ -13,11 +13,12 @@ from promptpar_models import TINY, tiny
 from parlab.methods.promptpar import PromptPARConfig, build_model
 from parlab.methods.promptpar.model import first_tokens
 from parlab.methods.promptpar.regions import band_rows
-from parlab.methods.promptpar.training import PromptPARTask, promptpar_run_config
+from parlab.methods.promptpar.training import PromptPARTask
 from parlab.models import clip as clip_module
 from parlab.models import count_parameters, create_clip
 from parlab.models.clip import residual_block
 from parlab.training.checkpoint import CheckpointError
+from parlab.training.config import DataConfig, RunFields
 
 
 def _switches():
@@ -111,7 +112,7 @@ def test_only_the_papers_parameters_train_and_frozen_ones_do_not_move():
             "word_embed.weight", "vis_embed.weight", "bn.weight", "aux_bn.weight"} <= trained
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    task = PromptPARTask(promptpar_run_config(image_size=(64, 32), epochs=2), TINY)
+    task = PromptPARTask(RunFields(epochs=2), DataConfig(image_size=(64, 32)), TINY)
     optimizer, _, _ = task.optimizer_and_schedule(model, steps_per_epoch=1)
     model.train()
     logits, aux = model(torch.randn(4, 3, 64, 32))
@@ -178,8 +179,7 @@ def _base_file(tmp_path, seed: int):
 
 def test_checkpoint_holds_only_trained_parameters_and_refuses_other_base_weights(tmp_path):
     base = _base_file(tmp_path, 0)
-    config = promptpar_run_config(image_size=(64, 32))
-    task = PromptPARTask(config, replace(TINY, weights=str(base)))
+    task = PromptPARTask(RunFields(), DataConfig(image_size=(64, 32)), replace(TINY, weights=str(base)))
     model = task.build_model(5).eval()
     with torch.no_grad():
         model.head_bias.add_(1.0)
@@ -188,7 +188,7 @@ def test_checkpoint_holds_only_trained_parameters_and_refuses_other_base_weights
     assert not any(k.startswith("clip.") for k in state)
     trainable, total = count_parameters(model)
     assert sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k) == trainable
-    ckpt = {"model": state, "config": config.to_dict()} | task.checkpoint_fields()
+    ckpt = {"model": state} | task.checkpoint_fields()
     torch.save(ckpt, tmp_path / "best.pt")
     loaded = torch.load(tmp_path / "best.pt", weights_only=True)
     fresh = PromptPARTask.from_record(loaded, "best.pt").load_selected(loaded["model"], 5, "best.pt")

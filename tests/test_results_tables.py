@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from parlab.reporting import COLUMNS, latex_table
+from parlab.results import COLUMNS, latex_table
 
 
 def _table() -> pd.DataFrame:

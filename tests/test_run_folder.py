@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from parlab.errors import RunFolderError
-from parlab.training import TrainConfig, load_checkpoint, train
+from parlab.runs import run_folder_lock
+from parlab.training import BaselineConfig, load_checkpoint, train
+from parlab.training.config import split_config
 from parlab.training.distributed import DistContext
-from parlab.training.run_folder import run_folder_lock
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"progress": False, "log": lambda _: None}
@@ -33,8 +34,9 @@ def _env() -> dict:
 
 def test_a_locked_folder_is_refused_with_or_without_overwrite_and_left_untouched(synthpa_root, tmp_path):
     out = tmp_path / "run"
-    train(TrainConfig(root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32), epochs=1, batch_size=16,
-                      device="cpu", output_dir=str(out)), **QUIET)
+    configs = split_config(BaselineConfig, root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32),
+                           epochs=1, batch_size=16, device="cpu", output_dir=str(out))
+    train(*configs, **QUIET)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     with run_folder_lock(out, CPU):  # this process holds it, as a running run would
         for extra in ((), ("--overwrite",), ("--resume",)):
@@ -46,14 +48,13 @@ def test_a_locked_folder_is_refused_with_or_without_overwrite_and_left_untouched
                 "output_dir"]
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # Released: the folder can be resumed again (a finished run is only re-evaluated).
-    assert train(TrainConfig(root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32), epochs=1,
-                             batch_size=16, device="cpu", output_dir=str(out)), existing="resume", **QUIET).best_epoch == 1
+    assert train(*configs, existing="resume", **QUIET).best_epoch == 1
 
 
 def test_the_lock_is_the_kernels_and_goes_with_the_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time, torch; from pathlib import Path; from parlab.training.distributed import DistContext; "
-        "from parlab.training.run_folder import run_folder_lock; "
+        "from parlab.runs import run_folder_lock; "
         f"ctx = DistContext(0, 1, 0, torch.device('cpu')); lock = run_folder_lock(Path({str(tmp_path)!r}), ctx); "
         "lock.__enter__(); print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
@@ -80,7 +81,7 @@ def test_two_runs_started_together_into_one_folder_one_wins_and_the_folder_holds
     assert loser_err.startswith("error: ") and len(loser_err.strip().splitlines()) == 1
     assert "in use by another run" in loser_err or "already holds a run" in loser_err
     # Every file of the folder is the winner's.
-    assert json.loads((out / "config.json").read_text())["seed"] == winner
+    assert json.loads((out / "config.json").read_text())["run"]["seed"] == winner
     for name in ("best.pt", "last.pt", "previous.pt"):
-        assert load_checkpoint(out / name)["config"]["seed"] == winner
+        assert load_checkpoint(out / name)["run"]["seed"] == winner
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2

@@ -17,15 +17,17 @@ import pytest
 import torch
 
 import parlab
-from parlab.training import CheckpointError, TrainConfig, TrainingDiverged, load_checkpoint, train
+from parlab.training import BaselineConfig, CheckpointError, TrainingDiverged, load_checkpoint, train
+from parlab.training.config import DataConfig, RunFields, split_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny(root: Path, out: Path, **changes) -> TrainConfig:
-    base = TrainConfig(root=str(root), backbone="test_resnet", image_size=(64, 32), epochs=2, batch_size=16,
-                       eval_batch_size=64, lr=1e-3, device="cpu", output_dir=str(out))
-    return replace(base, **changes)
+def tiny(root: Path, out: Path, **changes):
+    """(run, data, method) of a tiny baseline run; ``changes``: fields of any of the three."""
+    base = dict(root=str(root), backbone="test_resnet", image_size=(64, 32), epochs=2, batch_size=16,
+                eval_batch_size=64, lr=1e-3, device="cpu", output_dir=str(out))
+    return split_config(BaselineConfig, **(base | changes))
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -36,7 +38,7 @@ def same_weights(a: Path, b: Path) -> bool:
 @pytest.fixture(scope="module")
 def run(synthpa_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    return train(tiny(synthpa_root, out, epochs=3, tune_thresholds=True), progress=False, log=lambda _: None)
+    return train(*tiny(synthpa_root, out, epochs=3, tune_thresholds=True), progress=False, log=lambda _: None)
 
 
 def test_run_folder_holds_config_log_checkpoints_and_results(run):
@@ -45,7 +47,9 @@ def test_run_folder_holds_config_log_checkpoints_and_results(run):
                  "test_per_attribute.csv", "test_predictions.npz", "val_predictions.npz"):
         assert (out / name).is_file(), name
     record = json.loads((out / "config.json").read_text())
-    assert record["config"]["backbone"] == "test_resnet" and record["seed"] == 0
+    assert record["method_name"] == "baseline" and record["method"]["backbone"] == "test_resnet"
+    assert record["run"]["seed"] == 0 and record["data"]["image_size"] == [64, 32]
+    assert not {"config", "method_config", "seed"} & set(record)  # the earlier layout's keys
     assert {"torch", "timm", "numpy", "parlab"} <= set(record["versions"])
     log = pd.read_csv(out / "log.csv")
     assert list(log["epoch"]) == [1, 2, 3]
@@ -53,8 +57,11 @@ def test_run_folder_holds_config_log_checkpoints_and_results(run):
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]  # it learns
     assert run.best_epoch == int(log.loc[log["val_ma"].idxmax(), "epoch"])
     last = load_checkpoint(out / "last.pt")
-    assert {"model", "ema", "optimizer", "scheduler", "scaler", "rng", "epoch", "config", "attributes", "thresholds",
-            "versions", "history", "best"} <= set(last)
+    assert {"model", "ema", "optimizer", "scheduler", "scaler", "rng", "epoch", "method_name", "run", "data", "method",
+            "attributes", "thresholds", "versions", "history", "best"} <= set(last)
+    for saved in (record, last):  # the configs the run trained with
+        assert (RunFields.from_dict(saved["run"]), DataConfig.from_dict(saved["data"]),
+                BaselineConfig.from_dict(saved["method"])) == (run.run, run.data, run.method)
     assert last["epoch"] == 3 and len(last["thresholds"]) == 26
     best = load_checkpoint(out / "best.pt")
     assert best["epoch"] == run.best_epoch and len(best["attributes"]) == 26
@@ -92,14 +99,15 @@ def _same_result(a, b) -> None:
         assert getattr(a, split).summary() == getattr(b, split).summary(), split
         pd.testing.assert_frame_equal(getattr(a, split).per_attribute, getattr(b, split).per_attribute)
     assert np.array_equal(a.thresholds, b.thresholds) and (a.best_epoch, a.selection) == (b.best_epoch, b.selection)
-    assert (a.config, a.method, a.method_config, a.output_dir) == (b.config, b.method, b.method_config, b.output_dir)
+    assert (a.run, a.data, a.method, a.method_name, a.model_config, a.output_dir) == \
+        (b.run, b.data, b.method, b.method_name, b.model_config, b.output_dir)
     pd.testing.assert_frame_equal(a.history, b.history)
 
 
 def test_a_finished_run_opens_from_its_saved_predictions(run, tmp_path):
     import shutil
 
-    from parlab.experiments import open_run
+    from parlab.runs import open_run
 
     copy = tmp_path / "copy"
     shutil.copytree(run.output_dir, copy)
@@ -114,8 +122,8 @@ def test_a_finished_run_opens_from_its_saved_predictions(run, tmp_path):
     stale = dict(np.load(tmp_path / "stale" / "val_predictions.npz"))
     np.savez(tmp_path / "stale" / "val_predictions.npz", logits=-stale["logits"], rows=stale["rows"])
     _same_result(open_run(tmp_path / "stale", device="cpu"), replace(reevaluated, output_dir=tmp_path / "stale",
-                                                                     config=replace(reevaluated.config,
-                                                                                    output_dir=str(tmp_path / "stale"))))
+                                                                     run=replace(reevaluated.run,
+                                                                                 output_dir=str(tmp_path / "stale"))))
     assert np.array_equal(np.load(tmp_path / "stale" / "val_predictions.npz")["logits"], stale["logits"])
     # A run of an earlier version saved no validation predictions: it is re-evaluated, which saves them.
     earlier = tmp_path / "earlier"
@@ -130,7 +138,7 @@ def test_saved_predictions_that_do_not_fit_the_dataset_are_named(run, tmp_path):
     import shutil
 
     from parlab.errors import RunFolderError
-    from parlab.experiments import open_run
+    from parlab.runs import open_run
 
     copy = tmp_path / "copy"
     shutil.copytree(run.output_dir, copy)
@@ -147,11 +155,11 @@ def test_saved_predictions_that_do_not_fit_the_dataset_are_named(run, tmp_path):
 
 
 def test_same_seed_same_weights(run, synthpa_root, tmp_path):
-    again = train(tiny(synthpa_root, tmp_path / "again", epochs=3, tune_thresholds=True), progress=False,
+    again = train(*tiny(synthpa_root, tmp_path / "again", epochs=3, tune_thresholds=True), progress=False,
                   log=lambda _: None)
     assert same_weights(run.output_dir / "last.pt", again.output_dir / "last.pt")
-    other = train(tiny(synthpa_root, tmp_path / "seed1", epochs=1, seed=1), progress=False, log=lambda _: None)
-    first = train(tiny(synthpa_root, tmp_path / "seed0", epochs=1), progress=False, log=lambda _: None)
+    other = train(*tiny(synthpa_root, tmp_path / "seed1", epochs=1, seed=1), progress=False, log=lambda _: None)
+    first = train(*tiny(synthpa_root, tmp_path / "seed0", epochs=1), progress=False, log=lambda _: None)
     assert not same_weights(other.output_dir / "last.pt", first.output_dir / "last.pt")
 
 
@@ -208,22 +216,28 @@ def test_killed_run_resumes_to_identical_weights(synthpa_root, tmp_path, cached)
 
 def test_truncated_checkpoint_is_a_clear_error_and_previous_stays(synthpa_root, tmp_path):
     cfg = tiny(synthpa_root, tmp_path / "r", epochs=2)
-    train(cfg, progress=False, log=lambda _: None)
+    train(*cfg, progress=False, log=lambda _: None)
     last, previous = tmp_path / "r" / "last.pt", tmp_path / "r" / "previous.pt"
     before = previous.read_bytes()
     last.write_bytes(last.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="truncated or damaged.*previous.pt is untouched"):
-        train(replace(cfg, epochs=2), existing="resume", progress=False, log=lambda _: None)
+        train(*cfg, existing="resume", progress=False, log=lambda _: None)
     assert previous.read_bytes() == before
     with pytest.raises(FileExistsError, match="already holds a run"):
-        train(cfg, progress=False, log=lambda _: None)
+        train(*cfg, progress=False, log=lambda _: None)
 
 
 def test_resume_with_another_config_names_the_fields(synthpa_root, tmp_path):
-    cfg = tiny(synthpa_root, tmp_path / "r", epochs=1)
-    train(cfg, progress=False, log=lambda _: None)
-    with pytest.raises(CheckpointError, match=r"lr: 0.001 vs 0.01"):
-        train(replace(cfg, lr=0.01), existing="resume", progress=False, log=lambda _: None)
+    train(*tiny(synthpa_root, tmp_path / "r", epochs=1), progress=False, log=lambda _: None)
+    with pytest.raises(CheckpointError, match=r"different method config .*\n  lr: 0.001 vs 0.01"):
+        train(*tiny(synthpa_root, tmp_path / "r", epochs=1, lr=0.01), existing="resume", progress=False,
+              log=lambda _: None)
+    with pytest.raises(CheckpointError, match=r"different data config .*\n  train_limit: 0 vs 32"):
+        train(*tiny(synthpa_root, tmp_path / "r", epochs=1, train_limit=32), existing="resume", progress=False,
+              log=lambda _: None)
+    with pytest.raises(CheckpointError, match=r"different run config .*\n  seed: 0 vs 1"):
+        train(*tiny(synthpa_root, tmp_path / "r", epochs=1, seed=1), existing="resume", progress=False,
+              log=lambda _: None)
 
 
 def test_nan_loss_stops_with_step_batch_and_last_checkpoint(synthpa_root, tmp_path, monkeypatch):
@@ -239,7 +253,7 @@ def test_nan_loss_stops_with_step_batch_and_last_checkpoint(synthpa_root, tmp_pa
 
     monkeypatch.setattr(PARLoss, "forward", poisoned)
     with pytest.raises(TrainingDiverged) as err:
-        train(tiny(synthpa_root, tmp_path / "r", epochs=2, train_limit=160), progress=False, log=lambda _: None)
+        train(*tiny(synthpa_root, tmp_path / "r", epochs=2, train_limit=160), progress=False, log=lambda _: None)
     message = str(err.value)
     assert "loss is nan at epoch 2, step 3/10" in message
     assert "annotation rows [" in message
@@ -296,7 +310,7 @@ def test_bf16_channels_last_ema_and_selection_on_test(synthpa_root, tmp_path):
     # for a 3x3 stride-2 convolution of a 4x2 map (a ResNet's last stage at 64x32; README, "Known problems").
     cfg = tiny(synthpa_root, tmp_path / "r", epochs=1, amp="bf16", channels_last=True, ema=True, ema_decay=0.5,
                select_on="test", scheduler="multistep", milestones=(1,), image_size=(128, 64))
-    run = train(cfg, progress=False, log=lambda _: None)
+    run = train(*cfg, progress=False, log=lambda _: None)
     assert np.isfinite(run.history["train_loss"]).all()
     assert {"test_ma", "test_f1"} <= set(run.history.columns)
     assert "reference practice" in run.selection
@@ -304,21 +318,22 @@ def test_bf16_channels_last_ema_and_selection_on_test(synthpa_root, tmp_path):
     lr_after = load_checkpoint(run.output_dir / "last.pt")["optimizer"]["param_groups"][0]["lr"]
     assert lr_after == pytest.approx(1e-4)  # multistep decayed at milestone 1
     with pytest.raises(ValueError, match="fp16' needs a CUDA device"):
-        train(replace(cfg, amp="fp16", output_dir=str(tmp_path / "fp16")), progress=False, log=lambda _: None)
+        train(replace(cfg[0], amp="fp16", output_dir=str(tmp_path / "fp16")), *cfg[1:], progress=False,
+              log=lambda _: None)
 
 
 def test_settings_table_standard_row_is_the_run_and_balanced_rows_differ(run):
-    from parlab import reporting
+    from parlab import results
 
-    table = reporting.settings_table({"tiny": run})
-    assert list(table.index.get_level_values("setting")) == list(reporting.SETTINGS)
+    table = results.settings_table({"tiny": run})
+    assert list(table.index.get_level_values("setting")) == list(results.SETTINGS)
     standard = table.loc[("tiny", "standard")]
     assert standard["mA"] == pytest.approx(100 * run.test.ma) and standard["F1"] == pytest.approx(100 * run.test.f1)
     first, random = table.loc[("tiny", "balanced (first)")], table.loc[("tiny", "balanced (random)")]
     assert first["images"] <= standard["images"] and first["mA"] != standard["mA"]
     assert random["images"] <= standard["images"]
     with pytest.raises(ValueError, match="unknown setting"):
-        reporting.test_metrics(run, "balanced")
+        results.test_metrics(run, "balanced")
 
 
 def test_predict_and_evaluate_outputs_are_checked_first_and_kept_unless_overwritten(run, synthpa_root, tmp_path,
@@ -362,7 +377,7 @@ def test_a_yaml_lr_written_1e_3_trains_and_ten_epochs_in_words_is_one_line(synth
               "device: cpu\nlr: 1e-3\n")
     (tmp_path / "ok.yaml").write_text(common + f"epochs: 1\noutput_dir: {tmp_path / 'ok'}\n")
     assert main(["train", "--config", str(tmp_path / "ok.yaml"), "--no-progress"]) == 0
-    assert load_checkpoint(tmp_path / "ok" / "best.pt")["config"]["lr"] == 1e-3
+    assert load_checkpoint(tmp_path / "ok" / "best.pt")["method"]["lr"] == 1e-3
     (tmp_path / "bad.yaml").write_text(common + f"epochs: ten\noutput_dir: {tmp_path / 'bad'}\n")
     capsys.readouterr()
     assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 1
@@ -381,8 +396,9 @@ def test_the_run_records_the_weights_it_started_from(synthpa_root, tmp_path):
     path = tmp_path / "start.safetensors"
     save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=10).state_dict().items()},
               path)
-    run = train(TrainConfig(root=str(synthpa_root), backbone="test_resnet", weights=str(path), image_size=(64, 32),
-                            epochs=1, batch_size=16, device="cpu", output_dir=str(tmp_path / "run")),
+    run = train(*split_config(BaselineConfig, root=str(synthpa_root), backbone="test_resnet", weights=str(path),
+                              image_size=(64, 32), epochs=1, batch_size=16, device="cpu",
+                              output_dir=str(tmp_path / "run")),
                 progress=False, log=lambda _: None)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     for record in (json.loads((run.output_dir / "config.json").read_text()),
@@ -400,8 +416,8 @@ def test_overwrite_with_a_bad_input_keeps_the_run_it_would_replace(run, tmp_path
     shutil.copytree(run.output_dir, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
     with pytest.raises(DatasetError):
-        train(changed(run.config, root=str(tmp_path / "no-such-dataset"), output_dir=str(folder)),
-              existing="overwrite", progress=False, log=lambda _: None)
+        train(changed(run.run, output_dir=str(folder)), changed(run.data, root=str(tmp_path / "no-such-dataset")),
+              run.method, existing="overwrite", progress=False, log=lambda _: None)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"} == before
 
 
@@ -412,16 +428,22 @@ def test_overwrite_leaves_no_file_of_another_methods_run(run, tmp_path):
     shutil.copytree(run.output_dir, folder)
     for name in ("label_prior.csv", "flood_levels.csv"):  # what an FRDL+GOAT run leaves besides the run files
         (folder / name).write_text("epoch,Hat\n1,0.5\n")
-    train(tiny(Path(run.config.root), folder, epochs=1, train_limit=32), existing="overwrite", progress=False,
+    # ... and lists in its config.json, which an overwrite removes (and nothing else: notes.txt is no run's).
+    record = json.loads((folder / "config.json").read_text())
+    record["files"] += ["label_prior.csv", "flood_levels.csv"]
+    (folder / "config.json").write_text(json.dumps(record))
+    (folder / "notes.txt").write_text("mine\n")
+    train(*tiny(Path(run.data.root), folder, epochs=1, train_limit=32), existing="overwrite", progress=False,
           log=lambda _: None)
     assert not (folder / "label_prior.csv").exists() and not (folder / "flood_levels.csv").exists()
-    assert json.loads((folder / "config.json").read_text())["config"]["epochs"] == 1
+    assert (folder / "notes.txt").read_text() == "mine\n"
+    assert json.loads((folder / "config.json").read_text())["run"]["epochs"] == 1
 
 
 def test_a_split_too_small_for_one_batch_is_an_error(synthpa_root, tmp_path):
     from parlab.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no batch of batch_size 16"):
-        train(TrainConfig(root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32), epochs=1,
-                          batch_size=16, train_limit=1, device="cpu", output_dir=str(tmp_path / "one")),
+        train(*split_config(BaselineConfig, root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32),
+                            epochs=1, batch_size=16, train_limit=1, device="cpu", output_dir=str(tmp_path / "one")),
               progress=False, log=lambda _: None)

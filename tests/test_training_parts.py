@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from parlab.training import CheckpointError, PARLoss, TrainConfig, multilabel_bce, ratio_weights, tune_thresholds
+from parlab.training import CheckpointError, PARLoss, multilabel_bce, ratio_weights, tune_thresholds
 from parlab.training.checkpoint import FORMAT, load_checkpoint, save_atomic, state_dict_difference
+from parlab.training.config import BaselineConfig, DataConfig, RunFields, split_config
 from parlab.training.sampling import EpochSampler, ShardSampler
 from parlab.training.splits import resolve_splits
 
@@ -84,15 +85,26 @@ def test_shard_sampler_covers_each_item_once():
 
 def test_config_validation_and_files(tmp_path):
     with pytest.raises(ValueError, match="'loss': 'focal' is not one of bce, weighted, sqrt"):
-        TrainConfig(loss="focal")
-    with pytest.raises(ValueError, match="unknown config field.*colour"):
-        TrainConfig.from_dict({"colour": 1})
+        BaselineConfig(loss="focal")
+    with pytest.raises(ValueError, match="'select_on': 'train' is not one of val, test"):
+        RunFields(select_on="train")
+    for config in (RunFields, DataConfig, BaselineConfig):
+        with pytest.raises(ValueError, match="unknown config field.*colour"):
+            config.from_dict({"colour": 1})
+    with pytest.raises(ValueError, match="unknown config field 'colour'"):
+        split_config(BaselineConfig, epochs=2, colour=1)
     path = tmp_path / "exp.yaml"
-    path.write_text("backbone: resnet18\nimage_size: [128, 64]\nema: true\n")
-    cfg = TrainConfig.from_file(path)
-    assert cfg.image_size == (128, 64) and cfg.ema and cfg.backbone == "resnet18"
-    assert cfg.differences(TrainConfig()) == [
-        "image_size: (128, 64) vs (256, 192)", "backbone: 'resnet18' vs 'resnet50'", "ema: True vs False"]
+    path.write_text("backbone: resnet18\nmilestones: [5, 8]\nema: true\n")
+    cfg = BaselineConfig.from_file(path)
+    assert cfg.milestones == (5, 8) and cfg.ema and cfg.backbone == "resnet18"
+    assert cfg.differences(BaselineConfig()) == [
+        "milestones: (5, 8) vs (10, 20)", "ema: True vs False", "backbone: 'resnet18' vs 'resnet50'"]
+    assert cfg.differences(BaselineConfig(), ignore=("ema",)) == [
+        "milestones: (5, 8) vs (10, 20)", "backbone: 'resnet18' vs 'resnet50'"]
+    path.write_text("image_size: [128, 64]\ntrain_limit: 32\n")
+    data = DataConfig.from_file(path)
+    assert data.image_size == (128, 64)
+    assert data.differences(DataConfig()) == ["image_size: (128, 64) vs (256, 192)", "train_limit: 32 vs 0"]
 
 
 def test_rapv1_gets_a_seeded_validation_subset_carved_from_trainval(tmp_path):
@@ -102,7 +114,7 @@ def test_rapv1_gets_a_seeded_validation_subset_carved_from_trainval(tmp_path):
 
     write_rapv1(tmp_path / "RAP_annotation.mat", n=40)
     ann = load_dataset("rapv1", tmp_path)
-    cfg = TrainConfig(dataset="rapv1", train_split="trainval", val_fraction=0.25)
+    cfg = DataConfig(dataset="rapv1", train_split="trainval", val_fraction=0.25)
     plan = resolve_splits(ann, cfg)
     trainval = ann.split("trainval")
     assert np.intersect1d(plan.train, plan.val).size == 0
@@ -110,9 +122,10 @@ def test_rapv1_gets_a_seeded_validation_subset_carved_from_trainval(tmp_path):
     assert len(plan.val) == round(0.25 * len(trainval))
     assert "carved from trainval" in plan.note and "no 'val' split" in plan.note
     assert np.array_equal(resolve_splits(ann, cfg).val, plan.val)
-    assert not np.array_equal(resolve_splits(ann, TrainConfig(dataset="rapv1", train_split="trainval",
-                                                              val_fraction=0.25, seed=1)).val, plan.val)
-    on_test = resolve_splits(ann, TrainConfig(dataset="rapv1", train_split="trainval", select_on="test"))
+    assert np.array_equal(resolve_splits(ann, cfg, "val", 0).val, plan.val)
+    assert not np.array_equal(resolve_splits(ann, cfg, seed=1).val, plan.val)
+    assert "seed 1" in resolve_splits(ann, cfg, seed=1).note
+    on_test = resolve_splits(ann, DataConfig(dataset="rapv1", train_split="trainval"), select_on="test")
     assert "reference practice" in on_test.note and np.array_equal(on_test.selection, ann.split("test"))
 
 
@@ -171,7 +184,7 @@ def test_optimisers_use_the_fused_kernels_where_every_parameter_can():
     assert fused([{"params": weights}, {"params": weights[:1]}]) == {"fused": True}
     assert fused([torch.nn.Parameter(torch.randn(2, device="meta"))]) == {} and fused([]) == {}
     for name in ("adam", "adamw", "sgd"):
-        optimizer = build_optimizer(iter(weights), TrainConfig(optimizer=name))  # a generator, as model.parameters()
+        optimizer = build_optimizer(iter(weights), BaselineConfig(optimizer=name))  # a generator, as model.parameters()
         assert optimizer.param_groups[0]["fused"] is True and len(optimizer.param_groups[0]["params"]) == 2
     # Same update rule as the default kernel, to rounding.
     reference = [p.detach().clone().requires_grad_(True) for p in weights]

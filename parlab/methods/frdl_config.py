@@ -1,11 +1,11 @@
 """FRDL stage 2 (and GOAT) configuration: one frozen dataclass, saved with every run.
 
-The data, backbone and image size come from the stage-1 run named by
-``stage1``; this config holds only what stage 2 adds to the fields every run
-has (:class:`~parlab.training.config.RunFields`). Defaults are the public
-code's PA100k setting (``docs/methods.md`` section 4); :func:`frdl_defaults` gives the
-per-dataset ones. This module imports no torch, so the command line can read
-it quickly.
+The data (but for its folder), backbone and image size come from the
+stage-1 run named by ``stage1``; this config, a run's ``method``, holds only
+what stage 2 adds. Defaults are the public code's PA100k setting
+(``docs/methods.md`` section 4); :func:`frdl_defaults` gives the per-dataset
+ones, as ``run`` and ``method`` fields. This module imports no torch, so the
+command line can read it quickly.
 
 ``balance_start`` counts the epochs trained on natural labels before the
 first balanced one. The public configs write it as NUMBER and balance when
@@ -25,11 +25,11 @@ GOAT differs from the public code only where a line below says so:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from parlab.errors import ConfigError
 from parlab.methods.registry import MethodSpec, OptionGroup, register_method
-from parlab.training.config import RunFields, check_at_least, option
+from parlab.training.config import ConfigFile, DataConfig, RunFields, check_at_least, check_choices, option
 
 # Which parts of the stage-1 model GOAT moves: the whole extractor (the paper), or only the
 # attribute-feature layer, which can run on cached pooled backbone features.
@@ -43,16 +43,19 @@ DATASET_DEFAULTS: dict[str, dict] = {
     "rapv1": {"balance_start": 6, "milestones": (10,), "epochs": 18},
 }
 SHARED_DEFAULTS = {"lr": 1e-4, "weight_decay": 5e-4, "gamma": 0.1, "grad_clip": 10.0, "batch_size": 64}
+# Which of those are run fields (RunFields) rather than FRDLConfig's.
+RUN_DEFAULTS = ("epochs", "batch_size")
+# The run fields FRDL's stage 2 defaults to (the command line's, the notebook's).
+FRDL_RUN = {"epochs": 20, "output_dir": "runs/frdl"}
 PUBLIC_BACKBONE = "convnext_base"
 
 
 @dataclass(frozen=True)
-class FRDLConfig(RunFields):
-    epochs: int = option(20, "stage-2 epochs")
-    output_dir: str = option("runs/frdl", "the run folder")
+class FRDLConfig(ConfigFile):
+    """FRDL's stage 2 and GOAT: the stage-1 run, the feature bank, the new heads' optimiser, the wandering copy."""
+
     # --- input
     stage1: str = option("", 'stage-1 run folder (its best.pt) or checkpoint, trained with head "attribute"')
-    root: str = option("", 'dataset folder; "" uses the stage-1 run\'s')
     # --- feature re-sampling (FRDL)
     bank_size: int = option(1024, "K, features kept per (attribute, label)")
     positive_prior: float = option(0.5, "p, the positive prior of every attribute in balanced batches")
@@ -82,13 +85,12 @@ class FRDLConfig(RunFields):
                                ("train", "val"))
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        self.coerce_fields()
+        check_choices(self)
         check_at_least(self, 1, ("bank_size", "goat_period"))
         if not 0.0 <= self.positive_prior <= 1.0:
             raise ConfigError(f"config field 'positive_prior' must be in [0, 1], got {self.positive_prior}")
-        if not 0 <= self.balance_start <= self.epochs:
-            raise ConfigError(f"config field 'balance_start' must be in [0, epochs={self.epochs}], "
-                              f"got {self.balance_start}")
+        check_at_least(self, 0, ("balance_start", "goat_start"))
         if self.feature_cache < 0:
             raise ConfigError(f"config field 'feature_cache' must be >= 0, got {self.feature_cache}")
         if self.feature_cache and self.goat and self.goat_modules == "extractor":
@@ -103,29 +105,40 @@ class FRDLConfig(RunFields):
             raise ConfigError(f"config field 'gamma' must be in (0, 1], got {self.gamma}")
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
             raise ConfigError(f"config field 'milestones' must be increasing epochs >= 1, got {self.milestones}")
-        if not 0 <= self.goat_start <= self.epochs:
-            raise ConfigError(f"config field 'goat_start' must be in [0, epochs={self.epochs}], got {self.goat_start}")
+
+    def check_schedule(self, epochs: int) -> None:
+        """Refuse epoch counts beyond a run of ``epochs`` epochs."""
+        for name in ("balance_start", "goat_start"):
+            if getattr(self, name) > epochs:
+                raise ConfigError(f"config field {name!r} must be in [0, epochs={epochs}], got {getattr(self, name)}")
 
     @property
     def method(self) -> str:
         return "FRDL+GOAT" if self.goat else "FRDL"
 
 
-def frdl_defaults(dataset: str) -> dict:
-    """The public code's stage-2 settings for a dataset, as FRDLConfig fields ({} when it has none).
+def frdl_defaults(dataset: str) -> dict[str, dict]:
+    """The public code's stage-2 settings for a dataset: ``{"run": RunFields fields, "method": FRDLConfig fields}``.
 
-    ``FRDLConfig(stage1=..., **frdl_defaults("pa100k"))`` runs the paper's PA100k schedule. The public
+    Both are empty when the dataset has none. ``FRDLConfig(stage1=..., **frdl_defaults("pa100k")["method"])``
+    with ``RunFields(**frdl_defaults("pa100k")["run"])`` runs the paper's PA100k schedule. The public
     configs train their stage 1 on a ConvNeXt backbone (:data:`PUBLIC_BACKBONE`).
     """
     specific = DATASET_DEFAULTS.get(dataset.lower())
-    return {} if specific is None else specific | SHARED_DEFAULTS
+    settings = {} if specific is None else specific | SHARED_DEFAULTS
+    return {"run": {k: v for k, v in settings.items() if k in RUN_DEFAULTS},
+            "method": {k: v for k, v in settings.items() if k not in RUN_DEFAULTS}}
 
 
 FRDL = register_method(MethodSpec(
     command="frdl",
     task="parlab.methods.frdl_training:FRDLTask",
     labels=("FRDL", "FRDL+GOAT"),
-    groups=(OptionGroup("config", FRDLConfig, "config fields (defaults: the public code's PA100k setting)"),),
+    groups=(OptionGroup("run", RunFields, "run fields", defaults=FRDL_RUN),
+            OptionGroup("data", DataConfig, "data fields (the stage-1 run's: --root only where its dataset moved; "
+                                                      "'' keeps its folder)",
+                        skip=tuple(f.name for f in fields(DataConfig) if f.name != "root"), defaults={"root": ""}),
+            OptionGroup("method", FRDLConfig, "FRDL fields (defaults: the public code's PA100k setting)")),
     help="FRDL stage 2 (and GOAT) on a stage-1 run",
     description="Train FRDL's balanced heads on a stage-1 run (head 'attribute'); writes --output-dir.",
 ))

@@ -4,7 +4,7 @@ Like :func:`parlab.data.register_reader` and timm's ``register_model``, a
 method is registered once, by name, and every part of parlab finds it there:
 the command line (one subcommand per method, its options from the method's
 config dataclasses), :func:`parlab.inference.load_model` and
-:func:`parlab.experiments.open_run` (by the method a run recorded). A spec is
+:func:`parlab.runs.open_run` (by the method a run recorded). A spec is
 plain data and names its :class:`~parlab.training.task.Task` class as
 ``"module:Class"``, imported on first use, so that reading the registry (and
 ``parlab --help``) imports no torch.
@@ -13,8 +13,13 @@ Adding a method: write its config dataclass (fields made with
 :func:`~parlab.training.config.option`) and its Task subclass, then register::
 
     register_method(MethodSpec(command="mymethod", task="mypackage.task:MyTask", labels=("MyMethod",),
-                               groups=(OptionGroup("config", MyConfig, "config fields"),),
+                               groups=(OptionGroup("run", RunFields, "run fields"),
+                                       OptionGroup("data", DataConfig, "data fields"),
+                                       OptionGroup("method", MyConfig, "MyMethod fields")),
                                help="one line for parlab --help"))
+
+The task's ``method_class`` is ``MyConfig``; its files keep the three configs under
+``run``, ``data`` and ``method`` (:mod:`parlab.training.record`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from parlab.errors import ParlabError
 class OptionGroup:
     """One config dataclass of a method, as a group of command-line options."""
 
-    key: str  # the name Task.from_options receives its values under ("config", "model")
+    key: str  # the config Task.from_options receives its values as: "run", "data" or "method"
     config: type  # the frozen config dataclass
     title: str  # the group's heading in --help
     skip: tuple[str, ...] = ()  # fields that are not options
@@ -74,15 +79,6 @@ def available_methods() -> dict[str, MethodSpec]:
     for module in _BUILTIN:
         importlib.import_module(module)
     return dict(METHODS)
-
-
-def every_method_files() -> tuple[str, ...]:
-    """The files any registered method adds to a run folder (its task's ``extra_files``), sorted.
-
-    An overwrite removes them all: a folder that held an FRDL run and now holds a baseline keeps no
-    ``label_prior.csv`` that would pass for the new run's.
-    """
-    return tuple(sorted({name for spec in available_methods().values() for name in spec.task_class().extra_files}))
 
 
 def method_for(label: str) -> MethodSpec:

@@ -1,6 +1,6 @@
 """Training engine shared by every method: config, tasks, losses, optimisation, checkpoints, DDP.
 
-``train(TrainConfig(...))`` runs one baseline experiment and writes its folder;
+``train(RunFields(...), DataConfig(...), BaselineConfig(...))`` runs one baseline experiment and writes its folder;
 ``fit(task)`` runs any method's :class:`~parlab.training.task.Task` on the same
 loop (:mod:`parlab.training.engine`). The names below are imported on first
 use, so that reading a config (``parlab --help``) does not import torch.
@@ -8,7 +8,7 @@ use, so that reading a config (``parlab --help``) does not import torch.
 
 import importlib
 
-from parlab.training.config import RunFields, TrainConfig
+from parlab.training.config import BaselineConfig, DataConfig, RunFields, SupervisedConfig
 
 _LAZY = {
     "CheckpointError": "checkpoint", "load_checkpoint": "checkpoint",
@@ -18,7 +18,7 @@ _LAZY = {
     "tune_thresholds": "thresholds",
 }
 
-__all__ = ["RunFields", "TrainConfig", *_LAZY]
+__all__ = ["BaselineConfig", "DataConfig", "RunFields", "SupervisedConfig", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -2,11 +2,19 @@
 
 Each field maps onto a notebook parameter and a ``parlab <command> --<field>``
 option, and carries its help text (``option(default, help)``), which the
-command line shows. :class:`RunFields` holds what every training run has,
-whatever the method; :class:`TrainConfig` adds the data, model and
-optimisation of the baseline. Defaults are the Rethinking_of_PAR strong
-baseline on PA100k (``docs/methods.md`` section 3), except selection, which uses the
-validation split.
+command line shows. A run has three configs, each with one name wherever it
+appears (a task's attributes, the files a run writes, the command line's
+option groups):
+
+- ``run`` (:class:`RunFields`): what every run has, whatever the method;
+- ``data`` (:class:`DataConfig`): the dataset, its splits, the input size;
+- ``method``: the method's own dataclass; the baseline's is
+  :class:`BaselineConfig` (model and optimisation, whose loss and optimiser
+  fields it shares with PromptPAR through :class:`SupervisedConfig`).
+
+Defaults are the Rethinking_of_PAR strong baseline on PA100k
+(``docs/methods.md`` section 3), except selection, which uses the validation
+split.
 """
 
 from __future__ import annotations
@@ -162,14 +170,12 @@ class ConfigFile:
 
 @dataclass(frozen=True)
 class RunFields(ConfigFile):
-    """What every training run has, whatever the method: schedule length, batches, device, seed, folder."""
+    """What every training run has, whatever the method: schedule length, batches, device, seed, selection, folder."""
 
     epochs: int = option(30, "training epochs")
     batch_size: int = option(64, "training batch, per process")
     eval_batch_size: int = option(128, "validation and test batch, per process")
     num_workers: int = option(0, "DataLoader worker processes (unused with image_cache)")
-    image_cache: str = option("", "folder of uint8 image caches (parlab cache): images decoded once at image_size, "
-                                  "augmented on the device; built there when missing; empty: decode every epoch")
     amp: str = option("none", "bf16 on CPU or GPU, fp16 on GPU only", ("none", "bf16", "fp16"))
     device: str = option("auto", '"auto" picks cuda when available, else cpu')
     seed: int = option(0, "weights, order, augmentation and the carved validation split")
@@ -185,14 +191,10 @@ class RunFields(ConfigFile):
         check_at_least(self, 0, ("num_workers",))
 
 
-# Run fields that may change when a run is resumed: they do not affect the numbers.
-# The image cache gives the very tensors that decoding does.
-RESUMABLE_CHANGES = ("device", "num_workers", "output_dir", "tensorboard", "eval_batch_size", "image_cache")
-
-
 @dataclass(frozen=True)
-class TrainConfig(RunFields):
-    # --- data
+class DataConfig(ConfigFile):
+    """Which images a run reads and how: the dataset, its splits, the input size and the decision threshold."""
+
     dataset: str = option("synthpa", "registry name (parlab.data.available_datasets())")
     root: str = option("data/synthpa", "dataset folder")
     partition: int = option(0, "official random partition (PETA, RAP, WIDER have several)")
@@ -202,17 +204,31 @@ class TrainConfig(RunFields):
     val_fraction: float = option(0.1, "only used to carve a validation split (RAPv1)")
     image_size: tuple[int, int] = option((256, 192), "(height, width) fed to the model")
     train_limit: int = option(0, "use only the first n training images (0: all); for quick runs")
-    # --- model
-    backbone: str = option("resnet50", "any timm name")
-    weights: str = option("", 'backbone weights: a local file, "pretrained" (timm\'s pretrained tag of the '
-                                  'backbone name, e.g. resnet50.a1_in1k) or hf-hub:ORG/NAME, through timm and the '
-                                  'Hugging Face cache; "" trains from scratch')
-    head: str = option("linear", 'linear: the reference (every public config sets BN: False); linear_bn: '
-                                 'BatchNorm on the logits; attribute: FRDL\'s attribute-specific features; '
-                                 'attribute_bn: those with BatchNorm on the logits',
-                       ("linear", "linear_bn", "attribute", "attribute_bn"))
-    drop_rate: float = option(0.0, "dropout on the pooled features")
-    # --- loss and optimisation
+    threshold: float = option(0.5, "fixed decision threshold of the standard metrics")
+    image_cache: str = option("", "folder of uint8 image caches (parlab cache): images decoded once at image_size, "
+                                  "augmented on the device; built there when missing; empty: decode every epoch")
+
+    def __post_init__(self) -> None:
+        self.coerce_fields()
+        if len(self.image_size) != 2 or min(self.image_size) < 8:
+            raise ConfigError(f"config field 'image_size' must be (height, width), got {self.image_size}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"config field 'val_fraction' must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"config field 'threshold' must be in (0, 1), got {self.threshold}")
+        check_at_least(self, 0, ("partition", "train_limit"))
+
+
+# Fields that may change when a run is resumed: they do not affect the numbers (the image cache gives the very
+# tensors that decoding does), per config.
+RESUMABLE_CHANGES = {"run": ("device", "num_workers", "output_dir", "tensorboard", "eval_batch_size"),
+                     "data": ("image_cache",), "method": ()}
+
+
+@dataclass(frozen=True)
+class SupervisedConfig(ConfigFile):
+    """What a model trained end to end on a PAR loss has: the loss, optimiser, schedule, clipping, EMA, layout."""
+
     loss: str = option("bce", "bce; weighted: exp(1-r)/exp(r) (reference); sqrt: Tan et al. AAAI 2020",
                        ("bce", "weighted", "sqrt"))
     optimizer: str = option("adam", "adam, adamw or sgd", ("adam", "adamw", "sgd"))
@@ -231,18 +247,48 @@ class TrainConfig(RunFields):
     ema_decay: float = option(0.9998, "per optimiser step")
     channels_last: bool = option(False, "NHWC memory layout (faster convolutions on recent GPUs)")
     sync_bn: bool = option(False, "SyncBatchNorm under DistributedDataParallel")
-    threshold: float = option(0.5, "fixed decision threshold of the standard metrics")
+
+    def __post_init__(self) -> None:
+        self.coerce_fields()
+        check_choices(self)
+        if self.lr <= 0:
+            raise ConfigError(f"config field 'lr' must be > 0, got {self.lr}")
+        for name in ("weight_decay", "momentum", "grad_clip", "warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class BaselineConfig(SupervisedConfig):
+    """The Rethinking_of_PAR strong baseline: a timm backbone and a PAR head, trained end to end."""
+
+    backbone: str = option("resnet50", "any timm name")
+    weights: str = option("", 'backbone weights: a local file, "pretrained" (timm\'s pretrained tag of the '
+                                  'backbone name, e.g. resnet50.a1_in1k) or hf-hub:ORG/NAME, through timm and the '
+                                  'Hugging Face cache; "" trains from scratch')
+    head: str = option("linear", 'linear: the reference (every public config sets BN: False); linear_bn: '
+                                 'BatchNorm on the logits; attribute: FRDL\'s attribute-specific features; '
+                                 'attribute_bn: those with BatchNorm on the logits',
+                       ("linear", "linear_bn", "attribute", "attribute_bn"))
+    drop_rate: float = option(0.0, "dropout on the pooled features")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if len(self.image_size) != 2 or min(self.image_size) < 8:
-            raise ConfigError(f"config field 'image_size' must be (height, width), got {self.image_size}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"config field 'val_fraction' must be in (0, 1), got {self.val_fraction}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"config field 'threshold' must be in (0, 1), got {self.threshold}")
-        if self.lr <= 0:
-            raise ConfigError(f"config field 'lr' must be > 0, got {self.lr}")
-        for name in ("weight_decay", "momentum", "grad_clip", "drop_rate", "warmup_epochs", "train_limit"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
+        if self.drop_rate < 0:
+            raise ConfigError(f"config field 'drop_rate' must be >= 0, got {self.drop_rate}")
+
+
+def split_config(method_class: type, **values) -> tuple[RunFields, DataConfig, Any]:
+    """``(run, data, method)`` configs from one flat mapping of their fields, each name to the config that has it.
+
+    ``method_class``: the method's config dataclass. A name that two configs share goes to the first of run,
+    data, method (PromptPAR's ``image_size`` is the data's). An unknown name is an error naming it.
+    """
+    groups: dict[type, dict] = {RunFields: {}, DataConfig: {}, method_class: {}}
+    for name, value in values.items():
+        home = next((c for c in groups if name in {f.name for f in fields(c)}), None)
+        if home is None:
+            raise ConfigError(f"unknown config field {name!r} (not a field of RunFields, DataConfig or "
+                              f"{method_class.__name__})")
+        groups[home][name] = value
+    return RunFields(**groups[RunFields]), DataConfig(**groups[DataConfig]), method_class(**groups[method_class])

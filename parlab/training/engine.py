@@ -1,15 +1,6 @@
 """The training engine: one loop, :func:`fit`, for every method's :class:`~parlab.training.task.Task`.
 
-A run writes one folder (``output_dir``):
-
-- ``config.json``: the resolved config, the method and its config, seed, world size, device, split
-  note and library versions;
-- ``log.csv``: one row per epoch (train loss, lr, validation loss and mA/Acc/Prec/Rec/F1, speed, and
-  the method's own columns);
-- ``last.pt`` (+ ``previous.pt``): the full training state after the latest epoch;
-- ``best.pt``: the selected epoch's evaluation weights, config, attributes and thresholds;
-- ``metrics.json``, ``test_per_attribute.csv``, ``test_predictions.npz``, ``val_predictions.npz``: the
-  final evaluation of the selected epoch (:func:`saved_result` reads a finished run back from them).
+A run writes one folder (``output_dir``), whose files :mod:`parlab.runs` names, writes and reads back.
 
 The loop is small named steps: :func:`train_one_epoch` (seeding, the task's batches and steps,
 :func:`optimizer_step`, the NaN guard), :func:`validate`, :func:`select_and_save` and
@@ -22,11 +13,9 @@ with DistributedDataParallel; rank 0 writes every file.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,22 +25,20 @@ import torch.nn as nn
 from parlab.data import load_dataset
 from parlab.data.image_cache import build_image_cache, open_image_cache
 from parlab.errors import ConfigError, ParlabError
-from parlab.files import write_atomic, write_json
 from parlab.labelstats import positive_ratio
-from parlab.methods.registry import every_method_files
-from parlab.metrics import PARMetrics, pedestrian_metrics
+from parlab.metrics import PARMetrics
+from parlab.runs import (BEST, LAST, RunResult, clear_run_folder, prepare_run_folder, result_of, run_files,
+                         run_folder_lock, write_record, write_results)
 from parlab.training import distributed as dist
 from parlab.training.checkpoint import FORMAT, check_attributes, library_versions, load_checkpoint, save_atomic
-from parlab.training.config import TrainConfig
-from parlab.training.evaluation import Predictions, load_predictions, save_predictions
+from parlab.training.config import BaselineConfig, DataConfig, RunFields
+from parlab.training.evaluation import evaluate_selected, split_metrics
 from parlab.training.optim import load_optimizer_state
-from parlab.training.run_folder import clear_run_folder, prepare_run_folder, run_folder_lock
 from parlab.training.runlog import RunLog
 from parlab.training.sampling import epoch_seed
 from parlab.training.seeding import rng_state, seed_everything, set_rng_state
 from parlab.training.splits import resolve_splits
 from parlab.training.task import RunData, SupervisedTask, Task
-from parlab.training.thresholds import tune_thresholds
 
 METRIC_KEYS = ("ma", "acc", "prec", "rec", "f1")
 LOSS_READ_EVERY = 25  # training steps between reads of the loss on a GPU (the NaN guard's granularity there)
@@ -59,24 +46,6 @@ LOSS_READ_EVERY = 25  # training steps between reads of the loss on a GPU (the N
 
 class TrainingDiverged(ParlabError, RuntimeError):
     """The loss became NaN or infinite; names the step, the batch and the last good checkpoint."""
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a finished run returns (everything is also on disk in ``output_dir``)."""
-
-    output_dir: Path
-    config: TrainConfig  # the data and model (for FRDL: the stage-1 run's, with this run's root)
-    history: pd.DataFrame  # one row per epoch, as in log.csv
-    best_epoch: int  # 1-based
-    selection: str  # how the epoch was selected (for results tables)
-    val: PARMetrics  # validation split at the selected epoch, fixed threshold
-    test: PARMetrics  # test split, fixed threshold
-    test_tuned: PARMetrics | None  # test split, per-attribute thresholds tuned on validation
-    thresholds: np.ndarray | None  # (A,) tuned thresholds
-    wall_s: float  # wall time of this call
-    method: str = "baseline"  # what trained it: "baseline", "FRDL", "FRDL+GOAT", ...
-    method_config: Any = None  # the method's own config (config above describes data and model)
 
 
 @dataclass
@@ -88,9 +57,14 @@ class Progress:
     history: list[dict] = field(default_factory=list)
 
 
-def train(config: TrainConfig, existing: str = "error", progress: bool = True, log=None) -> RunResult:
-    """Train the baseline of ``config``, select on validation, test once (see the module docstring)."""
-    return fit(SupervisedTask(config), existing, progress, log)
+def train(run: RunFields | None = None, data: DataConfig | None = None, method: BaselineConfig | None = None,
+          existing: str = "error", progress: bool = True, log=None) -> RunResult:
+    """Train the baseline ``method`` on ``data`` as ``run`` says, select on validation, test once.
+
+    Each config left out takes its defaults. See :func:`fit` for the other arguments.
+    """
+    return fit(SupervisedTask(run or RunFields(), data or DataConfig(), method or BaselineConfig()), existing,
+               progress, log)
 
 
 def fit(task: Task, existing: str = "error", progress: bool = True, log=None) -> RunResult:
@@ -136,11 +110,11 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     if resume is not None:
         resume = task.upgrade_checkpoint(resume)
         task.check_resume(resume, str(source))
-    data = load_run_data(task.data_config, task.run.image_cache, ctx)
+    data = load_run_data(task.data, task.run, ctx)
     if resume is not None:
         check_attributes(resume["attributes"], data.annotations.attributes, str(source), data.annotations.name)
     if existing == "overwrite":  # only now that the inputs read
-        clear_run_folder(out, ctx, tuple(sorted(set(task.extra_files) | set(every_method_files()))))
+        clear_run_folder(out, ctx)
     task.setup(data, ctx, resume, progress)
     state = Progress()
     if resume is not None:
@@ -150,7 +124,7 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     if ctx.is_main:
         if state.history:
             runlog.write()  # drops rows of epochs after the checkpoint (killed between log and checkpoint)
-        write_json(out / "config.json", run_record(task, data, ctx))
+        write_record(out, run_record(task, data, ctx))
     for epoch in range(state.epoch, task.run.epochs):
         row = {"epoch": epoch + 1} | train_one_epoch(task, epoch, ctx, progress, out)
         selected, val = validate(task, data, row, progress)
@@ -163,37 +137,38 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     return finish(task, data, state, ctx, start_time, progress, log)
 
 
-def load_run_data(config: TrainConfig, image_cache: str = "", ctx: dist.DistContext | None = None) -> RunData:
+def load_run_data(config: DataConfig, run: RunFields, ctx: dist.DistContext | None = None) -> RunData:
     """The dataset of ``config``, its splits, the training split's positive ratio and its image cache.
 
-    With ``image_cache`` (a folder), the cache of these images at ``config.image_size`` is opened there,
+    ``run`` gives the selection split and the seed of a carved validation split. With
+    ``config.image_cache`` (a folder), the cache of these images at ``config.image_size`` is opened there,
     built first (by rank 0, the others waiting) when it is missing.
     """
     annotations = load_dataset(config.dataset, config.root, config.partition)
-    plan = resolve_splits(annotations, config)
+    plan = resolve_splits(annotations, config, run.select_on, run.seed)
     cache = None
-    if image_cache:
+    if config.image_cache:
         if ctx is None or ctx.is_main:
-            cache = build_image_cache(image_cache, annotations, config.image_size)
+            cache = build_image_cache(config.image_cache, annotations, config.image_size)
         if ctx is not None:
             dist.barrier(ctx)
-            cache = cache or open_image_cache(image_cache, annotations, config.image_size)
+            cache = cache or open_image_cache(config.image_cache, annotations, config.image_size)
     return RunData(annotations, plan, positive_ratio(annotations.labels[plan.train]), cache)
 
 
 def run_record(task: Task, data: RunData, ctx: dist.DistContext) -> dict:
-    """``config.json``: what the run is and what it ran on."""
+    """``config.json``: what the run is, what it ran on and the files it writes."""
     plan = data.plan
-    return {"config": task.data_config.to_dict(), "seed": task.run.seed, "world_size": ctx.world_size,
-            "device": str(ctx.device), "selection": plan.note, "train_images": len(plan.train),
-            "val_images": len(plan.val), "test_images": len(plan.test),
-            "attributes": list(data.annotations.attributes), "versions": library_versions()} \
-        | task.checkpoint_fields()
+    return task.checkpoint_fields() | {
+        "world_size": ctx.world_size, "device": str(ctx.device), "selection": plan.note,
+        "train_images": len(plan.train), "val_images": len(plan.val), "test_images": len(plan.test),
+        "attributes": list(data.annotations.attributes), "versions": library_versions(),
+        "files": run_files(task.extra_files, task.run.tensorboard)}
 
 
 def restore(task: Task, ckpt: dict, state: Progress) -> None:
     """Continue from a ``last.pt``: the task's weights, optimiser, schedule, EMA, scaler, state and RNGs."""
-    task.load_state_dict(task.model, ckpt["model"], "last.pt")
+    task.load_state_dict(task.model, ckpt["model"], LAST)
     load_optimizer_state(task.optimizer, ckpt["optimizer"])
     if task.scheduler is not None:
         task.scheduler.load_state_dict(ckpt["scheduler"])
@@ -250,7 +225,7 @@ def train_one_epoch(task: Task, epoch: int, ctx: dist.DistContext, progress: boo
 
 
 def diverged_message(value: float, epoch: int, step: int, steps: int, rows: torch.Tensor, out: Path) -> str:
-    last = out / "last.pt"  # written after every epoch, so it holds the `epoch` finished ones
+    last = out / LAST  # written after every epoch, so it holds the `epoch` finished ones
     good = f"{last} (after epoch {epoch})" if epoch > 0 and last.exists() else "none written yet"
     return (f"loss is {value} at epoch {epoch + 1}, step {step + 1}/{steps} (global step "
             f"{epoch * steps + step + 1}), batch of annotation rows {rows[:8].tolist()}"
@@ -283,7 +258,7 @@ def validate(task: Task, data: RunData, row: dict, progress: bool) -> tuple[floa
     Adds the validation loss and metrics (and ``eval_s``) to ``row``.
     """
     start = time.perf_counter()
-    threshold = task.data_config.threshold
+    threshold = task.data.threshold
     model = task.evaluation_model()
     val_preds = task.predict(model, "val", progress)
     val = split_metrics(data.annotations, val_preds, threshold)
@@ -323,8 +298,8 @@ def select_and_save(task: Task, data: RunData, state: Progress, row: dict, selec
         attributes = data.annotations.attributes
         if is_best:
             save_atomic(model_checkpoint(task, task.evaluation_model(), attributes, row["epoch"], val,
-                                         data.plan.note), out / "best.pt")
-        save_atomic(training_checkpoint(task, state, attributes), out / "last.pt", keep_previous=True)
+                                         data.plan.note), out / BEST)
+        save_atomic(training_checkpoint(task, state, attributes), out / LAST, keep_previous=True)
         task.save_files(out)
         runlog.append(row)
     dist.barrier(ctx)
@@ -337,7 +312,6 @@ def model_checkpoint(task: Task, model: nn.Module, attributes, epoch: int, metri
         "kind": "model",
         "epoch": epoch,
         "model": task.state_dict(model),
-        "config": task.data_config.to_dict(),
         "attributes": list(attributes),
         "thresholds": None,
         "metrics": metrics,
@@ -354,8 +328,8 @@ def training_checkpoint(task: Task, state: Progress, attributes) -> dict:
         "optimizer": task.optimizer.state_dict(),
         "scheduler": None if task.scheduler is None else task.scheduler.state_dict(),
         "scaler": task.scaler.state_dict(), "rng": rng_state(), "best": state.best, "history": state.history,
-        "config": task.data_config.to_dict(), "attributes": list(attributes), "versions": library_versions(),
-        "thresholds": [task.data_config.threshold] * len(attributes),  # tuned ones go to best.pt
+        "attributes": list(attributes), "versions": library_versions(),
+        "thresholds": [task.data.threshold] * len(attributes),  # tuned ones go to best.pt
     } | task.checkpoint_fields() | task.extra_state()
 
 
@@ -363,117 +337,31 @@ def finish(task: Task, data: RunData, state: Progress, ctx: dist.DistContext, st
            log) -> RunResult:
     """Load the selected epoch, tune thresholds on validation if asked, evaluate test once, write results."""
     out = Path(task.run.output_dir)
-    best_ckpt = load_checkpoint(out / "best.pt", map_location="cpu")
-    model = task.load_selected(best_ckpt["model"], data.annotations.num_attributes, str(out / "best.pt"),
-                               ctx.device)
+    best_ckpt = load_checkpoint(out / BEST, map_location="cpu")
+    model = task.load_selected(best_ckpt["model"], data.annotations.num_attributes, str(out / BEST), ctx.device)
     val_preds = task.predict(model, "val", progress)
     test_preds = task.predict(model, "test", progress)
-    evaluation = evaluate_selected(data.annotations, val_preds, test_preds, task.data_config.threshold,
+    evaluation = evaluate_selected(data.annotations, val_preds, test_preds, task.data.threshold,
                                    task.run.tune_thresholds)
     if ctx.is_main:
         # Only new thresholds are written: re-opening a finished run leaves its best.pt untouched.
         if evaluation.thresholds is not None and best_ckpt["thresholds"] != evaluation.thresholds.tolist():
             best_ckpt["thresholds"] = evaluation.thresholds.tolist()
-            save_atomic(best_ckpt, out / "best.pt")
+            save_atomic(best_ckpt, out / BEST)
         write_results(out, evaluation, data.plan.note, state.best["epoch"], task.run.epochs, ctx.world_size,
-                      time.perf_counter() - start_time, log)
+                      time.perf_counter() - start_time)
+        log_results(evaluation, data.plan.note, state.best["epoch"], log)
     dist.barrier(ctx)
-    return RunResult(out, task.data_config, pd.DataFrame(state.history), state.best["epoch"], data.plan.note,
-                     evaluation.val, evaluation.test, evaluation.test_tuned, evaluation.thresholds,
-                     time.perf_counter() - start_time, task.method, task.method_config)
+    return result_of(task, out, pd.DataFrame(state.history), state.best["epoch"], data.plan.note, evaluation.val,
+                     evaluation.test, evaluation.test_tuned, evaluation.thresholds, time.perf_counter() - start_time)
 
 
-def split_metrics(annotations, preds: Predictions, threshold) -> PARMetrics:
-    """PAR metrics of predictions against the annotations' labels of their rows."""
-    return pedestrian_metrics(annotations.labels[preds.rows], preds.probs, threshold=threshold,
-                              attributes=annotations.attributes)
-
-
-TEST_PREDICTIONS, VAL_PREDICTIONS = "test_predictions.npz", "val_predictions.npz"
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The selected model on validation and test."""
-
-    val: PARMetrics
-    test: PARMetrics
-    test_tuned: PARMetrics | None
-    thresholds: np.ndarray | None  # (A,) tuned on validation
-    val_preds: Predictions
-    test_preds: Predictions
-
-
-def evaluate_selected(annotations, val_preds: Predictions, test_preds: Predictions, threshold: float,
-                      tune: bool) -> Evaluation:
-    """Validation and test metrics at the fixed threshold, plus test at thresholds tuned on validation."""
-    val = split_metrics(annotations, val_preds, threshold)
-    thresholds = tune_thresholds(annotations.labels[val_preds.rows], val_preds.probs, default=threshold) \
-        if tune else None
-    test = split_metrics(annotations, test_preds, threshold)
-    tuned = split_metrics(annotations, test_preds, thresholds) if thresholds is not None else None
-    return Evaluation(val, test, tuned, thresholds, val_preds, test_preds)
-
-
-def write_results(out: Path, evaluation: Evaluation, selection: str, best_epoch: int, epochs: int,
-                  world_size: int, wall_s: float, log) -> None:
-    """``metrics.json``, ``test_per_attribute.csv`` and the validation and test predictions of a finished run."""
-    test, tuned, thresholds = evaluation.test, evaluation.test_tuned, evaluation.thresholds
-    results = {
-        "selection": selection, "best_epoch": best_epoch, "epochs": epochs,
-        "val": evaluation.val.summary(), "test": test.summary(),
-        "test_tuned_thresholds": None if tuned is None else tuned.summary(),
-        "thresholds": None if thresholds is None else thresholds.tolist(),
-        "num_degenerate_test": test.num_degenerate, "world_size": world_size, "wall_s_this_call": wall_s,
-    }
-    write_json(out / "metrics.json", results)
-    table = test.per_attribute.copy()
-    if tuned is not None:
-        table["tuned_threshold"] = thresholds
-        table["tuned_tpr"], table["tuned_tnr"] = tuned.per_attribute["tpr"], tuned.per_attribute["tnr"]
-    write_atomic(out / "test_per_attribute.csv", table.to_csv)
-    save_predictions(out / TEST_PREDICTIONS, evaluation.test_preds)
-    save_predictions(out / VAL_PREDICTIONS, evaluation.val_preds)  # last: its presence marks complete results
+def log_results(evaluation, selection: str, best_epoch: int, log) -> None:
+    """The finished run's lines: the selected epoch and its test metrics (at tuned thresholds too)."""
     log(f"best epoch {best_epoch} ({selection})")
-    log("test  " + "  ".join(f"{k} {v:.2f}" for k, v in test.summary().items() if k in METRIC_KEYS))
-    if tuned is not None:
-        log("tuned " + "  ".join(f"{k} {v:.2f}" for k, v in tuned.summary().items() if k in METRIC_KEYS))
-
-
-def saved_result(task: Task, out: Path, attributes: list[str]) -> RunResult | None:
-    """The :class:`RunResult` of the finished run in ``out``, from the files :func:`write_results` wrote.
-
-    The same numbers as re-evaluating its ``best.pt`` (those files are that evaluation), without building
-    the model. ``attributes``: the run's, checked against its dataset's. None when the folder lacks
-    validation predictions (runs of earlier versions), when its results are of another schedule than
-    ``task``'s (a finished run continued for more epochs), or when the predictions do not give the
-    metrics ``metrics.json`` recorded (a finish killed while writing them, or files of another run).
-    """
-    start_time = time.perf_counter()
-    results = json.loads((out / "metrics.json").read_text())
-    if not (out / VAL_PREDICTIONS).is_file() or results.get("epochs") != task.run.epochs:
-        return None
-    config = task.data_config
-    annotations = load_dataset(config.dataset, config.root, config.partition)
-    check_attributes(attributes, annotations.attributes, str(out / "config.json"), annotations.name)
-    val_preds, test_preds = (load_predictions(out / name, len(annotations.labels), annotations.num_attributes)
-                             for name in (VAL_PREDICTIONS, TEST_PREDICTIONS))
-    thresholds = None if results["thresholds"] is None else np.asarray(results["thresholds"], dtype=np.float64)
-    val, test = (split_metrics(annotations, preds, config.threshold) for preds in (val_preds, test_preds))
-    tuned = None if thresholds is None else split_metrics(annotations, test_preds, thresholds)
-    recorded = (results["val"], results["test"], results["test_tuned_thresholds"])
-    if any((m is None) != (r is None) or (m is not None and not _same_summary(m.summary(), r))
-           for m, r in zip((val, test, tuned), recorded)):
-        return None
-    return RunResult(out, config, pd.read_csv(out / "log.csv"), results["best_epoch"], results["selection"],
-                     val, test, tuned, thresholds, time.perf_counter() - start_time, task.method,
-                     task.method_config)
-
-
-def _same_summary(computed: dict, recorded: dict) -> bool:
-    """Metrics computed now equal those a ``metrics.json`` recorded (JSON keeps floats exactly; NaN is NaN)."""
-    return computed.keys() == recorded.keys() and all(
-        np.isclose(computed[k], recorded[k], rtol=0.0, atol=1e-9, equal_nan=True) for k in computed)
+    for word, metrics in (("test ", evaluation.test), ("tuned", evaluation.test_tuned)):
+        if metrics is not None:
+            log(f"{word} " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.summary().items() if k in METRIC_KEYS))
 
 
 def epoch_line(row: dict, epochs: int, split: str, tag: str = "") -> str:

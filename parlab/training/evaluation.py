@@ -1,4 +1,9 @@
-"""Forward passes over a split, gathered over ranks, and their metrics."""
+"""Forward passes over a split, gathered over ranks, and their metrics.
+
+:func:`evaluate_selected` is a finished run's evaluation: the selected model's
+validation and test metrics at the fixed threshold, and test at thresholds
+tuned on validation.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ from torch.utils.data import DataLoader
 from parlab.data.images import PARImageDataset
 from parlab.errors import ConfigError, RunFolderError
 from parlab.files import write_atomic
+from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training.distributed import DistContext, all_gather_rows
 from parlab.training.sampling import ShardSampler
+from parlab.training.thresholds import tune_thresholds
 
 
 def autocast(device: torch.device, amp: str):
@@ -112,3 +119,32 @@ def predict_dataset(model: nn.Module, loader: DataLoader, ctx: DistContext, amp:
     """Logits of every image of ``loader``'s dataset, gathered from all ranks, in dataset order."""
     logits, rows = forward_split(model, loader, ctx, amp, channels_last, progress, desc)
     return Predictions(logits.numpy(), rows)
+
+
+def split_metrics(annotations, preds: Predictions, threshold) -> PARMetrics:
+    """PAR metrics of predictions against the annotations' labels of their rows."""
+    return pedestrian_metrics(annotations.labels[preds.rows], preds.probs, threshold=threshold,
+                              attributes=annotations.attributes)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The selected model on validation and test."""
+
+    val: PARMetrics
+    test: PARMetrics
+    test_tuned: PARMetrics | None
+    thresholds: np.ndarray | None  # (A,) tuned on validation
+    val_preds: Predictions
+    test_preds: Predictions
+
+
+def evaluate_selected(annotations, val_preds: Predictions, test_preds: Predictions, threshold: float,
+                      tune: bool) -> Evaluation:
+    """Validation and test metrics at the fixed threshold, plus test at thresholds tuned on validation."""
+    val = split_metrics(annotations, val_preds, threshold)
+    thresholds = tune_thresholds(annotations.labels[val_preds.rows], val_preds.probs, default=threshold) \
+        if tune else None
+    test = split_metrics(annotations, test_preds, threshold)
+    tuned = split_metrics(annotations, test_preds, thresholds) if thresholds is not None else None
+    return Evaluation(val, test, tuned, thresholds, val_preds, test_preds)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from parlab.training.config import TrainConfig
+from parlab.training.config import SupervisedConfig
 
 
 def fused(params: list) -> dict:
@@ -39,7 +39,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
         group.update(kernel)
 
 
-def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params, config: SupervisedConfig) -> torch.optim.Optimizer:
     params = list(params)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused(params))
@@ -65,8 +65,8 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
-    """The configured schedule, or None."""
+def build_scheduler(optimizer, config: SupervisedConfig, epochs: int, steps_per_epoch: int):
+    """The configured schedule over ``epochs`` epochs of ``steps_per_epoch`` steps, or None."""
     if config.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
@@ -74,11 +74,11 @@ def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
     if config.scheduler == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), gamma=config.gamma)
     if config.scheduler == "cosine":
-        rule = WarmupCosine(config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch)
+        rule = WarmupCosine(config.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, rule)
     return None
 
 
-def steps_per_batch(config: TrainConfig) -> bool:
+def steps_per_batch(config: SupervisedConfig) -> bool:
     """True when the scheduler steps after every optimiser step (not every epoch)."""
     return config.scheduler == "cosine"

@@ -15,7 +15,7 @@ import numpy as np
 
 from parlab.data.annotations import Annotations
 from parlab.data.errors import DatasetError
-from parlab.training.config import TrainConfig
+from parlab.training.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,22 @@ def carve(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(rows[~mask]), np.sort(rows[mask])
 
 
-def resolve_splits(annotations: Annotations, config: TrainConfig) -> SplitPlan:
-    """Rows for training, validation and test, following the config."""
+def resolve_splits(annotations: Annotations, config: DataConfig, select_on: str = "val", seed: int = 0) -> SplitPlan:
+    """Rows for training, validation and test, following the data config.
+
+    ``select_on`` and ``seed`` are the run's (:class:`~parlab.training.config.RunFields`): which split selects
+    the epoch, and the seed of a carved validation split.
+    """
     train = annotations.split(config.train_split)
     test = annotations.split(config.test_split)
     if config.val_split in annotations.splits():
         val = annotations.split(config.val_split)
         note = f"selected on {config.val_split} ({len(val)} images)"
     else:
-        train, val = carve(train, config.val_fraction, config.seed)
+        train, val = carve(train, config.val_fraction, seed)
         note = (
             f"selected on a validation subset carved from {config.train_split}: {len(val)} images "
-            f"({config.val_fraction:.0%}, seed {config.seed}); {annotations.name} has no "
+            f"({config.val_fraction:.0%}, seed {seed}); {annotations.name} has no "
             f"{config.val_split!r} split"
         )
     overlap = np.intersect1d(train, test).size
@@ -62,6 +66,6 @@ def resolve_splits(annotations: Annotations, config: TrainConfig) -> SplitPlan:
                            f"{config.test_split}")
     if config.train_limit:
         train = train[: config.train_limit]
-    if config.select_on == "test":
+    if select_on == "test":
         note = f"selected on {config.test_split} (reference practice, optimistic; for parity only)"
-    return SplitPlan(train, val, test, config.select_on, note)
+    return SplitPlan(train, val, test, select_on, note)

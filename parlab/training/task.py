@@ -17,6 +17,11 @@ supplies the rest, the way timm's ``task`` classes and Lightning's hooks do:
 - :meth:`Task.extra_state` / :meth:`Task.load_extra_state` carry what an exact
   resume needs beyond weights and optimiser (FRDL's bank, GOAT's state).
 
+Every task holds three configs, by the names its files keep them under
+(:mod:`parlab.training.record`): :attr:`Task.run` (what every run has),
+:attr:`Task.data` (the dataset and its splits) and :attr:`Task.method` (the
+method's own dataclass).
+
 :class:`SupervisedTask` is the baseline (a timm backbone and a PAR head trained
 end to end); PromptPAR subclasses it, FRDL's stage 2 derives from :class:`Task`.
 """
@@ -37,11 +42,12 @@ from parlab.models import build_model
 from parlab.models.backbones import backbone_weights_record
 from parlab.training import distributed as dist
 from parlab.training.checkpoint import CheckpointError, load_state_strict
-from parlab.training.config import RESUMABLE_CHANGES, RunFields, TrainConfig
+from parlab.training.config import RESUMABLE_CHANGES, BaselineConfig, DataConfig, RunFields
 from parlab.training.batches import evaluation_batches, training_batches
 from parlab.training.evaluation import Predictions, autocast, predict_dataset
 from parlab.training.losses import PARLoss
 from parlab.training.optim import build_optimizer, build_scheduler, steps_per_batch
+from parlab.training.record import upgrade_record
 from parlab.training.seeding import seed_everything
 from parlab.training.splits import SplitPlan
 
@@ -53,13 +59,14 @@ class RunData:
     annotations: Annotations
     plan: SplitPlan
     train_ratio: np.ndarray  # (A,) positive ratio of the training split
-    images: ImageCache | None = None  # the run's uint8 image cache (TrainConfig.image_cache), if it has one
+    images: ImageCache | None = None  # the run's uint8 image cache (DataConfig.image_cache), if it has one
 
 
 class Task:
     """A method's part of a training run; see the module docstring for the hooks and their order."""
 
-    method = "baseline"  # what runs record as their method (and the registry knows them by)
+    name = "baseline"  # what runs record as their method_name (and the registry knows them by)
+    method_class: type = BaselineConfig  # the dataclass of :attr:`method`
     # False when the trained module is only part of the evaluation model (FRDL trains heads on a frozen
     # extractor): then only best.pt holds a complete model.
     trains_whole_model = True
@@ -74,35 +81,32 @@ class Task:
     ema: Any = None  # timm's ModelEmaV3 of `model`, or None
     validation_loss: nn.Module  # on validation logits (CPU) and targets
 
-    run_key = "config"  # where checkpoints and config.json keep the run's config
-
-    def __init__(self, run: RunFields) -> None:
-        self.run = run
+    def __init__(self, run: RunFields, data: DataConfig, method: Any) -> None:
+        self.run, self.data, self.method = run, data, method
 
     @classmethod
     def from_options(cls, values: dict[str, dict]) -> Task:
-        """The task of a method's option groups (the command line): ``{group key: {field: value}}``."""
-        raise NotImplementedError
+        """The task of a method's option groups (the command line): ``{"run": {..}, "data": {..}, "method": {..}}``."""
+        return cls(RunFields.from_dict(values["run"]), DataConfig.from_dict(values["data"]),
+                   cls.method_class.from_dict(values["method"]))
 
     @classmethod
     def from_record(cls, record: dict, source: str, **options) -> Task:
         """The task of a run's ``config.json`` or checkpoint (``options``: method-specific, e.g. moved files)."""
-        raise NotImplementedError
+        record = cls.upgrade_checkpoint(record)
+        return cls(RunFields.from_dict(record["run"], source=source),
+                   DataConfig.from_dict(record["data"], source=source),
+                   cls.method_class.from_dict(record["method"], source=source))
 
     @classmethod
     def upgrade_checkpoint(cls, checkpoint: dict) -> dict:
         """A checkpoint or ``config.json`` written by an earlier parlab, in today's layout."""
-        return checkpoint
+        return upgrade_record(checkpoint, cls.method_class)
 
     @property
-    def data_config(self) -> TrainConfig:
-        """The config that names the dataset, its splits, the image size and the decision threshold."""
-        return self.run
-
-    @property
-    def method_config(self) -> Any:
-        """The method's own config beside the run's (None for the baseline)."""
-        return None
+    def model_config(self) -> Any:
+        """The config that describes the evaluation model's architecture (FRDL: its stage 1's)."""
+        return self.method
 
     @property
     def grad_clip(self) -> float:
@@ -114,9 +118,16 @@ class Task:
         """Read what the method needs before the data (FRDL: the stage-1 model)."""
 
     def check_resume(self, checkpoint: dict, source: str) -> None:
-        """Refuse to resume ``checkpoint`` when the run's config (but for ``RESUMABLE_CHANGES``) changed."""
-        saved = type(self.run).from_dict(checkpoint[self.run_key], source=source)
-        refuse_differences(saved.differences(self.run, ignore=RESUMABLE_CHANGES), source)
+        """Refuse to resume ``checkpoint`` when a config (but for ``RESUMABLE_CHANGES``) changed."""
+        for key in ("run", "data", "method"):
+            mine = getattr(self, key)
+            saved = type(mine).from_dict(checkpoint[key], source=source)
+            refuse_differences(saved.differences(mine, ignore=RESUMABLE_CHANGES[key] + self.resumable(key)),
+                               source, f"{key} config")
+
+    def resumable(self, key: str) -> tuple[str, ...]:
+        """Fields of the ``key`` config ("run", "data", "method") that may change on resume beyond the shared ones."""
+        return ()
 
     # --- building
     def setup(self, data: RunData, ctx: dist.DistContext, resume: dict | None, progress: bool) -> None:
@@ -124,9 +135,9 @@ class Task:
         raise NotImplementedError
 
     def checkpoint_fields(self) -> dict:
-        """Fields of every checkpoint and of ``config.json``: the method, its config and its inputs."""
-        config = self.method_config
-        return {"method": self.method, "method_config": None if config is None else config.to_dict()}
+        """Fields of every checkpoint and of ``config.json``: the method's name, the three configs, its inputs."""
+        return {"method_name": self.name, "run": self.run.to_dict(), "data": self.data.to_dict(),
+                "method": self.method.to_dict()}
 
     # --- training
     def on_epoch_start(self, epoch: int) -> None:
@@ -186,7 +197,7 @@ class Task:
         return model.to(device).eval()
 
     def transform(self, train: bool) -> PARTransform:
-        return build_transform(self.data_config.image_size, train=train)
+        return build_transform(self.data.image_size, train=train)
 
 
 def refuse_differences(diff: list[str], source: str, what: str = "config") -> None:
@@ -205,69 +216,60 @@ def wrap_ddp(module: nn.Module, ctx: dist.DistContext) -> nn.Module:
 
 
 class SupervisedTask(Task):
-    """The baseline: ``config.backbone`` with ``config.head``, trained end to end on the config's loss."""
-
-    @property
-    def config(self) -> TrainConfig:
-        """The run's config (``run``), which for the baseline also names its data and model."""
-        return self.run
-
-    @classmethod
-    def from_options(cls, values: dict[str, dict]) -> SupervisedTask:
-        return cls(TrainConfig.from_dict(values["config"]))
-
-    @classmethod
-    def from_record(cls, record: dict, source: str, **_) -> SupervisedTask:
-        return cls(TrainConfig.from_dict(record["config"], source=source))
+    """The baseline: ``method.backbone`` with ``method.head``, trained end to end on the method's loss."""
 
     @property
     def grad_clip(self) -> float:
-        return self.config.grad_clip
+        return self.method.grad_clip
 
     def checkpoint_fields(self) -> dict:
         return super().checkpoint_fields() | {"backbone_weights": getattr(self, "weights_record", None)}
 
     def build_model(self, num_attributes: int, pretrained: bool = True) -> nn.Module:
-        c = self.config
-        return build_model(c.backbone, num_attributes, c.head, c.weights if pretrained else None, c.drop_rate,
-                           c.image_size)
+        m = self.method
+        return build_model(m.backbone, num_attributes, m.head, m.weights if pretrained else None, m.drop_rate,
+                           self.data.image_size)
+
+    def backbone_weights(self) -> dict | None:
+        """Which backbone weights a new run starts from (the file timm read, by sha256)."""
+        return backbone_weights_record(self.method.backbone, self.method.weights)
 
     def criterion(self, train_ratio: np.ndarray) -> nn.Module:
         """The training loss: ``criterion(outputs, targets)`` with outputs as the model returns them."""
-        return PARLoss(self.config.loss, train_ratio)
+        return PARLoss(self.method.loss, train_ratio)
 
     def optimizer_and_schedule(self, model: nn.Module, steps_per_epoch: int):
         """(optimizer, scheduler or None, whether the scheduler steps per batch)."""
-        optimizer = build_optimizer(model.parameters(), self.config)
-        return optimizer, build_scheduler(optimizer, self.config, steps_per_epoch), steps_per_batch(self.config)
+        optimizer = build_optimizer(model.parameters(), self.method)
+        return (optimizer, build_scheduler(optimizer, self.method, self.run.epochs, steps_per_epoch),
+                steps_per_batch(self.method))
 
     def setup(self, data: RunData, ctx: dist.DistContext, resume: dict | None, progress: bool) -> None:
         from timm.utils import ModelEmaV3
 
-        c, ann = self.config, data.annotations
+        run, m, ann = self.run, self.method, data.annotations
         self.ctx = ctx
-        seed_everything(c.seed)  # same initial weights on every rank
+        seed_everything(run.seed)  # same initial weights on every rank
         # A resumed run takes its weights from the checkpoint, not from the pretrained file.
         model = self.build_model(ann.num_attributes, pretrained=resume is None).to(ctx.device)
-        if c.channels_last:
+        if m.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if ctx.distributed and c.sync_bn:
+        if ctx.distributed and m.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        # Which weights the run started from (the file timm read, by sha256); a resumed run keeps its record.
-        self.weights_record = resume.get("backbone_weights") if resume is not None else \
-            backbone_weights_record(c.backbone, c.weights)
-        self.ema = ModelEmaV3(model, decay=c.ema_decay) if c.ema else None
-        self.loader = training_batches(ann, data.plan.train, self.transform(train=True), c.batch_size, c.seed,
-                                       c.num_workers, ctx, data.images)
+        # A resumed run keeps the record of the weights it started from.
+        self.weights_record = resume.get("backbone_weights") if resume is not None else self.backbone_weights()
+        self.ema = ModelEmaV3(model, decay=m.ema_decay) if m.ema else None
+        self.loader = training_batches(ann, data.plan.train, self.transform(train=True), run.batch_size, run.seed,
+                                       run.num_workers, ctx, data.images)
         eval_tf = self.transform(train=False)
-        self.loaders = {split: evaluation_batches(ann, rows, eval_tf, c.eval_batch_size, c.num_workers, ctx,
+        self.loaders = {split: evaluation_batches(ann, rows, eval_tf, run.eval_batch_size, run.num_workers, ctx,
                                                   data.images)
                         for split, rows in (("val", data.plan.val), ("test", data.plan.test))}
         self.optimizer, self.scheduler, self.per_step = self.optimizer_and_schedule(model, len(self.loader))
-        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=c.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=run.amp == "fp16")
         self.loss = self.criterion(data.train_ratio).to(ctx.device)
-        self.validation_loss = PARLoss(c.loss, data.train_ratio)
+        self.validation_loss = PARLoss(m.loss, data.train_ratio)
         self.net = wrap_ddp(model, ctx)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -281,18 +283,17 @@ class SupervisedTask(Task):
         x, y, _ = batch
         device = self.ctx.device
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if self.config.channels_last:
+        if self.method.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, self.config.amp):
+        with autocast(device, self.run.amp):
             logits = self.net(x)
         return {"loss": self.loss(logits, y), "output": logits}
 
     def predict(self, model: nn.Module, split: str, progress: bool = False) -> Predictions:
-        c = self.config
-        return predict_dataset(model, self.loaders[split], self.ctx, c.amp, c.channels_last, progress,
-                               desc="test" if split == "test" else "eval")
+        return predict_dataset(model, self.loaders[split], self.ctx, self.run.amp, self.method.channels_last,
+                               progress, desc="test" if split == "test" else "eval")
 
     def load_selected(self, state: dict[str, torch.Tensor], num_attributes: int, source: str,
                       device: torch.device | str = "cpu") -> nn.Module:
         model = super().load_selected(state, num_attributes, source, device)
-        return model.to(memory_format=torch.channels_last) if self.config.channels_last else model
+        return model.to(memory_format=torch.channels_last) if self.method.channels_last else model

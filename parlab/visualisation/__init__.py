@@ -6,14 +6,22 @@
   :func:`attention_rollout` for ViT backbones;
 - :func:`overlay` (:mod:`.overlays`): a map on the original image at its own aspect ratio;
 - :func:`strongest_channels`, :func:`attribute_features` (:mod:`.features`): a layer's strongest
-  feature maps and FRDL's attribute-specific features.
+  feature maps and FRDL's attribute-specific features;
+- :func:`cam_grid`, :func:`token_attention_figure`, :func:`channel_maps`, :func:`head_boundaries`
+  (:mod:`.figures`): the figures of all of the above.
+
+The two ipywidgets, each with a static form for papermill, are imported from their modules:
+:mod:`.dataset_browser` (a dataset's images and labels) and :mod:`.prediction_explorer`
+(trained models' predictions, metrics at a threshold and CAMs).
 """
 
 from parlab.visualisation.attention import attention_rollout, token_attention
 from parlab.visualisation.cams import CAMLayer, attribute_cams, cam_layer, cam_methods
 from parlab.visualisation.features import attribute_features, pca_2d, strongest_channels
+from parlab.visualisation.figures import cam_grid, channel_maps, head_boundaries, token_attention_figure
 from parlab.visualisation.overlays import overlay, upscale_grid
 from parlab.visualisation.selection import model_inputs, pick_rows
 
-__all__ = ["CAMLayer", "attention_rollout", "attribute_cams", "attribute_features", "cam_layer", "cam_methods", "model_inputs", "overlay", "pca_2d", "pick_rows",
-           "strongest_channels", "token_attention", "upscale_grid"]
+__all__ = ["CAMLayer", "attention_rollout", "attribute_cams", "attribute_features", "cam_grid", "cam_layer",
+           "cam_methods", "channel_maps", "head_boundaries", "model_inputs", "overlay", "pca_2d", "pick_rows",
+           "strongest_channels", "token_attention", "token_attention_figure", "upscale_grid"]

@@ -42,7 +42,7 @@ class _Cache:
             data = PARImageDataset(self.annotations, split, loaded.transform)
             ctx = DistContext(0, 1, 0, loaded.device)
             self.done[(method, split)] = predict_dataset(loaded.model, eval_loader(data, self.batch_size, 0, ctx), ctx,
-                                                         loaded.config.amp)
+                                                         loaded.run.amp)
         return self.done[(method, split)]
 
 

@@ -14,10 +14,9 @@ The names below are imported on first use, so that the torch-free config can be 
 
 from parlab.methods.promptpar.config import PromptPARConfig
 
-_LAZY = {"PromptPAR": "model", "build_model": "model", "promptpar_run_config": "training",
-         "train_promptpar": "training"}
+_LAZY = {"PromptPAR": "model", "build_model": "model", "train_promptpar": "training"}
 
-__all__ = ["PromptPAR", "PromptPARConfig", "build_model", "promptpar_run_config", "train_promptpar"]
+__all__ = ["PromptPAR", "PromptPARConfig", "build_model", "train_promptpar"]
 
 
 def __getattr__(name: str):

@@ -2,9 +2,13 @@
 
 Field names follow the switches of the paper's ablation table (and of the
 reference code's command line), so a row of that table is a set of fields.
-Defaults are the paper's full model on ViT-L/14; the fusion block defaults to
-a frozen copy of the CLIP visual tower's last block because the paper's
-ImageNet ViT-B/16 block needs a second weights file.
+It is a run's ``method``: the loss, optimiser and schedule fields it shares
+with the baseline (:class:`~parlab.training.config.SupervisedConfig`) default
+to the paper's optimisation, the rest to the paper's full model on ViT-L/14;
+the fusion block defaults to a frozen copy of the CLIP visual tower's last
+block because the paper's ImageNet ViT-B/16 block needs a second weights
+file. :data:`PAPER_RUN` and :data:`PAPER_DATA` are the paper's run and data
+fields.
 """
 
 from __future__ import annotations
@@ -13,21 +17,28 @@ from dataclasses import dataclass
 
 from parlab.errors import ConfigError
 from parlab.methods.registry import MethodSpec, OptionGroup, register_method
-from parlab.training.config import ConfigFile, TrainConfig, check_choices, option
+from parlab.training.config import DataConfig, RunFields, SupervisedConfig, option
 
 FUSIONS = ("vit_b16", "clip_block", "trainable")
 
-# docs/methods.md section 5, as TrainConfig fields of the run: SGD (momentum 0.9, weight decay 1e-4), heads and
-# fusion at 8e-3 with 5 warm-up epochs, cosine, gradient clipping at 10, batch 16, weighted BCE, 224x224.
-PAPER_SETTINGS = {"optimizer": "sgd", "lr": 8e-3, "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "cosine",
-                  "warmup_epochs": 5, "grad_clip": 10.0, "batch_size": 16, "loss": "weighted",
-                  "image_size": (224, 224), "output_dir": "runs/promptpar"}
-# TrainConfig fields of the baseline's model, which a PromptPAR run does not use.
-PROMPTPAR_UNUSED = ("backbone", "weights", "head", "drop_rate")
+# docs/methods.md section 5: batch 16 and 224x224 inputs (the optimisation is PromptPARConfig's defaults).
+PAPER_RUN = {"batch_size": 16, "output_dir": "runs/promptpar"}
+PAPER_DATA = {"image_size": (224, 224)}
 
 
 @dataclass(frozen=True)
-class PromptPARConfig(ConfigFile):
+class PromptPARConfig(SupervisedConfig):
+    # --- the paper's optimisation (docs/methods.md section 5): SGD (momentum 0.9, weight decay 1e-4), heads and
+    # fusion at 8e-3 with 5 warm-up epochs, cosine, gradient clipping at 10 per group, weighted BCE
+    loss: str = option("weighted", "bce; weighted: exp(1-r)/exp(r) (the paper's); sqrt: Tan et al. AAAI 2020",
+                       ("bce", "weighted", "sqrt"))
+    optimizer: str = option("sgd", "adam, adamw or sgd (the paper's)", ("adam", "adamw", "sgd"))
+    lr: float = option(8e-3, "lr of the heads, embeddings and fusion group")
+    weight_decay: float = option(1e-4, "L2 (adam, sgd) or decoupled (adamw)")
+    scheduler: str = option("cosine", "cosine (per step, the paper's), plateau, multistep or none",
+                            ("plateau", "multistep", "cosine", "none"))
+    warmup_epochs: int = option(5, "linear warm-up of the heads group before its cosine schedule")
+    grad_clip: float = option(10.0, "max gradient norm of each parameter group; 0 disables")
     # --- CLIP and data
     clip_model: str = option("ViT-L-14-quickgelu", "open_clip architecture (or parlab-clip-tiny)")
     weights: str | None = option(None, "CLIP weights: a local file, an open_clip pretrained tag (openai with "
@@ -59,14 +70,13 @@ class PromptPARConfig(ConfigFile):
                                        "trainable", FUSIONS)
     fusion_weights: str | None = option(None, "local timm vit_base_patch16_224 file, for fusion=\"vit_b16\"")
     ln_before_proj: bool = option(True, "CLIP's final LayerNorm before the projection (False: the reference code)")
-    # --- optimisation (the heads/fusion group uses the run's lr and warmup_epochs)
+    # --- optimisation of the prompts (the heads/fusion group uses lr and warmup_epochs above)
     prompt_lr: float = option(4e-3, "SGD lr of prompts, part tokens and text prompts")
     prompt_warmup_epochs: int = option(10, "linear warm-up of that group before its cosine schedule")
     aux_weight: float = option(0.5, "weight of the auxiliary (global-local) loss")
 
     def __post_init__(self) -> None:
-        self.coerce_fields()
-        check_choices(self)
+        super().__post_init__()
         if self.num_attributes < 1:
             raise ConfigError(f"config field 'num_attributes' must be >= 1, got {self.num_attributes}")
         if len(self.attribute_sentences) not in (0, self.num_attributes):
@@ -87,9 +97,9 @@ PROMPTPAR = register_method(MethodSpec(
     command="promptpar",
     task="parlab.methods.promptpar.training:PromptPARTask",
     labels=("PromptPAR",),
-    groups=(OptionGroup("config", TrainConfig, "run fields (defaults: the paper's optimisation)",
-                        skip=PROMPTPAR_UNUSED, defaults=PAPER_SETTINGS),
-            OptionGroup("model", PromptPARConfig, "PromptPAR fields",
+    groups=(OptionGroup("run", RunFields, "run fields", defaults=PAPER_RUN),
+            OptionGroup("data", DataConfig, "data fields", defaults=PAPER_DATA),
+            OptionGroup("method", PromptPARConfig, "PromptPAR fields (defaults: the paper's)",
                         skip=("num_attributes", "attribute_sentences", "image_size"))),
     help="PromptPAR prompt tuning on a CLIP",
     description="Prompt-tune PromptPAR on CLIP weights (a local file or an open_clip tag or hub id); writes "

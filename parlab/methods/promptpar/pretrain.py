@@ -61,7 +61,7 @@ from parlab.errors import ConfigError, MissingFileError, RunFolderError
 from parlab.files import write_atomic, write_json
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.models.clip import clip_tokenizer, clip_transform, create_clip, encode_text_by_length
-from parlab.reporting import saved_test_predictions
+from parlab.runs import saved_test_predictions
 from parlab.training.config import ConfigFile, option
 from parlab.training.distributed import resolve_device
 from parlab.training.optim import WarmupCosine, fused

@@ -4,18 +4,16 @@
 :class:`PromptPARTask`: the data, splits, AMP, EMA, gradient clipping,
 resuming, ``torchrun`` and the final evaluation are the baseline's; the
 task supplies the model, two parameter groups as in the reference code's two
-optimisers (heads, embeddings and fusion at the run's ``lr`` and
+optimisers (heads, embeddings and fusion at the method's ``lr`` and
 ``warmup_epochs``; prompts, part tokens, text prompts, the global-local
 BatchNorm and the temperature at ``prompt_lr`` and ``prompt_warmup_epochs``,
 each with its own warm-up before a common cosine; each group's gradient norm
-clipped at ``grad_clip`` on its own), the loss (the run's loss on the main
+clipped at ``grad_clip`` on its own), the loss (the method's loss on the main
 logits plus ``aux_weight`` times the same on the global-local logits) and
 CLIP's input normalisation.
 
-Checkpoints hold only the trained parameters, the PromptPAR config and the
-sha256 of the base CLIP weights file; loading one onto another file is
-refused. :func:`promptpar_run_config` gives the paper's optimisation settings
-as a :class:`~parlab.training.config.TrainConfig`.
+Checkpoints hold only the trained parameters, the configs and the sha256
+of the base CLIP weights file; loading one onto another file is refused.
 """
 
 from __future__ import annotations
@@ -29,32 +27,24 @@ import torch.nn as nn
 from parlab.data import load_dataset
 from parlab.data.images import PARTransform
 from parlab.errors import ConfigError
-from parlab.methods.promptpar.config import PAPER_SETTINGS, PROMPTPAR_UNUSED, PromptPARConfig
+from parlab.methods.promptpar.config import PromptPARConfig
 from parlab.methods.promptpar.model import PromptPAR, build_model
 from parlab.models.clip import clip_transform, clip_weights_record
 from parlab.training.checkpoint import CheckpointError
-from parlab.training.config import TrainConfig
-from parlab.training.engine import RunResult, fit
+from parlab.runs import RunResult
+from parlab.training.config import DataConfig, RunFields
+from parlab.training.engine import fit
 from parlab.training.losses import PARLoss
 from parlab.training.optim import WarmupCosine, build_optimizer, build_scheduler
-from parlab.training.task import SupervisedTask, refuse_differences
+from parlab.training.task import SupervisedTask
 
 # The reference's prompt optimiser: the trainable parameters of its CLIP (prompt_deep, prompt_text_deep,
 # part_class_embedding, agg_bn, softmax_model's temperature). Matched on the first component of a name.
 PROMPT_PARAMETERS = ("prompts", "part_tokens", "text_prompts", "aux_bn", "temperature")
 
 
-def promptpar_run_config(**overrides) -> TrainConfig:
-    """A :class:`TrainConfig` with PromptPAR's optimisation settings, then ``overrides``."""
-    ignored = sorted(set(overrides) & set(PROMPTPAR_UNUSED))
-    if ignored:
-        raise ConfigError(f"{', '.join(ignored)}: not used by PromptPAR (its CLIP is PromptPARConfig.clip_model "
-                         "and .weights)")
-    return TrainConfig(**(PAPER_SETTINGS | overrides))
-
-
 class PromptPARLoss(nn.Module):
-    """The run's loss on the main logits plus ``aux_weight`` times it on the auxiliary logits."""
+    """The method's loss on the main logits plus ``aux_weight`` times it on the auxiliary logits."""
 
     def __init__(self, loss: PARLoss, aux_weight: float) -> None:
         super().__init__()
@@ -95,20 +85,20 @@ class GroupGradClip:
 
 
 class PromptPARTask(SupervisedTask):
-    """PromptPAR for the engine; ``model_config`` must already name the dataset's attributes.
+    """PromptPAR for the engine; ``method`` must already name the dataset's attributes (:meth:`for_dataset`).
 
     Gradient clipping is per parameter group, as in the reference code (which clips its heads/fusion module and
     its prompted CLIP separately, each at 10): :attr:`grad_clip` is 0, so the engine's single clip over all
-    parameters is off, and the optimiser carries a :class:`GroupGradClip` step pre-hook at the run's
+    parameters is off, and the optimiser carries a :class:`GroupGradClip` step pre-hook at the method's
     ``grad_clip`` instead.
     """
 
-    method = "PromptPAR"
+    name = "PromptPAR"
+    method_class = PromptPARConfig
 
-    def __init__(self, config: TrainConfig, model_config: PromptPARConfig, base: dict | None = None) -> None:
-        super().__init__(config)
-        # The run's image size is the one the data is resized to.
-        self.model_config = replace(model_config, image_size=config.image_size)
+    def __init__(self, run: RunFields, data: DataConfig, method: PromptPARConfig, base: dict | None = None) -> None:
+        # The model's image size is the one the data is resized to.
+        super().__init__(run, data, replace(method, image_size=data.image_size))
         self._base = base
 
     @property
@@ -116,7 +106,7 @@ class PromptPARTask(SupervisedTask):
         """The base CLIP weights' record, hashed on first use: a run opened from its saved predictions never
         needs it (a ViT-L/14 file is 1.7 GB)."""
         if self._base is None:
-            self._base = base_weights_record(self.model_config)
+            self._base = base_weights_record(self.method)
         return self._base
 
     @classmethod
@@ -125,37 +115,31 @@ class PromptPARTask(SupervisedTask):
 
         A checkpoint (it has weights) must have been trained on that same base file.
         """
-        config = TrainConfig.from_dict(record["config"], source=source)
-        model_config = PromptPARConfig.from_dict(record["method_config"], source=source)
+        task = super().from_record(record, source)
         if clip_weights is not None:
-            model_config = replace(model_config, weights=clip_weights)
-        task = cls(config, model_config)
+            task.method = replace(task.method, weights=clip_weights)
         if "model" in record:
             check_base_weights(record, task.base, source)
         return task
 
     @classmethod
     def from_options(cls, values: dict[str, dict]) -> PromptPARTask:
-        """Run fields default to the paper's optimisation (:func:`promptpar_run_config`)."""
-        return cls.for_dataset(promptpar_run_config(**values["config"]), PromptPARConfig.from_dict(values["model"]))
+        task = super().from_options(values)
+        return cls.for_dataset(task.run, task.data, task.method)
 
     @classmethod
-    def for_dataset(cls, config: TrainConfig, model_config: PromptPARConfig) -> PromptPARTask:
-        """The task with ``model_config`` completed from the dataset: its attribute count and sentences.
+    def for_dataset(cls, run: RunFields, data: DataConfig, method: PromptPARConfig) -> PromptPARTask:
+        """The task with ``method`` completed from the dataset: its attribute count and sentences.
 
-        The dataset's own sentences (``Annotations.sentences``) are used unless ``model_config`` gives some.
+        The dataset's own sentences (``Annotations.sentences``) are used unless ``method`` gives some.
         """
-        annotations = load_dataset(config.dataset, config.root, config.partition)
-        sentences = model_config.attribute_sentences or annotations.sentences
+        annotations = load_dataset(data.dataset, data.root, data.partition)
+        sentences = method.attribute_sentences or annotations.sentences
         if len(sentences) != annotations.num_attributes:
             raise ConfigError(f"{len(sentences)} attribute sentences for the {annotations.num_attributes} "
                               f"attributes of {annotations.name}")
-        return cls(config, replace(model_config, num_attributes=annotations.num_attributes,
-                                   attribute_sentences=tuple(sentences)))
-
-    @property
-    def method_config(self) -> PromptPARConfig:
-        return self.model_config
+        return cls(run, data, replace(method, num_attributes=annotations.num_attributes,
+                                      attribute_sentences=tuple(sentences)))
 
     @property
     def grad_clip(self) -> float:
@@ -164,13 +148,16 @@ class PromptPARTask(SupervisedTask):
 
     def build_model(self, num_attributes: int, pretrained: bool = True) -> PromptPAR:
         # The base CLIP is always loaded: checkpoints hold only the trained parameters.
-        if num_attributes != self.model_config.num_attributes:
-            raise ConfigError(f"PromptPAR config has {self.model_config.num_attributes} attributes, the data "
+        if num_attributes != self.method.num_attributes:
+            raise ConfigError(f"PromptPAR config has {self.method.num_attributes} attributes, the data "
                              f"{num_attributes}")
-        return build_model(self.model_config)
+        return build_model(self.method)
+
+    def backbone_weights(self) -> None:
+        return None  # the base CLIP's record is base_weights
 
     def transform(self, train: bool) -> PARTransform:
-        return clip_transform(self.config.image_size, train)
+        return clip_transform(self.data.image_size, train)
 
     def optimizer_and_schedule(self, model: PromptPAR, steps_per_epoch: int):
         groups = {"heads": [], "prompts": []}
@@ -179,19 +166,20 @@ class PromptPARTask(SupervisedTask):
                 groups["prompts" if name.split(".")[0] in PROMPT_PARAMETERS else "heads"].append(p)
         params = [{"params": groups["heads"]}]
         if groups["prompts"]:
-            params.append({"params": groups["prompts"], "lr": self.model_config.prompt_lr})
-        optimizer = build_optimizer(params, self.config)
-        if self.config.grad_clip > 0:
-            optimizer.register_step_pre_hook(GroupGradClip(self.config.grad_clip))
-        if self.config.scheduler != "cosine":
-            return optimizer, build_scheduler(optimizer, self.config, steps_per_epoch), False
-        total = self.config.epochs * steps_per_epoch
-        rules = [WarmupCosine(self.config.warmup_epochs * steps_per_epoch, total),
-                 WarmupCosine(self.model_config.prompt_warmup_epochs * steps_per_epoch, total)][:len(params)]
+            params.append({"params": groups["prompts"], "lr": self.method.prompt_lr})
+        m = self.method
+        optimizer = build_optimizer(params, m)
+        if m.grad_clip > 0:
+            optimizer.register_step_pre_hook(GroupGradClip(m.grad_clip))
+        if m.scheduler != "cosine":
+            return optimizer, build_scheduler(optimizer, m, self.run.epochs, steps_per_epoch), False
+        total = self.run.epochs * steps_per_epoch
+        rules = [WarmupCosine(m.warmup_epochs * steps_per_epoch, total),
+                 WarmupCosine(m.prompt_warmup_epochs * steps_per_epoch, total)][:len(params)]
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rules), True
 
     def criterion(self, train_ratio: np.ndarray) -> nn.Module:
-        return PromptPARLoss(PARLoss(self.config.loss, train_ratio), self.model_config.aux_weight)
+        return PromptPARLoss(PARLoss(self.method.loss, train_ratio), self.method.aux_weight)
 
     def state_dict(self, model: PromptPAR) -> dict[str, torch.Tensor]:
         return model.trained_state_dict()
@@ -202,10 +190,11 @@ class PromptPARTask(SupervisedTask):
     def checkpoint_fields(self) -> dict:
         return super().checkpoint_fields() | {"base_weights": self.base}
 
+    def resumable(self, key: str) -> tuple[str, ...]:
+        return ("weights",) if key == "method" else ()  # the base file may have moved; its sha256 is checked
+
     def check_resume(self, checkpoint: dict, source: str) -> None:
         super().check_resume(checkpoint, source)
-        saved = PromptPARConfig.from_dict(checkpoint["method_config"], source=source)
-        refuse_differences(saved.differences(self.model_config, ignore=("weights",)), source, "PromptPAR config")
         check_base_weights(checkpoint, self.base, source)
 
 
@@ -223,11 +212,11 @@ def _short(digest: str | None) -> str:
     return "random (no file)" if digest is None else f"sha256 {digest[:12]}..."
 
 
-def train_promptpar(config: TrainConfig, model_config: PromptPARConfig, existing: str = "error",
+def train_promptpar(run: RunFields, data: DataConfig, method: PromptPARConfig, existing: str = "error",
                     progress: bool = True, log=None) -> RunResult:
-    """Prompt-tune PromptPAR on ``config``'s data and schedule (see the module docstring).
+    """Prompt-tune PromptPAR on ``data`` as ``run`` says (see the module docstring).
 
-    ``model_config.num_attributes`` and ``attribute_sentences`` are taken from the dataset (its
-    ``Annotations.sentences``) unless sentences are given; ``image_size`` is the run's.
+    ``method.num_attributes`` and ``attribute_sentences`` are taken from the dataset (its
+    ``Annotations.sentences``) unless sentences are given; ``image_size`` is the data's.
     """
-    return fit(PromptPARTask.for_dataset(config, model_config), existing, progress, log)
+    return fit(PromptPARTask.for_dataset(run, data, method), existing, progress, log)

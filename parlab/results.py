@@ -1,5 +1,9 @@
 """Results tables of training runs, in the PAR convention (percent, mA / Acc / Prec / Rec / F1).
 
+What the notebooks display and save after training: results, settings and per-attribute tables,
+differences between methods and their sentences, mean ± std text and LaTeX. The statistics behind
+the intervals are in :mod:`parlab.stats`.
+
 Every table says how the epoch was selected: numbers selected on test
 (the reference practice) are not comparable with numbers selected on
 validation, and the ``selection`` column keeps them apart. Every table names
@@ -14,16 +18,15 @@ interval excludes zero.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from parlab.data import load_dataset
-from parlab.errors import ConfigError, MissingFileError
+from parlab.errors import ConfigError
 from parlab.metrics import PARMetrics, pedestrian_metrics
-from parlab.training.engine import TEST_PREDICTIONS, RunResult
-from parlab.training.evaluation import Predictions, load_predictions
+from parlab.runs import RunResult, saved_test_predictions
+from parlab.stats import bootstrap_weights, prediction_half_width, weighted_ma, welch_interval
 
 # Test settings of docs/methods.md section 1: the standard one and the label-balanced one of the FRDL
 # paper, keeping the first m_j entries (reference) or a seeded random choice.
@@ -49,9 +52,10 @@ def results_table(runs: dict[str, RunResult], dataset: str = "") -> pd.DataFrame
     """
     rows = []
     for name, run in runs.items():
-        row = {"method": name, "dataset": dataset or run.config.dataset, "training": run.method,
-               "backbone": getattr(run.method_config, "clip_model", run.config.backbone), "head": head_of(run),
-               "loss": run.config.loss, **_percent(run.test.summary())}
+        model = run.model_config
+        row = {"method": name, "dataset": dataset or run.data.dataset, "training": run.method_name,
+               "backbone": getattr(model, "clip_model", None) or model.backbone, "head": head_of(run),
+               "loss": model.loss, **_percent(run.test.summary())}
         if run.test_tuned is not None:
             tuned = run.test_tuned.summary()
             row |= {"mA (tuned thr.)": tuned["ma"], "F1 (tuned thr.)": tuned["f1"]}
@@ -62,7 +66,7 @@ def results_table(runs: dict[str, RunResult], dataset: str = "") -> pd.DataFrame
 
 def run_annotations(run: RunResult):
     """The dataset a run was trained on, read once per (dataset, root, partition) however many tables ask."""
-    return _annotations(run.config.dataset, str(run.config.root), run.config.partition)
+    return _annotations(run.data.dataset, str(run.data.root), run.data.partition)
 
 
 @functools.lru_cache(maxsize=8)
@@ -72,7 +76,7 @@ def _annotations(dataset: str, root: str, partition: int):
 
 def head_of(run: RunResult) -> str:
     """The head of a run's model, as tables name it (PromptPAR has its own)."""
-    return "PromptPAR" if run.method == "PromptPAR" else run.config.head
+    return "PromptPAR" if run.method_name == "PromptPAR" else run.model_config.head
 
 
 def per_attribute_table(runs: dict[str, RunResult], train_ratio: pd.Series) -> pd.DataFrame:
@@ -89,16 +93,10 @@ def per_attribute_table(runs: dict[str, RunResult], train_ratio: pd.Series) -> p
 def _thresholds(run: RunResult, tuned: bool):
     """The run's fixed threshold, or its (A,) thresholds tuned on validation."""
     if not tuned:
-        return run.config.threshold
+        return run.data.threshold
     if run.thresholds is None:
         raise ConfigError(f"{run.output_dir}: no tuned thresholds (train with tune_thresholds=True)")
     return run.thresholds
-
-
-def saved_test_predictions(run: RunResult | str | Path) -> Predictions:
-    """The test predictions a finished run saved (``run``: its result or its folder)."""
-    folder = Path(run) if isinstance(run, (str, Path)) else Path(run.output_dir)
-    return load_predictions(folder / TEST_PREDICTIONS)
 
 
 def test_metrics(run: RunResult, setting: str = "standard", seed: int = 0, annotations=None,
@@ -168,46 +166,6 @@ def _decisions(run: RunResult, tuned: bool, rows: np.ndarray) -> np.ndarray:
     return (preds.probs[order] > np.asarray(_thresholds(run, tuned))).astype(np.float64)
 
 
-def weighted_ma(decisions: list[np.ndarray], gt: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """mA of each run with the test images weighted (a bootstrap resample is a row of counts).
-
-    Args:
-        decisions: R arrays (N, A) of 0/1 decisions on the same N images.
-        gt: (N, A) labels; 1 positive, 0 negative, -1 ignored.
-        weights: (D, N) image weights, one row per evaluation.
-    Returns:
-        (D, R) mA in [0, 1]; an attribute without weighted positives or negatives is left out, as in
-        :func:`~parlab.metrics.pedestrian_metrics`.
-    """
-    pos, neg = (gt == 1).astype(np.float64), (gt == 0).astype(np.float64)
-    positives, negatives = weights @ pos, weights @ neg  # (D, A)
-    out = np.empty((len(weights), len(decisions)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for r, d in enumerate(decisions):
-            tpr = (weights @ (pos * d)) / positives
-            tnr = (weights @ (neg * (1 - d))) / negatives
-            out[:, r] = np.nanmean((tpr + tnr) / 2, axis=1)
-    return out
-
-
-def bootstrap_weights(n: int, draws: int = 2000, seed: int = 0) -> np.ndarray:
-    """(draws, n) counts of each of n images in ``draws`` seeded bootstrap resamples."""
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
-
-
-def _welch_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """95% interval of mean(a) - mean(b) over independent repeats (Welch's t)."""
-    from scipy import stats
-
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = np.sqrt(va + vb)
-    if se == 0:
-        return 0.0, 0.0
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = stats.t.ppf(0.975, df) * se
-    return -half, half
-
-
 def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: tuple[str, ...] = (),
                 draws: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Test mA of every method minus each reference's, with a 95% interval and a verdict (percent points).
@@ -237,7 +195,7 @@ def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: 
             a, b = per_run[method], per_run[reference]
             diff = a.mean() - b.mean()
             if len(a) > 1 and len(b) > 1:
-                low, high = (diff + d for d in _welch_interval(a, b))
+                low, high = welch_interval(a, b)
                 how = f"seeds ({len(a)} vs {len(b)}, Welch t)"
             else:
                 low, high = np.percentile(100 * (boot[method] - boot[reference]), [2.5, 97.5])
@@ -278,8 +236,6 @@ def component_sentences(diffs: pd.DataFrame, settings: pd.DataFrame, reference: 
     that spread. A component is said to help only when removing it loses mA beyond every interval that
     applies, to hurt only when removing it gains beyond them; otherwise its effect is within the spread.
     """
-    from scipy import stats
-
     part = diffs.xs(reference, level="reference")
     std, n = settings.loc[(reference, "standard"), "mA std"], int(settings.loc[(reference, "standard"), "runs"])
     sentences = {}
@@ -289,7 +245,7 @@ def component_sentences(diffs: pd.DataFrame, settings: pd.DataFrame, reference: 
                 f"({row['interval']})")
         runs = int(settings.loc[(method, "standard"), "runs"])
         if runs == 1 and n >= 2:
-            half = stats.t.ppf(0.975, n - 1) * std * np.sqrt(1 + 1 / n)
+            half = prediction_half_width(std, n)
             text += (f"; one run against {n} seeds of the {reference} model (std {std:.{digits}f}) may differ by "
                      f"±{half:.{digits}f} by chance")
             if abs(diff) <= half:
@@ -340,14 +296,3 @@ def per_attribute_ma(runs: dict[str, list[RunResult]]) -> pd.DataFrame:
     """Test mA (percent) per attribute (rows) and method (columns), averaged over each method's runs."""
     return pd.DataFrame({method: 100 * pd.concat([run.test.per_attribute["ma"] for run in group], axis=1).mean(axis=1)
                          for method, group in runs.items()})
-
-
-def label_prior(run: RunResult) -> pd.DataFrame:
-    """Positive fraction of the labels an FRDL run's heads trained on, per epoch (rows) and attribute.
-
-    The first column, ``balanced``, says whether the epoch drew balanced batches from the bank.
-    """
-    path = Path(run.output_dir) / "label_prior.csv"
-    if not path.is_file():
-        raise MissingFileError(f"{path}: not found; only FRDL runs record the label prior of their heads")
-    return pd.read_csv(path, index_col="epoch")
