@@ -30,7 +30,7 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from parlab.errors import ParlabError
+from parlab.errors import ParlabError, error_line
 from parlab.methods.registry import MethodSpec, OptionGroup, available_methods
 from parlab.training.config import choices_of, help_of, read_mapping
 from parlab.training.record import CONFIG_KEYS, EARLIER_LAYOUT_KEYS, method_name_of
@@ -121,6 +121,8 @@ def _parser(methods: dict[str, MethodSpec]) -> argparse.ArgumentParser:
     ca.add_argument("--root", required=True, help="dataset folder")
     ca.add_argument("--image-size", type=int, nargs=2, default=(256, 192), metavar=("HEIGHT", "WIDTH"))
     ca.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
+    ca.add_argument("--square", action="store_true", help="letterbox each image to a square first (the promptpar "
+                                                          "transform's geometry)")
     return parser
 
 
@@ -149,7 +151,7 @@ def config_file_values(spec: MethodSpec, path: Path) -> dict[str, dict]:
             name = method_name_of(mapping)
             if name not in spec.labels:
                 raise ParlabError(f"{path}: a run of {name}, which parlab {spec.command} does not train")
-        record = spec.task_class().upgrade_checkpoint(mapping) if earlier else mapping
+        record = spec.task_class().upgrade_checkpoint(mapping) if earlier or "versions" in mapping else mapping
         keys = {g.key for g in spec.groups}
         return {key: dict(record[key]) for key in CONFIG_KEYS if key in keys and isinstance(record.get(key), dict)}
     values: dict[str, dict] = {}
@@ -241,7 +243,8 @@ def _cache(args: argparse.Namespace) -> int:
     from parlab.data.image_cache import build_image_cache
 
     annotations = load_dataset(args.dataset, args.root)
-    cache = build_image_cache(args.folder, annotations, tuple(args.image_size), workers=args.workers)
+    cache = build_image_cache(args.folder, annotations, tuple(args.image_size), workers=args.workers,
+                              square=args.square)
     print(f"{cache.folder}: {len(cache.images)} images at {args.image_size[0]}x{args.image_size[1]}")
     return 0
 
@@ -253,11 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in methods:
             return _train(methods[args.command], args)
         return {"evaluate": _evaluate, "predict": _predict, "export": _export, "cache": _cache}[args.command](args)
-    except ParlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # a folder or file the system refuses (permissions, a full disk)
-        print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+    except (ParlabError, OSError) as exc:  # OSError: a folder or file the system refuses (permissions, a full disk)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 1
 
 

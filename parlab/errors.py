@@ -21,3 +21,15 @@ class RunFolderError(ParlabError, FileExistsError):
 
 class MissingFileError(ParlabError, FileNotFoundError):
     """A file the user named (weights, images, a run) is not there."""
+
+
+class NotOwnedError(ParlabError, PermissionError):
+    """A file or folder parlab did not make, in the way of something it would delete or replace."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a command prints for a user's mistake: a :class:`ParlabError`'s message, or the file and
+    reason of an ``OSError`` the system raised (permissions, a full disk)."""
+    if isinstance(exc, OSError) and not isinstance(exc, ParlabError):
+        return f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}"
+    return str(exc)

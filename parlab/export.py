@@ -217,6 +217,8 @@ def _metadata(loaded: LoadedModel, method: str, backbone: str) -> dict[str, str]
         "input_size": [int(h), int(w)],  # (height, width)
         "mean": mean,
         "std": std,
+        # "letterbox": centred on a black square as wide as the longer side, then resized; "stretch": resized
+        "resize": "letterbox" if getattr(loaded.transform, "square", False) else "stretch",
     }
     props = {f"parlab.{key}": json.dumps(value) for key, value in values.items()}
     props.update({"parlab.version": __version__, "parlab.method": method, "parlab.backbone": backbone})

@@ -12,8 +12,12 @@ that time (5-epoch schedules, the logit-BN stage 1, every PromptPAR ablation
 over three seeds; figures under ``runs/full/figures``); ``paper``
 runs the papers' settings on a real dataset::
 
-    python -m parlab.reproduce --profile paper --dataset pa100k --root /data/PA100k --device cuda \
-        --weights /weights/resnet50/model.safetensors --clip-weights /weights/ViT-L-14/open_clip_model.safetensors
+    python -m parlab.reproduce --profile paper --dataset pa100k --root /data/PA100k --device cuda
+
+which starts the CNNs from timm's ``resnet50.tv_in1k`` and PromptPAR from open_clip's ``openai`` ViT-L/14 and
+timm's ImageNet ViT-B/16 block (through the libraries' loaders and the Hugging Face cache), trains on trainval
+and selects on test as the public code does (``--set protocol=honest train_split=train`` for the honest
+protocol).
 
 It checks the dataset, its images and the weights files before the first
 notebook; ``--dry-run`` prints each notebook's parameters and runs nothing.
@@ -52,6 +56,7 @@ class Profile:
     extra: dict[str, dict] = field(default_factory=dict)  # per-notebook overrides
     dataset: str = "synthpa"
     overrides: dict = field(default_factory=dict)  # last word, for every notebook that declares the key (--set)
+    sources: dict[str, dict] = field(default_factory=dict)  # per notebook: parameter -> where its value is read
 
     def parameters(self, notebook: str, repo: Path, declared: set[str]) -> dict:
         """The profile's parameters that the notebook declares (``declared``: its parameter names).
@@ -98,48 +103,80 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-# The papers' settings per dataset (docs/methods.md sections 3-5): the Rethinking_of_PAR recipe at 256x192,
-# FRDL's public stage-2 schedule, PromptPAR on CLIP ViT-L/14 at 224x224.
-PAPER_DATASETS = ("pa100k", "peta", "rapv1")
+# The papers' settings per dataset, as each public code runs them (docs/methods.md sections 3-5): the Rethinking_of_PAR
+# recipe at 256x192 from torchvision's ImageNet ResNet-50, FRDL's public stage-2 schedule, PromptPAR on CLIP
+# ViT-L/14 at 224x224. Every run trains on trainval and selects on test (the reference protocol), as that code does.
+PAPER_DATASETS = ("pa100k", "peta", "rapv1", "rapv2", "petazs", "rapzs", "wider")
 LABELS_ONLY = ("01_data_exploration", "02_label_imbalance")  # these read annotations, never images
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-PAPER_BASELINE = {"backbone": "resnet50", "epochs": 30, "batch_size": 64, "image_size": [256, 192], "lr": 1e-4,
-                  "scheduler": "plateau", "warmup_epochs": 0, "num_workers": 8}
-PAPER_PROMPTPAR = {"clip_model": "ViT-L-14-quickgelu", "image_size": [224, 224], "vis_prompt": 50, "vis_depth": 24,
-                   "epochs": 60, "batch_size": 16, "optimizer": "sgd", "lr": 8e-3, "prompt_lr": 4e-3,
-                   "weight_decay": 1e-4, "warmup_epochs": 5, "prompt_warmup_epochs": 10, "seeds": [0],
-                   "ablation": False}
+PAPER_BASELINE = {"backbone": "resnet50.tv_in1k", "weights": "pretrained", "epochs": 30, "batch_size": 64,
+                  "image_size": [256, 192], "lr": 1e-4, "scheduler": "plateau", "warmup_epochs": 0, "num_workers": 8,
+                  "protocol": "reference", "train_split": "trainval"}
+PAPER_PROMPTPAR = {"clip_model": "ViT-L-14-quickgelu", "clip_weights": "openai", "image_size": [224, 224],
+                   "transform": "promptpar", "threshold": 0.45, "fusion": "vit_b16", "fusion_weights": "pretrained",
+                   "vis_prompt": 50, "vis_depth": 24, "epochs": 100, "batch_size": 16, "optimizer": "sgd", "lr": 8e-3,
+                   "prompt_lr": 4e-3, "weight_decay": 1e-4, "warmup_epochs": 5, "prompt_warmup_epochs": 10,
+                   "seeds": [0], "ablation": False}
+# Where each public setting is read (printed by --dry-run beside the parameters).
+PAPER_SOURCES = {
+    "03_baseline": {
+        "backbone": "Rethinking_of_PAR models/backbone/resnet.py line 12: torchvision's resnet50-19c8e357.pth "
+                    "(timm's resnet50.tv_in1k)",
+        "epochs": "Rethinking_of_PAR configs/default.py line 55 (MAX_EPOCH 30; no config sets it)",
+        "protocol": "Rethinking_of_PAR configs/pedes_baseline/*.yaml lines 6-7 (TRAIN_SPLIT trainval, VAL_SPLIT test)",
+        "ema": "Rethinking_of_PAR configs/pedes_baseline/pa100k.yaml lines 47-48 (PA100k only)",
+    },
+    "04_frdl_goat": {
+        "frdl_epochs": "FRDL repo configs pedes_baseline/{pa100k,peta,rapv1}.yaml (MAX_EPOCH 20, 35, 18)",
+        "backbone": "the FRDL configs train ConvNeXt-B from convnext_base_22k_224.pth (convnext.py line 158): "
+                    "--set backbone=convnext_base.fb_in22k",
+    },
+    "05_promptpar": {
+        "epochs": "OpenPAR PromptPAR/config.py line 11 (--epoch, default 100)",
+        "threshold": "OpenPAR PromptPAR/tools/function.py line 88 (threshold=0.45)",
+        "transform": "OpenPAR README line 172 (images padded to a square with black borders) and "
+                     "PromptPAR/dataset/AttrDataset.py line 96 (mean and std 0.5)",
+        "fusion_weights": "OpenPAR PromptPAR/models/base_block.py line 9 (jx_vit_base_p16_224-80ecf9dd.pth: "
+                          "timm's vit_base_patch16_224.orig_in21k_ft_in1k)",
+        "clip_weights": "OpenPAR PromptPAR/train.py line 24 (clip.load('ViT-L/14'): open_clip's openai tag)",
+    },
+}
 
 
-def paper_profile(dataset: str, root: str, device: str = "cuda", weights: str = "", clip_weights: str = "",
-                  fusion_weights: str = "", amp: str = "bf16") -> Profile:
+def paper_profile(dataset: str, root: str, device: str = "cuda", weights: str = "pretrained",
+                  clip_weights: str = "openai", fusion_weights: str = "pretrained", amp: str = "bf16") -> Profile:
     """The ``paper`` profile for one of :data:`PAPER_DATASETS` in its folder ``root``.
 
-    ``weights``: the ImageNet ResNet-50 backbone (a local file, "pretrained" or a hub id); ``clip_weights``:
-    the CLIP ViT-L/14 (OpenAI) weights of notebook 05; ``fusion_weights``: timm's ViT-B/16 for the paper's
-    fusion block (without it the frozen copy of the CLIP block is used).
+    ``weights``: the ImageNet ResNet-50 backbone ("pretrained": timm's ``resnet50.tv_in1k``, the weights every
+    public config starts from; a local file or a hub id; "none" for random weights, which the tables then
+    show); ``clip_weights``: the CLIP ViT-L/14 of notebook 05 (open_clip's ``openai`` tag, or a file);
+    ``fusion_weights``: the ImageNet ViT-B/16 of the paper's fusion block ("pretrained" through timm).
     """
     from parlab.methods.frdl_config import frdl_defaults
 
     key = dataset.lower()
     if key not in PAPER_DATASETS:
         raise ConfigError(f"the paper profile knows {', '.join(PAPER_DATASETS)}, not {dataset!r}")
+    if not weights:
+        raise ConfigError("the paper profile starts from ImageNet weights (--weights pretrained, a file or a hub "
+                          "id); --set weights=none trains from random weights, labelled as such")
+    if not fusion_weights:
+        raise ConfigError("the paper's fusion block is the ImageNet ViT-B/16's last block: --fusion-weights "
+                          "pretrained (timm's vit_base_patch16_224.orig_in21k_ft_in1k), a file or a hub id")
     stage2 = frdl_defaults(key)
     run2, frdl = stage2["run"], stage2["method"]
-    training = PAPER_BASELINE | {"weights": weights, "device": device, "amp": amp,
-                                 "train_split": "trainval" if key == "rapv1" else "train"}
+    training = PAPER_BASELINE | {"weights": weights, "device": device, "amp": amp}
     extra = {
         # The reference keeps an EMA of the weights on PA100k.
         "03_baseline": {"ema": key == "pa100k"},
         "04_frdl_goat": {"frdl_epochs": run2["epochs"], "balance_start": frdl["balance_start"],
                          "frdl_milestones": list(frdl["milestones"]), "frdl_gamma": frdl["gamma"],
                          "frdl_lr": frdl["lr"], "frdl_grad_clip": frdl["grad_clip"], "feature_cache": 0,
-                         "logit_bn_ablation": True},
-        "05_promptpar": PAPER_PROMPTPAR | {"weights": clip_weights, "fusion_weights": fusion_weights,
-                                           "fusion": "vit_b16" if fusion_weights else "clip_block"},
+                         "logit_bn_ablation": True} if run2 else {"logit_bn_ablation": True},
+        "05_promptpar": PAPER_PROMPTPAR | {"clip_weights": clip_weights, "fusion_weights": fusion_weights},
     }
     return Profile("paper", "", str(Path(root).resolve()), f"runs/paper-{key}/figures", f"runs/paper-{key}/train",
-                   training=training, extra=extra, dataset=key)
+                   training=training, extra=extra, dataset=key, sources=PAPER_SOURCES)
 
 
 def check_paper_inputs(profile: Profile, notebooks: list[str]) -> None:
@@ -164,10 +201,10 @@ def check_paper_inputs(profile: Profile, notebooks: list[str]) -> None:
     needs = {"weights": (profile.training | profile.overrides).get("weights", "") if trains else ""}
     if "05_promptpar" in notebooks:
         clip = profile.extra["05_promptpar"] | profile.overrides
-        if not clip["weights"]:
-            raise MissingFileError("notebook 05 needs CLIP weights on a real dataset (--clip-weights; OpenAI's "
-                                   "ViT-L-14-quickgelu file), or leave it out with --only")
-        needs |= {"clip weights": clip["weights"], "fusion weights": clip["fusion_weights"]}
+        if not clip["clip_weights"]:
+            raise MissingFileError("notebook 05 needs CLIP weights on a real dataset (--clip-weights openai, or "
+                                   "OpenAI's ViT-L-14-quickgelu file), or leave it out with --only")
+        needs |= {"clip weights": clip["clip_weights"], "fusion weights": clip["fusion_weights"]}
     for what, value in needs.items():
         # "pretrained", hf-hub:ID and open_clip's tags ("openai") are fetched by the libraries' loaders.
         local = value and not is_hub_id(value) and ("/" in value or Path(value).suffix in WEIGHT_SUFFIXES)
@@ -271,13 +308,15 @@ def notebook_parameters(profile: Profile, only: list[str] | None = None, repo: P
 
 def _profile(args: argparse.Namespace) -> Profile:
     if args.profile != "paper":
+        defaults = {"weights": "pretrained", "clip_weights": "openai", "fusion_weights": "pretrained"}
         given = [f"--{name.replace('_', '-')}" for name in ("dataset", "root", "weights", "clip_weights",
-                                                              "fusion_weights", "set") if getattr(args, name)]
+                                                              "fusion_weights", "set")
+                 if getattr(args, name) and getattr(args, name) != defaults.get(name)]
         if given:
             raise ConfigError(f"{', '.join(given)}: only for --profile paper")
         return _named_profile(args.profile)
     if not args.dataset or not args.root:
-        raise ConfigError("the paper profile needs --dataset (pa100k, peta or rapv1) and --root (its folder)")
+        raise ConfigError(f"the paper profile needs --dataset ({', '.join(PAPER_DATASETS)}) and --root (its folder)")
     profile = paper_profile(args.dataset, args.root, args.device, args.weights, args.clip_weights,
                             args.fusion_weights, amp="bf16" if args.device.startswith("cuda") else "none")
     return replace(profile, overrides=dict(_setting(item) for item in args.set))
@@ -315,9 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     paper.add_argument("--dataset", choices=PAPER_DATASETS, help="the dataset whose paper settings to run")
     paper.add_argument("--root", help="its folder, as downloaded")
     paper.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    paper.add_argument("--weights", default="", help="ResNet-50 ImageNet weights: a file, 'pretrained' or hf-hub:ID")
-    paper.add_argument("--clip-weights", default="", help="CLIP ViT-L/14 (OpenAI) weights for notebook 05")
-    paper.add_argument("--fusion-weights", default="", help="timm ViT-B/16 weights for the paper's fusion block")
+    paper.add_argument("--weights", default="pretrained",
+                       help="ImageNet backbone weights: 'pretrained' (timm's resnet50.tv_in1k, as every public config "
+                            "starts from; default), a file or hf-hub:ID; --set weights=none trains from random weights")
+    paper.add_argument("--clip-weights", default="openai",
+                       help="CLIP ViT-L/14 weights for notebook 05: open_clip's 'openai' tag (default) or a file")
+    paper.add_argument("--fusion-weights", default="pretrained",
+                       help="the paper's fusion block: 'pretrained' (timm's vit_base_patch16_224.orig_in21k_ft_in1k; "
+                            "default), a file or hf-hub:ID")
     paper.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override a notebook parameter everywhere it is declared (VALUE as JSON, else a string)")
     paper.add_argument("--dry-run", action="store_true", help="print each notebook's parameters, run nothing")
@@ -330,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             for name, parameters in notebook_parameters(profile, only).items():
                 print(f"{name}: {json.dumps(parameters)}")
+                for key, source in profile.sources.get(name, {}).items():
+                    if key in parameters:
+                        print(f"    {key} = {json.dumps(parameters[key])}  # {source}")
             return 0
         if profile.name == "paper":
             check_paper_inputs(profile, _select(only))

@@ -18,6 +18,7 @@ interval excludes zero.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,9 @@ SETTINGS = {
     "balanced (random)": {"balanced": True, "selection": "random"},
 }
 
-COLUMNS = ["mA", "Acc", "Prec", "Rec", "F1"]
+# "F1" is the F1 of the mean precision and recall (Rethinking_of_PAR's and FRDL's code); "instance F1" the mean
+# per-image F1 (PromptPAR's code, and so its paper's F1).
+COLUMNS = ["mA", "Acc", "Prec", "Rec", "F1", "instance F1"]
 TUNED = " (tuned thr.)"  # suffix of rows scored at per-attribute thresholds tuned on validation
 
 
@@ -54,8 +57,8 @@ def results_table(runs: dict[str, RunResult], dataset: str = "") -> pd.DataFrame
     for name, run in runs.items():
         model = run.model_config
         row = {"method": name, "dataset": dataset or run.data.dataset, "training": run.method_name,
-               "backbone": getattr(model, "clip_model", None) or model.backbone, "head": head_of(run),
-               "loss": model.loss, **_percent(run.test.summary())}
+               "backbone": getattr(model, "clip_model", None) or model.backbone, "weights": weights_of(run),
+               "head": head_of(run), "loss": model.loss, "protocol": run.run.protocol, **_percent(run.test.summary())}
         if run.test_tuned is not None:
             tuned = run.test_tuned.summary()
             row |= {"mA (tuned thr.)": tuned["ma"], "F1 (tuned thr.)": tuned["f1"]}
@@ -72,6 +75,14 @@ def run_annotations(run: RunResult):
 @functools.lru_cache(maxsize=8)
 def _annotations(dataset: str, root: str, partition: int):
     return load_dataset(dataset, root, partition)
+
+
+def weights_of(run: RunResult) -> str:
+    """The weights a run's network started from, as tables name them ("none (random)" when it had none)."""
+    weights = str(getattr(run.model_config, "weights", "") or "")
+    if weights in ("", "none"):
+        return "none (random)"
+    return Path(weights).name if Path(weights).suffix else weights
 
 
 def head_of(run: RunResult) -> str:
@@ -146,7 +157,7 @@ def repeated_settings_table(runs: dict[str, list[RunResult]], seed: int = 0,
             for column in COLUMNS:
                 row[column] = values[column].mean()
                 row[f"{column} std"] = values[column].std(ddof=1) if len(group) > 1 else np.nan
-            rows.append(row | {"runs": len(group), "head": head_of(group[0])})
+            rows.append(row | {"runs": len(group), "head": head_of(group[0]), "protocol": group[0].run.protocol})
     return pd.DataFrame(rows).set_index(["method", "setting"])
 
 
@@ -296,3 +307,27 @@ def per_attribute_ma(runs: dict[str, list[RunResult]]) -> pd.DataFrame:
     """Test mA (percent) per attribute (rows) and method (columns), averaged over each method's runs."""
     return pd.DataFrame({method: 100 * pd.concat([run.test.per_attribute["ma"] for run in group], axis=1).mean(axis=1)
                          for method, group in runs.items()})
+
+
+# log.csv's test columns of each metric of COLUMNS (under the reference protocol, test is scored every epoch)
+EPOCH_COLUMNS = {"mA": "test_ma", "Acc": "test_acc", "Prec": "test_prec", "Rec": "test_rec", "F1": "test_f1",
+                 "instance F1": "test_instance_f1"}
+
+
+def epoch_maxima(runs: dict[str, list[RunResult]]) -> pd.DataFrame:
+    """Each metric's own maximum over the epochs on test, mean over a method's runs (percent).
+
+    What PromptPAR's public code reports (``train.py`` keeps ``max_ma``, ``max_acc`` and ``max_f1`` apart,
+    each the best of any epoch on test), so only runs of the reference protocol, which score test every
+    epoch, have them. Optimistic twice over: every number picks its own epoch, on test.
+    """
+    rows = []
+    for method, group in runs.items():
+        late = [run for run in group if run.run.protocol != "reference"]
+        if late:
+            raise ConfigError(f"{method}: per-epoch test metrics exist under the reference protocol only "
+                              f"({late[0].output_dir} ran {late[0].run.protocol!r})")
+        maxima = pd.DataFrame([{c: run.history[k].max() for c, k in EPOCH_COLUMNS.items() if k in run.history}
+                               for run in group])
+        rows.append({"method": method, **maxima.mean().to_dict(), "runs": len(group)})
+    return pd.DataFrame(rows).set_index("method")

@@ -20,7 +20,13 @@ columns with ``(%)`` (its thresholds are probabilities).
 
 A run holds an exclusive lock on its folder (``fcntl.flock`` on ``.lock``, which holds the owner's pid)
 from before it looks at the folder until it returns; the kernel releases it when the process dies, so
-a killed run never leaves a stale lock. Under ``torchrun`` rank 0 holds the lock for all ranks.
+a killed run never leaves a stale lock. Under ``torchrun`` rank 0 holds the lock for all ranks. A
+``.lock`` that is a symbolic link, or a file that is not a lock, is refused, never written through.
+
+A folder holding any of ``last.pt``, ``previous.pt``, ``best.pt`` or ``metrics.json`` holds a run, whatever
+else is missing: it is only continued (``existing="resume"``, from ``last.pt`` or ``previous.pt``) or
+replaced (``existing="overwrite"``) when asked. What an overwrite deletes goes through
+:func:`parlab.files.remove_owned`: the plain names of :func:`written_files`, in the folder, no links.
 
 :func:`open_run` and :func:`collect_runs` give finished runs back for comparison, and :data:`RUNS` names
 the folders of the runs the notebooks train, so that notebooks 03-07 and ``parlab.reproduce`` share one
@@ -32,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +48,7 @@ import pandas as pd
 import torch
 
 from parlab.errors import ConfigError, MissingFileError, RunFolderError
-from parlab.files import write_atomic, write_json
+from parlab.files import owned_path, remove_owned, write_atomic, write_json
 from parlab.metrics import PARMetrics
 from parlab.training import distributed as dist
 from parlab.training.checkpoint import check_attributes, load_checkpoint
@@ -104,18 +109,22 @@ def _pattern(label: str) -> str:
 @contextlib.contextmanager
 def run_folder_lock(out: Path, ctx: dist.DistContext):
     """Hold the folder's lock for the block; a folder another process holds is a :class:`RunFolderError`."""
-    handle, holder = None, ""
+    handle, holder, refused = None, "", None
     if ctx.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
             handle, holder = _try_lock(out / LOCK_FILE)
-        except OSError as exc:  # every rank must still reach the all-reduce below
+        except RunFolderError as exc:  # a .lock parlab did not write; every rank must still reach the all-reduce
+            refused = exc
+        except OSError as exc:
             holder = f"none: {exc.strerror or exc}"
     locked = handle is not None or not ctx.is_main
     if ctx.distributed:  # every rank stops if rank 0 could not lock
         flag = torch.tensor([1.0 if locked else 0.0], device=ctx.device)
         locked = bool(dist.all_reduce_mean(flag, ctx).item() == 1.0)
     if not locked:
+        if refused is not None:
+            raise refused
         if holder.startswith("none: "):
             raise RunFolderError(f"{out}: cannot create or lock the run folder ({holder[6:]})")
         who = f"pid {holder}" if holder else "another process (rank 0 of this run could not lock it)"
@@ -129,35 +138,58 @@ def run_folder_lock(out: Path, ctx: dist.DistContext):
 
 
 def _try_lock(path: Path):
-    """(open locked file, "") or (None, pid of the holder)."""
-    import fcntl
+    """(open locked file, "") or (None, pid of the holder); a ``.lock`` that is not a lock is a :class:`RunFolderError`.
 
-    handle = open(path, "a+")  # noqa: SIM115 (held open for the whole run)
+    The file is opened without following a link (the ``.lock`` of a shared or downloaded run folder may point
+    anywhere) and rewritten only when it is a lock: empty, or the pid an earlier run wrote there.
+    """
+    import fcntl
+    import stat
+
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        if path.is_symlink():  # ELOOP (EMLINK on some BSDs)
+            raise RunFolderError(f"{path} is a symbolic link; a run locks its folder with a .lock file of its own: "
+                                 "remove the link (what it points to is left untouched)") from None
+        raise
+    handle = os.fdopen(fd, "rb+")  # noqa: SIM115 (held open for the whole run)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunFolderError(f"{path} is not a plain file, so not a run's lock; remove it yourself")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read(64).decode(errors="replace").strip() or "unknown"
+            handle.close()
+            return None, holder
+        held = handle.read(65).strip()
+        if held and not (held.isdigit() and len(held) <= 20):
+            raise RunFolderError(f"{path} is not a run's lock (a run writes only its pid there); remove it "
+                                 "yourself to run in this folder")
         handle.seek(0)
-        holder = handle.read().strip() or "unknown"
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n".encode())
+        handle.flush()
+    except BaseException:
         handle.close()
-        return None, holder
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+        raise
     return handle, ""
 
 
 def prepare_run_folder(out: Path, existing: str) -> tuple[dict | None, Path | None]:
     """Check a run folder against ``existing``; return the checkpoint to resume from and its path, if any.
 
-    ``existing``: "error" (refuse a folder that holds a run), "resume" (continue from its ``last.pt``,
-    or ``previous.pt`` when a kill left only that) or "overwrite" (:func:`clear_run_folder`, once the run's
-    inputs have been checked, so that a mistyped input never costs the run it would replace).
+    ``existing``: "error" (refuse a folder that holds a run: any of ``last.pt``, ``previous.pt``, ``best.pt``,
+    ``metrics.json``), "resume" (continue from its ``last.pt``, or ``previous.pt`` when a kill left only
+    that; a run with neither is refused, finished or not: there is nothing to continue from) or "overwrite"
+    (:func:`clear_run_folder`, once the run's inputs have been checked, so that a mistyped input never costs
+    the run it would replace; a link among the files it would delete is refused now, before any is).
     """
     if existing not in EXISTING:
         raise ConfigError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
-    last, previous = out / LAST, out / PREVIOUS
-    has_run = last.exists() or previous.exists()
+    # Any of them is a run: people delete last.pt (three times best.pt) from finished runs.
+    has_run = any(os.path.lexists(out / name) for name in (LAST, PREVIOUS, BEST, METRICS))
     if has_run and existing == "error":
         raise RunFolderError(
             f"{out} already holds a run; resume it (existing='resume', --resume) or start "
@@ -165,8 +197,20 @@ def prepare_run_folder(out: Path, existing: str) -> tuple[dict | None, Path | No
         )
     if existing == "resume" and has_run:
         # A kill between the two final renames of save_atomic leaves only previous.pt.
-        source = last if last.exists() else previous
-        return load_checkpoint(source), source
+        for source in (out / LAST, out / PREVIOUS):
+            if source.exists():
+                return load_checkpoint(source), source
+        if run_finished(out) and (out / BEST).exists():
+            raise RunFolderError(f"{out}: the run is finished and its last.pt is gone, so it cannot be continued or "
+                                 "re-evaluated; read its results with parlab.runs.open_run, or start again "
+                                 "(existing='overwrite', --overwrite)")
+        raise RunFolderError(f"{out}: the run's last.pt and previous.pt are gone, so it cannot be resumed; start "
+                             "again (existing='overwrite', --overwrite) or choose another output_dir")
+    if existing == "overwrite":  # all checked before anything is deleted (clear_run_folder)
+        for name in written_files(out):
+            path = owned_path(out / name, out, marker=None)
+            if path.is_dir() and not name.endswith("/"):
+                raise RunFolderError(f"{path} is a folder where a run writes a file; remove it yourself")
     return None, None
 
 
@@ -193,10 +237,7 @@ def clear_run_folder(out: Path, ctx: dist.DistContext) -> None:
     dist.barrier(ctx)
     if ctx.is_main:
         for name in written_files(out):
-            if name.endswith("/"):
-                shutil.rmtree(out / name, ignore_errors=True)
-            else:
-                (out / name).unlink(missing_ok=True)
+            remove_owned(out / name, out, marker=LOCK_FILE)  # this run holds the folder's lock
     dist.barrier(ctx)
 
 

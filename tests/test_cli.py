@@ -43,7 +43,7 @@ def test_help_of_an_option_is_its_field_help_including_awkward_ones(capsys):
 
 def test_run_fields_are_defined_once_and_shared():
     shared = {f.name for f in fields(RunFields)}
-    assert {"device", "amp", "num_workers", "seed", "output_dir", "select_on", "tensorboard"} <= shared
+    assert {"device", "amp", "num_workers", "seed", "output_dir", "protocol", "tensorboard"} <= shared
     for spec in available_methods().values():
         groups = {group.key: group.config for group in spec.groups}
         assert list(groups) == ["run", "data", "method"], spec.command

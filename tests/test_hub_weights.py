@@ -241,3 +241,13 @@ def test_clip_weights_not_cached_are_one_line_with_the_download_hint(hub):
     with pytest.raises(FileNotFoundError, match=r"timm/vit_large_patch14_clip_224\.openai.*hf download") as err:
         base_weights_record(PromptPARConfig(clip_model="ViT-L-14-quickgelu", weights="openai"))
     assert "\n" not in str(err.value)
+
+
+def test_the_papers_fusion_block_comes_through_timm_and_offline_is_one_line(hub):
+    from parlab.methods.promptpar.model import FUSION_VIT, _vit_b16_fusion
+
+    assert FUSION_VIT == "vit_base_patch16_224.orig_in21k_ft_in1k"  # the reference's jx_vit_base_p16_224
+    with pytest.raises(BackboneError) as err:
+        _vit_b16_fusion("pretrained")
+    message = str(err.value)
+    assert "\n" not in message and f"huggingface-cli download timm/{FUSION_VIT}" in message

@@ -116,3 +116,19 @@ def test_the_cache_command_builds_once_and_names_a_bad_root(synthpa_root, tmp_pa
     assert main(args) == 0 and "image cache" not in capsys.readouterr().out.split("\n")[-2]  # reused, not rebuilt
     assert main(["cache", str(tmp_path / "c"), "--root", str(tmp_path / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_a_letterboxed_cache_serves_the_promptpar_transform_and_only_it(cache, tmp_path):
+    from parlab.data.images import named_transform
+
+    ann, stretched = cache
+    square = build_image_cache(tmp_path / "c", ann, SIZE, workers=1, log=lambda _: None, square=True)
+    assert square.square and square.folder.name.startswith(f"synthpa-{SIZE[0]}x{SIZE[1]}-square-")
+    assert open_image_cache(tmp_path / "c", ann, SIZE) is None  # a stretched cache is another cache
+    promptpar = named_transform("promptpar", SIZE, train=False)
+    rows = ann.split("val")[:20]
+    decoded = evaluation_batches(ann, rows, promptpar, 10, 0, CPU)
+    cached = evaluation_batches(ann, rows, promptpar, 10, 0, CPU, square)
+    assert all(torch.equal(x, cx) for (x, _, _), (cx, _, _) in zip(decoded, cached, strict=True))
+    with pytest.raises(ValueError, match="stretched"):
+        evaluation_batches(ann, rows, promptpar, 10, 0, CPU, stretched)

@@ -68,3 +68,25 @@ def test_train_transform_is_fixed_by_its_seed_and_pads_with_black():
     plain = PARTransform((64, 32), train=False)(img)
     colour = torch.tensor([(c / 255 - m) / s for c, m, s in zip((200, 120, 40), IMAGENET_MEAN, IMAGENET_STD)])
     assert torch.allclose(plain, colour[:, None, None].expand(3, 64, 32), atol=1e-5)
+
+
+def test_the_promptpar_transform_letterboxes_a_non_square_image_to_the_centre_of_a_black_square():
+    from PIL import Image
+
+    from parlab.data.images import TRANSFORMS, letterbox, named_transform
+
+    person = Image.new("RGB", (40, 100), (200, 100, 50))  # width 40, height 100
+    square = letterbox(person)
+    assert square.size == (100, 100)
+    pixels = np.asarray(square)
+    assert (pixels[:, :30] == 0).all() and (pixels[:, 70:] == 0).all()  # 30 black columns each side
+    assert (pixels[:, 30:70] == (200, 100, 50)).all()
+    x = named_transform("promptpar", (20, 20), train=False)(person)  # letterbox, resize, (x - 0.5) / 0.5
+    assert x.shape == (3, 20, 20)
+    np.testing.assert_allclose(x[:, :, 0].numpy(), -1.0)  # black padding at mean 0.5, std 0.5
+    np.testing.assert_allclose(x[0, 10, 10].item(), (200 / 255 - 0.5) / 0.5, atol=1e-6)
+    stretched = named_transform("clip", (20, 20), train=False)(person)
+    assert (stretched[:, :, 0] > -1).all()  # stretching leaves no padding
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    assert TRANSFORMS["clip"]["mean"] == OPENAI_DATASET_MEAN and TRANSFORMS["clip"]["std"] == OPENAI_DATASET_STD

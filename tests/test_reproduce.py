@@ -25,7 +25,8 @@ OUTPUTS = {
     "06_visualisation": {"figures": ["cams_Hat", "cams_Female", "cams_Backpack", "cams_SkirtandDress",
                                      "promptpar_attention_0", "feature_maps", "frdl_embedding_Hat"],
                          "tables": []},
-    "07_results": {"figures": ["methods_ma_f1", "per_attribute_ma"], "tables": ["results_all", "per_attribute_ma"]},
+    "07_results": {"figures": ["methods_ma_f1", "per_attribute_ma"],
+                   "tables": ["results_all", "per_attribute_ma", "paper_comparison"]},
 }
 
 
@@ -68,29 +69,46 @@ def test_unknown_notebook_selection_is_an_error(capsys):
     assert "no notebook matches ['99']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("dataset, balance_start, milestones, split", [
-    ("pa100k", 4, [1], "train"), ("peta", 21, [30], "train"), ("rapv1", 6, [10], "trainval")])
-def test_paper_profile_dry_run_lists_each_notebooks_parameters(dataset, balance_start, milestones, split, capsys,
-                                                               tmp_path):
-    assert main(["--profile", "paper", "--dataset", dataset, "--root", str(tmp_path), "--dry-run",
-                 "--weights", "/w/resnet50.safetensors", "--clip-weights", "/w/clip.bin"]) == 0
-    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.strip().splitlines())
+@pytest.mark.parametrize("dataset, balance_start, milestones", [
+    ("pa100k", 4, [1]), ("peta", 21, [30]), ("rapv1", 6, [10]), ("rapv2", None, None), ("petazs", None, None),
+    ("rapzs", None, None), ("wider", None, None)])
+def test_paper_profile_dry_run_prints_the_public_codes_settings(dataset, balance_start, milestones, capsys, tmp_path):
+    assert main(["--profile", "paper", "--dataset", dataset, "--root", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    lines = dict(line.split(": ", 1) for line in out if not line.startswith(" "))
     assert list(lines) == list(NOTEBOOKS)
     params = {name: json.loads(text) for name, text in lines.items()}
     assert all(p["dataset"] == dataset and p["root"] == str(tmp_path) for p in params.values())
     baseline = params["03_baseline"]
-    assert (baseline["backbone"], baseline["image_size"], baseline["epochs"], baseline["lr"]) == \
-        ("resnet50", [256, 192], 30, 1e-4)
-    assert baseline["train_split"] == split and baseline["weights"] == "/w/resnet50.safetensors"
+    assert (baseline["backbone"], baseline["weights"], baseline["image_size"], baseline["epochs"], baseline["lr"]) == \
+        ("resnet50.tv_in1k", "pretrained", [256, 192], 30, 1e-4)  # torchvision's ImageNet ResNet-50, through timm
+    assert (baseline["protocol"], baseline["train_split"]) == ("reference", "trainval")
     assert baseline["ema"] == (dataset == "pa100k")
     frdl = params["04_frdl_goat"]
-    assert (frdl["balance_start"], frdl["frdl_milestones"], frdl["feature_cache"]) == (balance_start, milestones, 0)
+    assert (frdl["backbone"], frdl["weights"], frdl["protocol"]) == ("resnet50.tv_in1k", "pretrained", "reference")
+    if balance_start is not None:  # the public stage-2 schedule of the datasets its configs cover
+        assert (frdl["balance_start"], frdl["frdl_milestones"], frdl["feature_cache"]) == \
+            (balance_start, milestones, 0)
     assert frdl["logit_bn_ablation"] is True  # the paper profile trains what the full profile does
     promptpar = params["05_promptpar"]
-    assert (promptpar["clip_model"], promptpar["image_size"], promptpar["vis_prompt"], promptpar["weights"]) == \
-        ("ViT-L-14-quickgelu", [224, 224], 50, "/w/clip.bin")
+    assert (promptpar["clip_model"], promptpar["clip_weights"], promptpar["image_size"], promptpar["vis_prompt"]) == \
+        ("ViT-L-14-quickgelu", "openai", [224, 224], 50)
+    assert (promptpar["transform"], promptpar["threshold"], promptpar["fusion"], promptpar["fusion_weights"]) == \
+        ("promptpar", 0.45, "vit_b16", "pretrained")
     assert (promptpar["optimizer"], promptpar["lr"], promptpar["prompt_lr"], promptpar["weight_decay"]) == \
         ("sgd", 8e-3, 4e-3, 1e-4)  # the paper's optimisation, not the small CLIP's AdamW
+    assert (promptpar["epochs"], promptpar["protocol"]) == (100, "reference")
+    assert '    epochs = 100  # OpenPAR PromptPAR/config.py line 11 (--epoch, default 100)' in out
+    assert any(line.startswith("    threshold = 0.45  # ") for line in out)
+
+
+def test_paper_profile_starts_from_imagenet_weights_unless_told_otherwise(tmp_path, capsys):
+    assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(tmp_path), "--weights", "",
+                 "--dry-run"]) == 2
+    assert "--set weights=none trains from random weights" in capsys.readouterr().err
+    assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(tmp_path), "--dry-run", "--only", "03",
+                 "--set", "weights=none"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0].split(": ", 1)[1])["weights"] == "none"
 
 
 def test_paper_profile_checks_its_inputs_before_any_notebook(tmp_path, capsys, synthpa_root):
@@ -101,14 +119,14 @@ def test_paper_profile_checks_its_inputs_before_any_notebook(tmp_path, capsys, s
                  "--weights", str(tmp_path / "resnet50.safetensors"), "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'resnet50.safetensors'}: weights file not found"
     assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(synthpa_root), "--only", "05",
-                 "--output", str(tmp_path / "out")]) == 2
+                 "--clip-weights", "", "--output", str(tmp_path / "out")]) == 2
     assert "notebook 05 needs CLIP weights" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
 def test_paper_profile_runs_end_to_end_on_a_small_stand_in(tmp_path, synthpa_root, capsys):
-    small = ["backbone=test_resnet", "epochs=1", "image_size=[64,32]", "batch_size=32", "frdl_epochs=2",
+    small = ["backbone=test_resnet", "weights=none", "epochs=1", "image_size=[64,32]", "batch_size=32", "frdl_epochs=2",
              "balance_start=1", "frdl_milestones=[1]", "seeds=[0]", "device=cpu", "num_workers=0", "amp=none"]
     assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(synthpa_root), "--device", "cpu",
                  "--only", "01,02,03,04,07", "--output", str(tmp_path / "out"), "--set", *small]) == 0

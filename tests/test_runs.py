@@ -48,6 +48,17 @@ def test_a_run_of_the_first_layout_opens_with_the_results_it_recorded(layout1, f
     assert run.run.output_dir == folder  # where it is now
 
 
+def test_a_runs_select_on_of_earlier_versions_is_its_protocol():
+    from parlab.training.record import upgrade_record
+
+    for select_on, protocol in (("val", "honest"), ("test", "reference")):
+        layout1 = {"config": {"select_on": select_on, "epochs": 2, "root": "x"}, "method": "baseline"}
+        layout2 = {"method_name": "baseline", "run": {"select_on": select_on, "epochs": 2}, "data": {}, "method": {}}
+        for record in (layout1, layout2):
+            run = upgrade_record(record, BaselineConfig)["run"]
+            assert run == {"protocol": protocol, "epochs": 2} and RunFields.from_dict(run).protocol == protocol
+
+
 def test_first_layout_records_upgrade_to_three_configs(layout1):
     from parlab.methods.frdl_training import FRDLTask
 
@@ -185,3 +196,13 @@ def test_the_public_surface_is_at_the_top_of_the_package():
 
     assert (parlab.load_dataset, parlab.train, parlab.open_run) == (load_dataset, train, open_run)
     assert parlab.evaluate is evaluate and {"predict", "evaluate", "open_run"} <= set(parlab.__all__)
+
+
+def test_results_tables_name_each_runs_protocol_and_starting_weights(baseline):
+    from parlab.results import repeated_settings_table, results_table
+
+    row = results_table({"baseline": baseline}).loc["baseline"]
+    assert (row["weights"], row["protocol"], row["backbone"]) == ("none (random)", "honest", "test_resnet")
+    assert "instance F1" in row and row["instance F1"] == pytest.approx(100 * baseline.test.instance_f1)
+    repeated = repeated_settings_table({"baseline": [baseline]})
+    assert (repeated["protocol"] == "honest").all() and "instance F1" in repeated.columns

@@ -305,15 +305,17 @@ def test_torchrun_two_processes_match_single_process_evaluation(synthpa_root, tm
     assert single == pytest.approx(distributed, abs=1e-6)
 
 
-def test_bf16_channels_last_ema_and_selection_on_test(synthpa_root, tmp_path):
+def test_bf16_channels_last_ema_and_the_reference_protocol(synthpa_root, tmp_path):
     # At 128x64, not 64x32: torch 2.14.1's oneDNN bf16 convolution on CPUs with AMX returns NaN now and then
     # for a 3x3 stride-2 convolution of a 4x2 map (a ResNet's last stage at 64x32; README, "Known problems").
     cfg = tiny(synthpa_root, tmp_path / "r", epochs=1, amp="bf16", channels_last=True, ema=True, ema_decay=0.5,
-               select_on="test", scheduler="multistep", milestones=(1,), image_size=(128, 64))
+               protocol="reference", train_split="trainval", scheduler="multistep", milestones=(1,),
+               image_size=(128, 64))
     run = train(*cfg, progress=False, log=lambda _: None)
     assert np.isfinite(run.history["train_loss"]).all()
     assert {"test_ma", "test_f1"} <= set(run.history.columns)
-    assert "reference practice" in run.selection
+    assert "reference protocol: trained on trainval, selected on test" in run.selection
+    assert run.run.protocol == "reference"
     assert run.history["lr"].iloc[0] == pytest.approx(1e-3)  # the lr epoch 1 trained with
     lr_after = load_checkpoint(run.output_dir / "last.pt")["optimizer"]["param_groups"][0]["lr"]
     assert lr_after == pytest.approx(1e-4)  # multistep decayed at milestone 1

@@ -86,8 +86,8 @@ def test_shard_sampler_covers_each_item_once():
 def test_config_validation_and_files(tmp_path):
     with pytest.raises(ValueError, match="'loss': 'focal' is not one of bce, weighted, sqrt"):
         BaselineConfig(loss="focal")
-    with pytest.raises(ValueError, match="'select_on': 'train' is not one of val, test"):
-        RunFields(select_on="train")
+    with pytest.raises(ValueError, match="'protocol': 'test' is not one of honest, reference"):
+        RunFields(protocol="test")
     for config in (RunFields, DataConfig, BaselineConfig):
         with pytest.raises(ValueError, match="unknown config field.*colour"):
             config.from_dict({"colour": 1})
@@ -122,11 +122,26 @@ def test_rapv1_gets_a_seeded_validation_subset_carved_from_trainval(tmp_path):
     assert len(plan.val) == round(0.25 * len(trainval))
     assert "carved from trainval" in plan.note and "no 'val' split" in plan.note
     assert np.array_equal(resolve_splits(ann, cfg).val, plan.val)
-    assert np.array_equal(resolve_splits(ann, cfg, "val", 0).val, plan.val)
+    assert np.array_equal(resolve_splits(ann, cfg, "honest", 0).val, plan.val)
     assert not np.array_equal(resolve_splits(ann, cfg, seed=1).val, plan.val)
     assert "seed 1" in resolve_splits(ann, cfg, seed=1).note
-    on_test = resolve_splits(ann, DataConfig(dataset="rapv1", train_split="trainval"), select_on="test")
-    assert "reference practice" in on_test.note and np.array_equal(on_test.selection, ann.split("test"))
+    on_test = resolve_splits(ann, DataConfig(dataset="rapv1", train_split="trainval"), protocol="reference")
+    assert "reference protocol" in on_test.note and np.array_equal(on_test.selection, ann.split("test"))
+    assert on_test.selects_on == "test" and plan.selects_on == "val"
+
+
+def test_the_honest_protocol_refuses_a_validation_split_inside_the_training_split(synthpa_root):
+    from parlab.data import load_dataset
+
+    ann = load_dataset("synthpa", synthpa_root)
+    trainval = DataConfig(root=str(synthpa_root), train_split="trainval")  # SynthPA's val is part of trainval
+    with pytest.raises(ValueError, match=r"images are in both trainval and val.*protocol='reference'"):
+        resolve_splits(ann, trainval)
+    reference = resolve_splits(ann, trainval, protocol="reference")
+    assert np.array_equal(reference.train, ann.split("trainval")) and reference.selects_on == "test"
+    assert "reference protocol: trained on trainval, selected on test" in reference.note
+    honest = resolve_splits(ann, DataConfig(root=str(synthpa_root)))
+    assert np.intersect1d(honest.train, honest.val).size == 0 and "selected on val" in honest.note
 
 
 def test_atomic_save_keeps_previous_and_truncation_is_reported(tmp_path):

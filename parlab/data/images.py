@@ -89,6 +89,16 @@ def load_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> Image
         raise _image_error(path, exc) from None
 
 
+def letterbox(img: Image.Image) -> Image.Image:
+    """``img`` centred on a black square as wide as its longer side (its aspect ratio kept)."""
+    side = max(img.size)
+    if img.size == (side, side):
+        return img
+    square = Image.new("RGB", (side, side))
+    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return square
+
+
 class PARTransform:
     """Rethinking_of_PAR's transforms: resize (+ pad, random crop, flip when training), normalise.
 
@@ -97,16 +107,20 @@ class PARTransform:
     torch's global generator (re-seeding that per image would cost more than
     the augmentation itself). Padding then cropping back to size is done as one
     crop of a box that may leave the image: PIL fills outside pixels with black,
-    as zero padding does.
+    as zero padding does. With ``square=True`` the image is first letterboxed to
+    a square (:func:`letterbox`), as PromptPAR's public code does, and then resized.
     """
 
     def __init__(self, image_size: tuple[int, int], train: bool, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD, pad: int = 10) -> None:
+                 std: tuple[float, ...] = IMAGENET_STD, pad: int = 10, square: bool = False) -> None:
         self.image_size = (int(image_size[0]), int(image_size[1]))  # (height, width)
-        self.train, self.pad = train, pad
+        self.train, self.pad, self.square = train, pad, square
         self.mean, self.std = tuple(mean), tuple(std)
-        self.resize = T.Resize(self.image_size)
         self.normalize = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+    def resize(self, img: Image.Image) -> Image.Image:
+        """The geometry before augmentation: (letterbox, then) resize to ``image_size``."""
+        return T.functional.resize(letterbox(img) if self.square else img, list(self.image_size))
 
     def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         """PIL image -> (3, H, W) float tensor."""
@@ -124,6 +138,24 @@ class PARTransform:
 def build_transform(image_size: tuple[int, int] = (256, 192), train: bool = False, **kwargs) -> PARTransform:
     """The standard PAR transform for (height, width) ``image_size``; see :class:`PARTransform`."""
     return PARTransform(image_size, train, **kwargs)
+
+
+# Named input pipelines (DataConfig.transform): the geometry before augmentation and the input statistics.
+# "par": Rethinking_of_PAR's (stretched to the input size, ImageNet statistics); "clip": the same geometry with
+# CLIP's statistics (PromptPAR's default here); "promptpar": PromptPAR's public code (letterboxed to a square,
+# then resized; mean and std 0.5).
+TRANSFORMS: dict[str, dict] = {
+    "par": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "square": False},
+    "clip": {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711), "square": False},
+    "promptpar": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "square": True},
+}
+
+
+def named_transform(name: str, image_size: tuple[int, int], train: bool, pad: int = 10) -> PARTransform:
+    """The transform :data:`TRANSFORMS` names, at (height, width) ``image_size``."""
+    if name not in TRANSFORMS:
+        raise DatasetError(f"unknown transform {name!r}; known transforms: {', '.join(TRANSFORMS)}")
+    return PARTransform(image_size, train, pad=pad, **TRANSFORMS[name])
 
 
 class PARImageDataset(Dataset):

@@ -446,7 +446,7 @@ def _upgrade(record: dict) -> dict:
     the data and, under ``stage1``, the stage-1 model's config.
     """
     if is_current(record):
-        return record
+        return upgrade_record(record, FRDLConfig)
     record = dict(record)
     if "frdl_config" in record:
         record["method_config"] = record.pop("frdl_config")

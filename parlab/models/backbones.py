@@ -2,7 +2,8 @@
 
 ``weights`` is one of:
 
-- ``""`` / None: random initialisation (the default; nothing is downloaded);
+- ``""`` / None / ``"none"``: random initialisation (the default; nothing is downloaded; ``"none"``
+  says so explicitly, as the paper profile asks for);
 - a local file path (a timm ``model.safetensors`` / ``pytorch_model.bin`` / ``.pth`` /
   ``.npz`` for that architecture). timm loads it through
   ``pretrained_cfg_overlay=dict(file=...)``, which applies the architecture's own
@@ -37,6 +38,7 @@ import torch.nn as nn
 from parlab.errors import ConfigError, ParlabError
 from parlab.models.weights import (
     PRETRAINED,
+    RANDOM,
     cached_hub_file,
     is_hub_id,
     is_unavailable,
@@ -112,7 +114,7 @@ def create_backbone(name: str, weights: str | Path | None = None, drop_rate: flo
     The returned module has ``num_features`` (C).
     """
     _check_name(name)
-    spec = "" if weights is None else str(weights)
+    spec = weights_spec(weights)
     kwargs: dict = {"num_classes": 0, "drop_rate": drop_rate}
     model_name, hub = name, None  # hub: (repo id, revision) a download may fail on
     if spec == PRETRAINED:
@@ -164,7 +166,7 @@ def backbone_weights_record(backbone: str, weights: str | Path | None) -> dict |
     Looks only at the cache, never at the network: call it once the weights are there (after
     :func:`create_backbone` fetched them); a weight not cached is a :class:`BackboneError`.
     """
-    spec = "" if weights is None else str(weights)
+    spec = weights_spec(weights)
     if not spec:
         return None
     if spec == PRETRAINED:
@@ -196,6 +198,13 @@ def backbone_weights_record(backbone: str, weights: str | Path | None) -> dict |
     if not path.is_file():
         raise BackboneError(f"pretrained weights for {backbone!r} not found: {path}")
     return weights_record(spec, path)
+
+
+def weights_spec(weights: str | Path | None) -> str:
+    """``weights`` as a spelling: "" for random weights, which "none" also says (explicitly, as the paper
+    profile asks for)."""
+    spec = "" if weights is None else str(weights)
+    return "" if spec == RANDOM else spec
 
 
 def _hub_id(spec: str) -> tuple[str, str | None]:

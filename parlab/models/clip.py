@@ -181,11 +181,9 @@ def run_block(transformer: nn.Module, block: nn.Module, x: torch.Tensor,
 
 def clip_transform(image_size: tuple[int, int], train: bool, pad: int = 10):
     """The PAR transform at (height, width) ``image_size`` with CLIP's input statistics, not ImageNet's."""
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from parlab.data.images import named_transform
 
-    from parlab.data.images import PARTransform
-
-    return PARTransform(image_size, train=train, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, pad=pad)
+    return named_transform("clip", image_size, train, pad)
 
 
 def create_clip(name: str, weights: str | Path | None, device: str = "cpu",

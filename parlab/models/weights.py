@@ -31,6 +31,7 @@ from parlab.files import file_sha256
 
 HUB_PREFIX = "hf-hub:"
 PRETRAINED = "pretrained"
+RANDOM = "none"  # random initialisation, said explicitly (as "" says it by default)
 
 
 def is_hub_id(spec: str | Path | None) -> bool:

@@ -67,9 +67,11 @@ class DeviceBatches:
     def __init__(self, dataset: PARImageDataset, cache: ImageCache, sampler, batch_size: int, ctx: DistContext,
                  drop_last: bool = False) -> None:
         transform = dataset.transform
-        if not isinstance(transform, PARTransform) or tuple(transform.image_size) != tuple(cache.image_size):
-            raise ValueError(f"the image cache {cache.folder} holds {cache.image_size} images; batches from it need "
-                             "a PARTransform of that size")
+        if not isinstance(transform, PARTransform) or tuple(transform.image_size) != tuple(cache.image_size) \
+                or transform.square != cache.square:
+            raise ValueError(f"the image cache {cache.folder} holds {cache.image_size} images "
+                             f"({'letterboxed' if cache.square else 'stretched'}); batches from it need a "
+                             "PARTransform of that size and geometry")
         self.dataset, self.cache, self.sampler, self.batch_size = dataset, cache, sampler, batch_size
         self.device, self.drop_last = ctx.device, drop_last
         self.pin = ctx.device.type == "cuda"

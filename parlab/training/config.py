@@ -168,6 +168,12 @@ class ConfigFile:
         return [f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if k not in ignore and a[k] != b[k]]
 
 
+# How a run uses the splits: "honest" selects on a validation split apart from the training images; "reference"
+# selects on test as the public code does (Rethinking_of_PAR, FRDL and PromptPAR train on trainval).
+PROTOCOLS = ("honest", "reference")
+TRANSFORM_NAMES = ("par", "clip", "promptpar")  # parlab.data.images.TRANSFORMS (that module imports torch)
+
+
 @dataclass(frozen=True)
 class RunFields(ConfigFile):
     """What every training run has, whatever the method: schedule length, batches, device, seed, selection, folder."""
@@ -179,7 +185,9 @@ class RunFields(ConfigFile):
     amp: str = option("none", "bf16 on CPU or GPU, fp16 on GPU only", ("none", "bf16", "fp16"))
     device: str = option("auto", '"auto" picks cuda when available, else cpu')
     seed: int = option(0, "weights, order, augmentation and the carved validation split")
-    select_on: str = option("val", '"test" reproduces the reference practice, labelled as such', ("val", "test"))
+    protocol: str = option("honest", "honest: train on train_split, select the epoch on the validation split, test "
+                                     "once; reference: the public code's practice, select on test (train_split "
+                                     "trainval), labelled in every table", PROTOCOLS)
     tune_thresholds: bool = option(False, "per-attribute thresholds on validation, reported beside the fixed one")
     output_dir: str = option("runs/baseline", "the run folder (config, log, checkpoints, results)")
     tensorboard: bool = option(False, "also log to TensorBoard when it is installed")
@@ -204,7 +212,10 @@ class DataConfig(ConfigFile):
     val_fraction: float = option(0.1, "only used to carve a validation split (RAPv1)")
     image_size: tuple[int, int] = option((256, 192), "(height, width) fed to the model")
     train_limit: int = option(0, "use only the first n training images (0: all); for quick runs")
-    threshold: float = option(0.5, "fixed decision threshold of the standard metrics")
+    threshold: float = option(0.5, "fixed decision threshold of the standard metrics (PromptPAR's code: 0.45)")
+    transform: str = option("", 'input pipeline: par (stretch, ImageNet statistics), clip (stretch, CLIP '
+                                'statistics), promptpar (letterbox to a square, mean and std 0.5: PromptPAR\'s '
+                                'public code); "" the method\'s own (par; PromptPAR: clip)', ("", *TRANSFORM_NAMES))
     image_cache: str = option("", "folder of uint8 image caches (parlab cache): images decoded once at image_size, "
                                   "augmented on the device; built there when missing; empty: decode every epoch")
 
@@ -217,6 +228,7 @@ class DataConfig(ConfigFile):
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"config field 'threshold' must be in (0, 1), got {self.threshold}")
         check_at_least(self, 0, ("partition", "train_limit"))
+        check_choices(self)
 
 
 # Fields that may change when a run is resumed: they do not affect the numbers (the image cache gives the very
@@ -265,7 +277,7 @@ class BaselineConfig(SupervisedConfig):
     backbone: str = option("resnet50", "any timm name")
     weights: str = option("", 'backbone weights: a local file, "pretrained" (timm\'s pretrained tag of the '
                                   'backbone name, e.g. resnet50.a1_in1k) or hf-hub:ORG/NAME, through timm and the '
-                                  'Hugging Face cache; "" trains from scratch')
+                                  'Hugging Face cache; "" or "none" trains from scratch')
     head: str = option("linear", 'linear: the reference (every public config sets BN: False); linear_bn: '
                                  'BatchNorm on the logits; attribute: FRDL\'s attribute-specific features; '
                                  'attribute_bn: those with BatchNorm on the logits',

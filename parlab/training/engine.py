@@ -40,7 +40,8 @@ from parlab.training.seeding import rng_state, seed_everything, set_rng_state
 from parlab.training.splits import resolve_splits
 from parlab.training.task import RunData, SupervisedTask, Task
 
-METRIC_KEYS = ("ma", "acc", "prec", "rec", "f1")
+METRIC_KEYS = ("ma", "acc", "prec", "rec", "f1")  # in the epoch line
+LOGGED_METRICS = METRIC_KEYS + ("instance_f1",)  # in log.csv, per epoch and split
 LOSS_READ_EVERY = 25  # training steps between reads of the loss on a GPU (the NaN guard's granularity there)
 
 
@@ -110,7 +111,7 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     if resume is not None:
         resume = task.upgrade_checkpoint(resume)
         task.check_resume(resume, str(source))
-    data = load_run_data(task.data, task.run, ctx)
+    data = load_run_data(task.data, task.run, ctx, square=task.transform(train=False).square)
     if resume is not None:
         check_attributes(resume["attributes"], data.annotations.attributes, str(source), data.annotations.name)
     if existing == "overwrite":  # only now that the inputs read
@@ -130,29 +131,30 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
         selected, val = validate(task, data, row, progress)
         schedule_epoch(task, selected)
         select_and_save(task, data, state, row, selected, val.summary(), ctx, runlog, out)
-        log(epoch_line(row, task.run.epochs, "test" if task.run.select_on == "test" else "val",
-                       task.epoch_tag(epoch)))
+        log(epoch_line(row, task.run.epochs, data.plan.selects_on, task.epoch_tag(epoch)))
     if runlog is not None:
         runlog.close()
     return finish(task, data, state, ctx, start_time, progress, log)
 
 
-def load_run_data(config: DataConfig, run: RunFields, ctx: dist.DistContext | None = None) -> RunData:
+def load_run_data(config: DataConfig, run: RunFields, ctx: dist.DistContext | None = None,
+                  square: bool = False) -> RunData:
     """The dataset of ``config``, its splits, the training split's positive ratio and its image cache.
 
-    ``run`` gives the selection split and the seed of a carved validation split. With
-    ``config.image_cache`` (a folder), the cache of these images at ``config.image_size`` is opened there,
-    built first (by rank 0, the others waiting) when it is missing.
+    ``run`` gives the protocol and the seed of a carved validation split. With ``config.image_cache`` (a
+    folder), the cache of these images at ``config.image_size`` (letterboxed to a square first with
+    ``square``, as the task's transform does) is opened there, built first (by rank 0, the others waiting)
+    when it is missing.
     """
     annotations = load_dataset(config.dataset, config.root, config.partition)
-    plan = resolve_splits(annotations, config, run.select_on, run.seed)
+    plan = resolve_splits(annotations, config, run.protocol, run.seed)
     cache = None
     if config.image_cache:
         if ctx is None or ctx.is_main:
-            cache = build_image_cache(config.image_cache, annotations, config.image_size)
+            cache = build_image_cache(config.image_cache, annotations, config.image_size, square=square)
         if ctx is not None:
             dist.barrier(ctx)
-            cache = cache or open_image_cache(config.image_cache, annotations, config.image_size)
+            cache = cache or open_image_cache(config.image_cache, annotations, config.image_size, square)
     return RunData(annotations, plan, positive_ratio(annotations.labels[plan.train]), cache)
 
 
@@ -251,7 +253,7 @@ def optimizer_step(task: Task, loss: torch.Tensor, global_step: int) -> None:
 
 
 def validate(task: Task, data: RunData, row: dict, progress: bool) -> tuple[float, PARMetrics]:
-    """Score the evaluation model on validation (and test with ``select_on="test"``).
+    """Score the evaluation model on validation (and on test under the reference protocol).
 
     Returns the mA that selects the epoch and the validation metrics.
 
@@ -264,11 +266,11 @@ def validate(task: Task, data: RunData, row: dict, progress: bool) -> tuple[floa
     val = split_metrics(data.annotations, val_preds, threshold)
     targets = torch.from_numpy(data.annotations.labels[val_preds.rows].astype(np.float32))
     row["val_loss"] = float(task.validation_loss(torch.from_numpy(val_preds.logits), targets))
-    row |= {f"val_{k}": v for k, v in val.summary().items() if k in METRIC_KEYS}
+    row |= {f"val_{k}": v for k, v in val.summary().items() if k in LOGGED_METRICS}
     selected = val.ma
-    if task.run.select_on == "test":
+    if data.plan.selects_on == "test":
         test = split_metrics(data.annotations, task.predict(model, "test", progress), threshold)
-        row |= {f"test_{k}": v for k, v in test.summary().items() if k in METRIC_KEYS}
+        row |= {f"test_{k}": v for k, v in test.summary().items() if k in LOGGED_METRICS}
         selected = test.ma
     row["eval_s"] = time.perf_counter() - start
     return selected, val

@@ -54,13 +54,29 @@ def upgrade_record(record: dict, method_class: type) -> dict:
     left out: they take their defaults, or the values the method's own upgrade gives them.
     """
     if is_current(record):
-        return record
+        return _protocol_named(record)
     record = dict(record)
     flat = record.pop("config", None) or {}
     own = record.pop("method_config", None) or {}
     record["method_name"] = record.pop("method", None) or "baseline"
     record["run"] = pick_fields(RunFields, own, flat)
+    if "select_on" in own or "select_on" in flat:
+        record["run"]["select_on"] = own.get("select_on", flat.get("select_on"))
     record.setdefault("data", pick_fields(DataConfig, own, flat))  # FRDL's own upgrade sets it from stage 1's
     record["method"] = pick_fields(method_class, own, flat)
     record.pop("seed", None)  # run.seed
-    return record
+    return _protocol_named(record)
+
+
+# Before the protocol was named, the run's selection split was its select_on; selecting on test is the
+# reference protocol, exactly (the training split stays what the run recorded).
+SELECT_ON_PROTOCOL = {"val": "honest", "test": "reference"}
+
+
+def _protocol_named(record: dict) -> dict:
+    """``record`` with a run's ``select_on`` of earlier versions as its ``protocol``."""
+    if "select_on" not in record["run"]:
+        return record
+    run = dict(record["run"])
+    run.setdefault("protocol", SELECT_ON_PROTOCOL.get(run.pop("select_on"), "honest"))
+    return record | {"run": run}

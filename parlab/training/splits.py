@@ -1,10 +1,13 @@
 """Which rows train, select and test a run.
 
-Selection uses a real validation split: the dataset's own when it has one
+Under the ``honest`` protocol (the default) selection uses a real validation
+split apart from the training images: the dataset's own when it has one
 (SynthPA, PA100k, PETA, RAPv2...), otherwise a seeded subset carved out of the
-training split (RAPv1 has only trainval/test), and the run says so. The test
-split is evaluated once, after training. ``select_on="test"`` reproduces the
-reference practice of picking the best epoch on test, for parity only.
+training split (RAPv1 has only trainval/test), and the run says so; a plan
+whose validation split shares images with its training split is refused. The
+test split is evaluated once, after training. The ``reference`` protocol is the
+public code's practice: the epoch is picked on test (and the training split is
+trainval), for a like-for-like number, labelled as such.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ class SplitPlan:
     train: np.ndarray  # annotation rows
     val: np.ndarray
     test: np.ndarray
-    select_on: str  # "val" or "test"
+    protocol: str  # "honest" (select on val) or "reference" (select on test)
     note: str  # how validation and selection were done, for results tables
 
     @property
+    def selects_on(self) -> str:
+        """The split that selects the epoch: "val" or "test"."""
+        return "test" if self.protocol == "reference" else "val"
+
+    @property
     def selection(self) -> np.ndarray:
-        return self.val if self.select_on == "val" else self.test
+        return self.test if self.protocol == "reference" else self.val
 
 
 def carve(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,11 +50,11 @@ def carve(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(rows[~mask]), np.sort(rows[mask])
 
 
-def resolve_splits(annotations: Annotations, config: DataConfig, select_on: str = "val", seed: int = 0) -> SplitPlan:
+def resolve_splits(annotations: Annotations, config: DataConfig, protocol: str = "honest", seed: int = 0) -> SplitPlan:
     """Rows for training, validation and test, following the data config.
 
-    ``select_on`` and ``seed`` are the run's (:class:`~parlab.training.config.RunFields`): which split selects
-    the epoch, and the seed of a carved validation split.
+    ``protocol`` and ``seed`` are the run's (:class:`~parlab.training.config.RunFields`): how the epoch is
+    selected, and the seed of a carved validation split.
     """
     train = annotations.split(config.train_split)
     test = annotations.split(config.test_split)
@@ -64,8 +72,14 @@ def resolve_splits(annotations: Annotations, config: DataConfig, select_on: str 
     if overlap:
         raise DatasetError(f"{annotations.name}: {overlap} images are in both {config.train_split} and "
                            f"{config.test_split}")
+    shared = np.intersect1d(train, val).size
+    if shared and protocol != "reference":
+        raise DatasetError(f"{annotations.name}: {shared} images are in both {config.train_split} and "
+                           f"{config.val_split}, so validation would select on training images; choose "
+                           "splits apart (train_split='train') or the reference protocol (protocol='reference')")
     if config.train_limit:
         train = train[: config.train_limit]
-    if select_on == "test":
-        note = f"selected on {config.test_split} (reference practice, optimistic; for parity only)"
-    return SplitPlan(train, val, test, select_on, note)
+    if protocol == "reference":
+        note = (f"reference protocol: trained on {config.train_split}, selected on {config.test_split} "
+                "(the public code's practice; optimistic)")
+    return SplitPlan(train, val, test, protocol, note)

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from parlab.data.annotations import Annotations
 from parlab.data.image_cache import ImageCache
-from parlab.data.images import PARTransform, build_transform
+from parlab.data.images import PARTransform, named_transform
 from parlab.models import build_model
 from parlab.models.backbones import backbone_weights_record
 from parlab.training import distributed as dist
@@ -196,8 +196,11 @@ class Task:
         self.load_state_dict(model, state, source)
         return model.to(device).eval()
 
+    default_transform = "par"  # the input pipeline (parlab.data.images.TRANSFORMS) when the data names none
+
     def transform(self, train: bool) -> PARTransform:
-        return build_transform(self.data.image_size, train=train)
+        """The input pipeline the data names (or the method's own), at the data's image size."""
+        return named_transform(self.data.transform or self.default_transform, self.data.image_size, train)
 
 
 def refuse_differences(diff: list[str], source: str, what: str = "config") -> None:

@@ -10,7 +10,8 @@ image of the PAR splits. Images go through the same path as the dataset's
 the training resolution: ``images.npy`` (N, H, W, 3) and ``labels.npy``
 (N, A), memory-mapped when read. A corpus folder is built once per
 (size, seed, image size) and reused; captions are drawn from the labels when
-training (:mod:`parlab.data.synthpa.captions`).
+training (:mod:`parlab.data.synthpa.captions`). A corpus of other settings is
+replaced only in a folder parlab made (:func:`parlab.files.check_replaceable`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,12 @@ from parlab.data.synthpa.network import sample_labels
 from parlab.data.synthpa.render import render_jpeg
 from parlab.data.synthpa.writer import map_chunks
 from parlab.errors import ConfigError, MissingFileError
+from parlab.files import check_replaceable, make_owned_folder, replace_folder
 
 CORPUS_STREAM = 0x5CA7  # first entropy word of every corpus image's random stream
 _CHUNK = 250
+_KEYS = {"n", "seed", "image_size", "version"}  # of corpus.json, which is how a corpus of parlab 0.x is known
+WHAT = "caption corpus"
 
 
 def _render_chunk(args: tuple[int, int, np.ndarray, tuple[int, int]]) -> tuple[int, np.ndarray]:
@@ -74,18 +77,24 @@ def caption_corpus(folder: str | Path, n: int, seed: int, image_size: tuple[int,
 
     folder = Path(folder)
     manifest = {"n": int(n), "seed": int(seed), "image_size": [int(s) for s in image_size], "version": __version__}
-    record = folder / "corpus.json"
-    if not (record.is_file() and json.loads(record.read_text()) == manifest):
+    if _read_record(folder) != manifest:
+        check_replaceable(folder, WHAT, made_before=lambda f: set(_read_record(f)) == _KEYS)
+        tmp = make_owned_folder(folder.with_name(folder.name + ".partial"), WHAT)
         images, labels = render_corpus(n, seed, tuple(image_size), workers)
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         np.save(tmp / "images.npy", images)
         np.save(tmp / "labels.npy", labels)
         (tmp / "corpus.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        replace_folder(tmp, folder, WHAT)
     try:
         return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "labels.npy")
     except (OSError, ValueError) as error:
         raise MissingFileError(f"{folder}: unreadable corpus ({error}); delete the folder to build it again") from error
+
+
+def _read_record(folder: Path) -> dict:
+    """``folder/corpus.json``; {} when there is none (or it is not one)."""
+    try:
+        record = json.loads((folder / "corpus.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

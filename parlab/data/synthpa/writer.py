@@ -10,8 +10,13 @@ Layout (Rethinking_of_PAR's PA100k layout)::
 
 Each image is a pure function of ``(seed, index)``, so the output is
 byte-identical for a seed whatever the number of worker processes. The
-dataset is built in a sibling temporary folder and renamed into place, so an
-interrupted run never leaves a half-written dataset behind.
+dataset is built in a sibling temporary folder (``root.partial``) and renamed
+into place, so an interrupted run never leaves a half-written dataset behind.
+
+Only an empty folder or a SynthPA parlab wrote (its :data:`parlab.files.MARKER`,
+``root/.parlab``, or the ``synthpa.json`` of a parlab that wrote no marker) is
+ever replaced; ``root.partial`` and ``root.old`` are deleted only when they
+carry the marker too. Anything else is refused with one line.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +35,13 @@ from parlab.data.synthpa.captions import full_caption
 from parlab.data.synthpa.network import ATTRIBUTES, sample_labels
 from parlab.data.synthpa.render import render_jpeg
 from parlab.errors import ConfigError
+from parlab.files import check_replaceable, make_owned_folder, replace_folder
 
 SIZES = {"smoke": 800, "default": 12000}
 # Bumped when the files a seed gives change (2: compact complete captions), so older folders are rebuilt.
 FORMAT = 2
+MANIFEST = "synthpa.json"
+WHAT = "SynthPA"  # what the marker says the folder is
 SPLIT_FRACTIONS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 # The MAT-file header normally carries the creation time; a fixed one keeps
 # files byte-identical across runs.
@@ -105,6 +112,9 @@ def generate(
         overwrite: regenerate even if ``root`` holds a SynthPA with these settings.
     Returns:
         ``root`` as a Path.
+    Raises:
+        parlab.errors.NotOwnedError: ``root`` is neither missing, nor empty, nor a SynthPA parlab wrote; or
+            ``root.partial`` / ``root.old`` are there and parlab did not make them. Nothing is deleted.
     """
     from parlab._version import __version__
 
@@ -114,12 +124,11 @@ def generate(
     root = Path(root)
     manifest = {"dataset": "synthpa", "format": FORMAT, "n": n, "seed": seed, "image_size": list(image_size),
                 "version": __version__}
-    manifest_file = root / "synthpa.json"
-    if not overwrite and manifest_file.is_file() and json.loads(manifest_file.read_text()) == manifest:
+    if not overwrite and read_manifest(root) == manifest:
         return root
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "data").mkdir(parents=True)
+    check_replaceable(root, WHAT, made_before=lambda folder: read_manifest(folder).get("dataset") == "synthpa")
+    tmp = make_owned_folder(root.with_name(root.name + ".partial"), WHAT)
+    (tmp / "data").mkdir()
 
     labels = sample_labels(n, seed)
     workers = workers or os.cpu_count() or 1
@@ -132,14 +141,14 @@ def generate(
     write_annotation(tmp / "annotation.mat", labels)
     lines = ["filepath\tcaption"] + [f"data/{i + 1:06d}.jpg\t{full_caption(labels[i])}" for i in range(n)]
     (tmp / "captions.tsv").write_text("\n".join(lines) + "\n")
-    (tmp / "synthpa.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    if root.exists():
-        old = root.with_name(root.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        root.rename(old)
-        tmp.rename(root)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(root)
-    return root
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return replace_folder(tmp, root, WHAT)
+
+
+def read_manifest(root: Path) -> dict:
+    """``root/synthpa.json`` as written by :func:`generate`; {} when there is none (or it is not one)."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}

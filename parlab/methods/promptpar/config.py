@@ -68,7 +68,10 @@ class PromptPARConfig(SupervisedConfig):
     use_mm_former: bool = option(True, "transformer fusion block; False: the linear alternative")
     fusion: str = option("clip_block", "vit_b16 (paper: frozen ImageNet block), clip_block (frozen copy), "
                                        "trainable", FUSIONS)
-    fusion_weights: str | None = option(None, "local timm vit_base_patch16_224 file, for fusion=\"vit_b16\"")
+    fusion_weights: str | None = option(None, 'for fusion="vit_b16": "pretrained" (timm\'s '
+                                              'vit_base_patch16_224.orig_in21k_ft_in1k, the paper\'s block, through '
+                                              'timm and the Hugging Face cache), hf-hub:ORG/NAME or a local timm '
+                                              'vit_base_patch16_224 file')
     ln_before_proj: bool = option(True, "CLIP's final LayerNorm before the projection (False: the reference code)")
     # --- optimisation of the prompts (the heads/fusion group uses lr and warmup_epochs above)
     prompt_lr: float = option(4e-3, "SGD lr of prompts, part tokens and text prompts")

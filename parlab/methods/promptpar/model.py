@@ -265,19 +265,36 @@ def _clip_fusion(clip: nn.Module) -> tuple[nn.Module, nn.Module, int]:
     return _FrozenBlock(block, ("ln_1", "ln_2")), norm, visual.class_embedding.shape[0]
 
 
-def _vit_b16_fusion(path: str | None) -> tuple[nn.Module, nn.Module, int]:
-    """The last block and final norm of timm's ImageNet ``vit_base_patch16_224`` (width 768), from a local file."""
+# The paper's fusion block: the last block of the original ImageNet ViT-B/16 (the reference code's
+# jx_vit_base_p16_224-80ecf9dd.pth, which timm serves under this tag).
+FUSION_VIT = "vit_base_patch16_224.orig_in21k_ft_in1k"
+
+
+def _vit_b16_fusion(weights: str | None) -> tuple[nn.Module, nn.Module, int]:
+    """The last block and final norm of the ImageNet ViT-B/16 (width 768).
+
+    ``weights``: "pretrained" or "hf-hub:ORG/NAME" (timm's loader and the Hugging Face cache, as a backbone's
+    weights: offline, a one-line error with the download hint), or a local timm ``vit_base_patch16_224``
+    file, of which only the last block and the final norm are read; None: random (counting and tests only).
+    """
     import timm
 
+    from parlab.models.backbones import create_backbone
+    from parlab.models.weights import PRETRAINED, is_hub_id
+
+    if weights == PRETRAINED or is_hub_id(weights):
+        vit = create_backbone(FUSION_VIT, weights)
+        return _FrozenBlock(vit.blocks[-1], ("norm1", "norm2")), vit.norm, vit.embed_dim
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
-    if path is None:
+    if weights is None:
         warnings.warn("fusion='vit_b16' without fusion_weights: a random block (counting and tests only)",
                       stacklevel=3)
     else:
-        source = Path(path)
+        source = Path(weights)
         if not source.is_file():
             raise FileNotFoundError(f"{source}: ImageNet ViT-B/16 weights for the fusion block not found (timm's "
-                                    "vit_base_patch16_224 as .safetensors or .pth); parlab never downloads")
+                                    "vit_base_patch16_224 as .safetensors or .pth); a local path never downloads: "
+                                    "fusion_weights='pretrained' loads them through timm and the Hugging Face cache")
         if source.suffix == ".safetensors":
             from safetensors.torch import load_file
 

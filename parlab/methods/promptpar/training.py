@@ -25,11 +25,10 @@ import torch
 import torch.nn as nn
 
 from parlab.data import load_dataset
-from parlab.data.images import PARTransform
 from parlab.errors import ConfigError
 from parlab.methods.promptpar.config import PromptPARConfig
 from parlab.methods.promptpar.model import PromptPAR, build_model
-from parlab.models.clip import clip_transform, clip_weights_record
+from parlab.models.clip import clip_weights_record
 from parlab.training.checkpoint import CheckpointError
 from parlab.runs import RunResult
 from parlab.training.config import DataConfig, RunFields
@@ -156,8 +155,7 @@ class PromptPARTask(SupervisedTask):
     def backbone_weights(self) -> None:
         return None  # the base CLIP's record is base_weights
 
-    def transform(self, train: bool) -> PARTransform:
-        return clip_transform(self.data.image_size, train)
+    default_transform = "clip"
 
     def optimizer_and_schedule(self, model: PromptPAR, steps_per_epoch: int):
         groups = {"heads": [], "prompts": []}
