@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from parlab.data import load_dataset
 from parlab.data.images import PARImageDataset, PARTransform, load_rgb
-from parlab.errors import MissingFileError
+from parlab.errors import ConfigError, MissingFileError
 from parlab.methods.registry import method_for
 from parlab.training.record import method_name_of
 from parlab.metrics import PARMetrics, pedestrian_metrics
@@ -70,6 +70,14 @@ def load_model(checkpoint: str | Path, device: str = "cpu", clip_weights: str | 
                        np.asarray(thresholds, dtype=np.float64), dev, path, task.transform(train=False))
 
 
+def checked_threshold(threshold: float) -> float:
+    """``threshold`` when it is a decision threshold, a number in (0, 1); a one-line ConfigError otherwise."""
+    value = float(threshold)
+    if not 0.0 < value < 1.0:  # NaN fails this too
+        raise ConfigError(f"threshold must be a number in (0, 1), got {threshold}")
+    return value
+
+
 def list_images(images_or_folder) -> list[Path]:
     """Image files from a folder (sorted, recursive), one path, or a list of paths."""
     if isinstance(images_or_folder, (str, Path)):
@@ -112,6 +120,7 @@ def predict(checkpoint: str | Path | LoadedModel, images_or_folder, device: str 
     Returns:
         DataFrame indexed by image path with columns ``prob.<attr>`` and ``label.<attr>``.
     """
+    threshold = None if threshold is None else checked_threshold(threshold)  # before any work
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
     files = list_images(images_or_folder)
     loader = DataLoader(_Files(files, loaded.transform),
@@ -134,6 +143,7 @@ def evaluate(checkpoint: str | Path | LoadedModel, dataset: str | None = None, r
              split: str = "test", device: str = "cpu", batch_size: int = 128,
              threshold: float | None = None, num_workers: int = 0) -> PARMetrics:
     """PAR metrics of a checkpoint on a split, in one process (dataset and root default to the run's)."""
+    threshold = None if threshold is None else checked_threshold(threshold)  # before any work
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
     cfg = loaded.data
     annotations = load_dataset(dataset or cfg.dataset, root or cfg.root, cfg.partition)

@@ -66,3 +66,56 @@ def test_unreadable_config_files_are_one_line_errors(tmp_path, name, text, messa
 def test_a_missing_config_file_names_itself(tmp_path):
     with pytest.raises(MissingFileError, match="absent.yaml: config file not found"):
         BaselineConfig.from_file(tmp_path / "absent.yaml")
+
+
+def _outside(bounds: str, integer: bool) -> list:
+    """Values just outside a field's declared bounds (">= 0", "> 0", "in (0, 1]" ...)."""
+    kind, _, rest = bounds.partition(" ")
+    if kind in (">=", ">"):
+        values = [float(rest) - 1 if kind == ">=" else float(rest)]
+    else:
+        low, high = (float(x) for x in rest[1:-1].split(","))
+        values = [low - 1 if rest[0] == "[" else low, high + 1 if rest[-1] == "]" else high]
+    return [int(v) for v in values] if integer else values
+
+
+def _every_config():
+    from parlab.methods.promptpar.config import PromptPARConfig
+    from parlab.methods.promptpar.pretrain import CLIPPretrainConfig
+    from parlab.training.config import BaselineConfig, DataConfig, RunFields
+
+    return (RunFields, DataConfig, BaselineConfig, FRDLConfig, PromptPARConfig, CLIPPretrainConfig)
+
+
+@pytest.mark.parametrize("config", _every_config(), ids=lambda c: c.__name__)
+def test_every_numeric_field_declares_its_range_and_a_value_outside_it_is_one_line(config):
+    import typing
+    from dataclasses import fields
+
+    hints = typing.get_type_hints(config)
+    checked = 0
+    for f in fields(config):
+        hint = hints[f.name]
+        numeric = {int, float} & {hint, *typing.get_args(hint)} and hint is not bool
+        if not numeric:
+            continue
+        bounds = f.metadata.get("bounds", "")
+        assert bounds, f"{config.__name__}.{f.name} declares no range"
+        integer = int in {hint, *typing.get_args(hint)}
+        for value in _outside(bounds, integer):
+            if typing.get_origin(hint) is tuple:
+                value = tuple([value] * len(f.default)) if f.default else (value,)
+            with pytest.raises(ValueError) as err:
+                config(**{f.name: value})
+            assert f"config field {f.name!r} must be {bounds}" in str(err.value) and "\n" not in str(err.value)
+            checked += 1
+    assert checked >= 3
+
+
+def test_a_device_name_torch_would_refuse_is_one_line():
+    from parlab.training.config import RunFields
+
+    for good in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert RunFields(device=good).device == good
+    with pytest.raises(ValueError, match="config field 'device' must be auto, cpu, cuda, cuda:N"):
+        RunFields(device="gpu0")

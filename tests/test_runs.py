@@ -206,3 +206,16 @@ def test_results_tables_name_each_runs_protocol_and_starting_weights(baseline):
     assert "instance F1" in row and row["instance F1"] == pytest.approx(100 * baseline.test.instance_f1)
     repeated = repeated_settings_table({"baseline": [baseline]})
     assert (repeated["protocol"] == "honest").all() and "instance F1" in repeated.columns
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 5.0, 0.0, -0.2])
+def test_predict_and_evaluate_refuse_a_threshold_outside_0_1_in_one_line(baseline, threshold, capsys):
+    from parlab.inference import predict
+
+    best = baseline.output_dir / "best.pt"
+    for call in (lambda: predict(best, baseline.data.root, threshold=threshold),
+                 lambda: evaluate(best, threshold=threshold)):
+        with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\)"):
+            call()
+    assert main(["evaluate", str(best), "--threshold", str(threshold)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: threshold must be a number in (0, 1), got {threshold}"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 
 from parlab.errors import ConfigError
 from parlab.methods.registry import MethodSpec, OptionGroup, register_method
-from parlab.training.config import ConfigFile, DataConfig, RunFields, check_at_least, check_choices, option
+from parlab.training.config import ConfigFile, DataConfig, RunFields, check_choices, option
 
 # Which parts of the stage-1 model GOAT moves: the whole extractor (the paper), or only the
 # attribute-feature layer, which can run on cached pooled backbone features.
@@ -57,27 +57,28 @@ class FRDLConfig(ConfigFile):
     # --- input
     stage1: str = option("", 'stage-1 run folder (its best.pt) or checkpoint, trained with head "attribute"')
     # --- feature re-sampling (FRDL)
-    bank_size: int = option(1024, "K, features kept per (attribute, label)")
-    positive_prior: float = option(0.5, "p, the positive prior of every attribute in balanced batches")
+    bank_size: int = option(1024, "K, features kept per (attribute, label)", bounds=">= 1")
+    positive_prior: float = option(0.5, "p, the positive prior of every attribute in balanced batches",
+                                   bounds="in [0, 1]")
     balance_start: int = option(4, "epochs on natural labels before the first balanced one (the public "
-                                   "code's NUMBER + 1)")
-    lr: float = option(1e-4, "Adam learning rate of the new heads h_ft")
-    weight_decay: float = option(5e-4, "L2 on h_ft")
+                                   "code's NUMBER + 1)", bounds=">= 0")
+    lr: float = option(1e-4, "Adam learning rate of the new heads h_ft", bounds="> 0")
+    weight_decay: float = option(5e-4, "L2 on h_ft", bounds=">= 0")
     milestones: tuple[int, ...] = option((1,), "epochs after which h_ft's lr is multiplied by gamma "
-                                               "(MultiStepLR, stepped per epoch); empty: constant lr")
-    gamma: float = option(0.1, "lr multiplier at each milestone")
-    grad_clip: float = option(10.0, "max gradient norm of h_ft; 0 disables")
+                                               "(MultiStepLR, stepped per epoch); empty: constant lr", bounds=">= 1")
+    gamma: float = option(0.1, "lr multiplier at each milestone", bounds="in (0, 1]")
+    grad_clip: float = option(10.0, "max gradient norm of h_ft; 0 disables", bounds=">= 0")
     feature_cache: int = option(0, "0 recomputes features every step; n caches pooled features of n "
-                                   "augmented views")
+                                   "augmented views", bounds=">= 0")
     # --- gradient-oriented augmentation (GOAT)
     goat: bool = option(False, "feed the bank from a stage-1 copy that wanders on a flooded loss")
-    goat_period: int = option(50, "P, steps between resets to the stage-1 weights")
-    goat_lr: float = option(1e-5, "Adam learning rate of the wandering copy")
-    goat_weight_decay: float = option(5e-4, "Adam weight decay (L2) of the wandering copy")
+    goat_period: int = option(50, "P, steps between resets to the stage-1 weights", bounds=">= 1")
+    goat_lr: float = option(1e-5, "Adam learning rate of the wandering copy", bounds="> 0")
+    goat_weight_decay: float = option(5e-4, "Adam weight decay (L2) of the wandering copy", bounds=">= 0")
     goat_reset_optimizer: bool = option(False, "also clear the copy's Adam moments at each reset (the public "
                                                "code keeps them)")
     goat_start: int = option(0, "epochs before the copy starts to wander (1: the public code's statistics "
-                                "epoch, whose features come from the still stage-1 extractor)")
+                                "epoch, whose features come from the still stage-1 extractor)", bounds=">= 0")
     goat_modules: str = option("extractor", "what wanders: extractor (backbone and attribute features) or "
                                             "attribute_features", GOAT_MODULES)
     flood_source: str = option("train", "whose stage-1 losses set the flood levels b+ and b-: train (its "
@@ -87,23 +88,10 @@ class FRDLConfig(ConfigFile):
     def __post_init__(self) -> None:
         self.coerce_fields()
         check_choices(self)
-        check_at_least(self, 1, ("bank_size", "goat_period"))
-        if not 0.0 <= self.positive_prior <= 1.0:
-            raise ConfigError(f"config field 'positive_prior' must be in [0, 1], got {self.positive_prior}")
-        check_at_least(self, 0, ("balance_start", "goat_start"))
-        if self.feature_cache < 0:
-            raise ConfigError(f"config field 'feature_cache' must be >= 0, got {self.feature_cache}")
         if self.feature_cache and self.goat and self.goat_modules == "extractor":
             raise ConfigError("feature_cache needs a fixed backbone, but goat_modules='extractor' trains it; use "
                               "feature_cache=0, or goat_modules='attribute_features' (only that layer wanders)")
-        if min(self.lr, self.goat_lr) <= 0:
-            raise ConfigError("config fields 'lr' and 'goat_lr' must be > 0")
-        for name in ("weight_decay", "grad_clip", "goat_weight_decay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 < self.gamma <= 1.0:
-            raise ConfigError(f"config field 'gamma' must be in (0, 1], got {self.gamma}")
-        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+        if list(self.milestones) != sorted(set(self.milestones)):
             raise ConfigError(f"config field 'milestones' must be increasing epochs >= 1, got {self.milestones}")
 
     def check_schedule(self, epochs: int) -> None:

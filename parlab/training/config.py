@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -30,9 +31,36 @@ from typing import Any
 from parlab.errors import ConfigError, MissingFileError
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:  # noqa: A002 (argparse's word)
-    """A config field with its default, the help the command line shows and, for a word, its allowed values."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: tuple[str, ...] = (), bounds: str = "") -> Any:  # noqa: A002
+    """A config field with its default, the help the command line shows and its allowed values.
+
+    ``choices``: the words a word field takes. ``bounds``: the range of a number (of each number of a tuple),
+    written as the message says it: ">= 0", "> 0", "in (0, 1]", "in [0, 1)" ..., checked for every config
+    by :meth:`ConfigFile.coerce_fields`.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+
+
+def _within(value: float, bounds: str) -> bool:
+    """Whether ``value`` lies in ``bounds`` (see :func:`option`)."""
+    kind, _, rest = bounds.partition(" ")
+    if kind in (">=", ">", "<=", "<"):
+        limit = float(rest)
+        return {">=": value >= limit, ">": value > limit, "<=": value <= limit, "<": value < limit}[kind]
+    low, high = (float(x) for x in rest[1:-1].split(","))
+    return (low <= value if rest[0] == "[" else low < value) and (value <= high if rest[-1] == "]" else value < high)
+
+
+def check_bounds(config) -> None:
+    """Refuse a number outside its field's declared bounds, naming the field, the range and the value."""
+    for f in fields(config):
+        bounds, value = f.metadata.get("bounds", ""), getattr(config, f.name)
+        if not bounds or value is None:
+            continue
+        numbers = value if isinstance(value, tuple) else (value,)
+        if not all(_within(v, bounds) for v in numbers):
+            each = " (each)" if isinstance(value, tuple) else ""
+            raise ConfigError(f"config field {f.name!r} must be {bounds}{each}, got {value!r}")
 
 
 def help_of(f) -> str:
@@ -130,20 +158,16 @@ def check_choices(config) -> None:
             raise ConfigError(f"config field {f.name!r}: {value!r} is not one of {', '.join(allowed)}")
 
 
-def check_at_least(config, minimum: int, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(config, name) < minimum:
-            raise ConfigError(f"config field {name!r} must be >= {minimum}, got {getattr(config, name)}")
-
-
 class ConfigFile:
     """Reading, writing, checking and comparing a frozen config dataclass (mixed into each method's config)."""
 
     def coerce_fields(self) -> None:
-        """Give every field its declared type (see :func:`_coerce`); call first in ``__post_init__``."""
+        """Give every field its declared type (see :func:`_coerce`) and check its bounds; call first in
+        ``__post_init__``."""
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        check_bounds(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +195,7 @@ class ConfigFile:
 # How a run uses the splits: "honest" selects on a validation split apart from the training images; "reference"
 # selects on test as the public code does (Rethinking_of_PAR, FRDL and PromptPAR train on trainval).
 PROTOCOLS = ("honest", "reference")
+DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")  # what torch.device takes here, checked before a run
 TRANSFORM_NAMES = ("par", "clip", "promptpar")  # parlab.data.images.TRANSFORMS (that module imports torch)
 
 
@@ -178,13 +203,13 @@ TRANSFORM_NAMES = ("par", "clip", "promptpar")  # parlab.data.images.TRANSFORMS 
 class RunFields(ConfigFile):
     """What every training run has, whatever the method: schedule length, batches, device, seed, selection, folder."""
 
-    epochs: int = option(30, "training epochs")
-    batch_size: int = option(64, "training batch, per process")
-    eval_batch_size: int = option(128, "validation and test batch, per process")
-    num_workers: int = option(0, "DataLoader worker processes (unused with image_cache)")
+    epochs: int = option(30, "training epochs", bounds=">= 1")
+    batch_size: int = option(64, "training batch, per process", bounds=">= 1")
+    eval_batch_size: int = option(128, "validation and test batch, per process", bounds=">= 1")
+    num_workers: int = option(0, "DataLoader worker processes (unused with image_cache)", bounds=">= 0")
     amp: str = option("none", "bf16 on CPU or GPU, fp16 on GPU only", ("none", "bf16", "fp16"))
     device: str = option("auto", '"auto" picks cuda when available, else cpu')
-    seed: int = option(0, "weights, order, augmentation and the carved validation split")
+    seed: int = option(0, "weights, order, augmentation and the carved validation split", bounds="in [0, 4294967295]")
     protocol: str = option("honest", "honest: train on train_split, select the epoch on the validation split, test "
                                      "once; reference: the public code's practice, select on test (train_split "
                                      "trainval), labelled in every table", PROTOCOLS)
@@ -195,8 +220,9 @@ class RunFields(ConfigFile):
     def __post_init__(self) -> None:
         self.coerce_fields()
         check_choices(self)
-        check_at_least(self, 1, ("epochs", "batch_size", "eval_batch_size"))
-        check_at_least(self, 0, ("num_workers",))
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"config field 'device' must be auto, cpu, cuda, cuda:N, mps or xpu[:N], got "
+                              f"{self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -205,14 +231,15 @@ class DataConfig(ConfigFile):
 
     dataset: str = option("synthpa", "registry name (parlab.data.available_datasets())")
     root: str = option("data/synthpa", "dataset folder")
-    partition: int = option(0, "official random partition (PETA, RAP, WIDER have several)")
+    partition: int = option(0, "official random partition (PETA, RAP, WIDER have several)", bounds=">= 0")
     train_split: str = option("train", '"trainval" where a dataset has no separate val split (RAPv1)')
     val_split: str = option("val", "carved out of train_split (seeded, val_fraction) when the dataset has none")
     test_split: str = option("test", "evaluated once, after training")
-    val_fraction: float = option(0.1, "only used to carve a validation split (RAPv1)")
-    image_size: tuple[int, int] = option((256, 192), "(height, width) fed to the model")
-    train_limit: int = option(0, "use only the first n training images (0: all); for quick runs")
-    threshold: float = option(0.5, "fixed decision threshold of the standard metrics (PromptPAR's code: 0.45)")
+    val_fraction: float = option(0.1, "only used to carve a validation split (RAPv1)", bounds="in (0, 1)")
+    image_size: tuple[int, int] = option((256, 192), "(height, width) fed to the model", bounds=">= 8")
+    train_limit: int = option(0, "use only the first n training images (0: all); for quick runs", bounds=">= 0")
+    threshold: float = option(0.5, "fixed decision threshold of the standard metrics (PromptPAR's code: 0.45)",
+                              bounds="in (0, 1)")
     transform: str = option("", 'input pipeline: par (stretch, ImageNet statistics), clip (stretch, CLIP '
                                 'statistics), promptpar (letterbox to a square, mean and std 0.5: PromptPAR\'s '
                                 'public code); "" the method\'s own (par; PromptPAR: clip)', ("", *TRANSFORM_NAMES))
@@ -221,13 +248,8 @@ class DataConfig(ConfigFile):
 
     def __post_init__(self) -> None:
         self.coerce_fields()
-        if len(self.image_size) != 2 or min(self.image_size) < 8:
+        if len(self.image_size) != 2:
             raise ConfigError(f"config field 'image_size' must be (height, width), got {self.image_size}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"config field 'val_fraction' must be in (0, 1), got {self.val_fraction}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"config field 'threshold' must be in (0, 1), got {self.threshold}")
-        check_at_least(self, 0, ("partition", "train_limit"))
         check_choices(self)
 
 
@@ -244,30 +266,25 @@ class SupervisedConfig(ConfigFile):
     loss: str = option("bce", "bce; weighted: exp(1-r)/exp(r) (reference); sqrt: Tan et al. AAAI 2020",
                        ("bce", "weighted", "sqrt"))
     optimizer: str = option("adam", "adam, adamw or sgd", ("adam", "adamw", "sgd"))
-    lr: float = option(1e-4, "initial learning rate, every parameter")
-    weight_decay: float = option(5e-4, "L2 (adam, sgd) or decoupled (adamw)")
-    momentum: float = option(0.9, "SGD only")
+    lr: float = option(1e-4, "initial learning rate, every parameter", bounds="> 0")
+    weight_decay: float = option(5e-4, "L2 (adam, sgd) or decoupled (adamw)", bounds=">= 0")
+    momentum: float = option(0.9, "SGD only", bounds="in [0, 1)")
     scheduler: str = option("plateau", "plateau on validation mA, multistep, cosine (per step) or none",
                             ("plateau", "multistep", "cosine", "none"))
-    plateau_factor: float = option(0.1, "lr multiplier when validation mA stops improving")
-    plateau_patience: int = option(4, "epochs without improvement before the lr drops")
-    milestones: tuple[int, ...] = option((10, 20), "multistep, in epochs")
-    gamma: float = option(0.1, "multistep decay")
-    warmup_epochs: int = option(0, "linear warm-up before the cosine schedule")
-    grad_clip: float = option(10.0, "max gradient norm; 0 disables")
+    plateau_factor: float = option(0.1, "lr multiplier when validation mA stops improving", bounds="in (0, 1)")
+    plateau_patience: int = option(4, "epochs without improvement before the lr drops", bounds=">= 0")
+    milestones: tuple[int, ...] = option((10, 20), "multistep, in epochs", bounds=">= 1")
+    gamma: float = option(0.1, "multistep decay", bounds="in (0, 1]")
+    warmup_epochs: int = option(0, "linear warm-up before the cosine schedule", bounds=">= 0")
+    grad_clip: float = option(10.0, "max gradient norm; 0 disables", bounds=">= 0")
     ema: bool = option(False, "evaluate an exponential moving average of the weights")
-    ema_decay: float = option(0.9998, "per optimiser step")
+    ema_decay: float = option(0.9998, "per optimiser step", bounds="in (0, 1)")
     channels_last: bool = option(False, "NHWC memory layout (faster convolutions on recent GPUs)")
     sync_bn: bool = option(False, "SyncBatchNorm under DistributedDataParallel")
 
     def __post_init__(self) -> None:
         self.coerce_fields()
         check_choices(self)
-        if self.lr <= 0:
-            raise ConfigError(f"config field 'lr' must be > 0, got {self.lr}")
-        for name in ("weight_decay", "momentum", "grad_clip", "warmup_epochs"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -282,12 +299,8 @@ class BaselineConfig(SupervisedConfig):
                                  'BatchNorm on the logits; attribute: FRDL\'s attribute-specific features; '
                                  'attribute_bn: those with BatchNorm on the logits',
                        ("linear", "linear_bn", "attribute", "attribute_bn"))
-    drop_rate: float = option(0.0, "dropout on the pooled features")
+    drop_rate: float = option(0.0, "dropout on the pooled features", bounds="in [0, 1)")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.drop_rate < 0:
-            raise ConfigError(f"config field 'drop_rate' must be >= 0, got {self.drop_rate}")
 
 
 def split_config(method_class: type, **values) -> tuple[RunFields, DataConfig, Any]:

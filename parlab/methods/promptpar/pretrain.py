@@ -79,25 +79,27 @@ _NOT_IN_KEY = ("root", "device", "output", "cache_dir", "corpus_dir")
 class CLIPPretrainConfig(ConfigFile):
     root: str = option("data/synthpa", "SynthPA folder whose splits evaluate the CLIP (never trained on)")
     clip_model: str = option("parlab-clip-hybrid", "open_clip architecture name")
-    image_size: tuple[int, int] = option((64, 32), "(height, width) of the images fed to it")
-    corpus_size: int = option(40000, "people in the caption corpus (rendered apart from the PAR splits)")
-    corpus_seed: int = option(0, "the corpus's people")
-    full_captions: float = option(0.4, "share of complete captions among those drawn each epoch")
+    image_size: tuple[int, int] = option((64, 32), "(height, width) of the images fed to it", bounds=">= 8")
+    corpus_size: int = option(40000, "people in the caption corpus (rendered apart from the PAR splits)", bounds=">= 1")
+    corpus_seed: int = option(0, "the corpus's people", bounds="in [0, 4294967295]")
+    full_captions: float = option(0.4, "share of complete captions among those drawn each epoch", bounds="in [0, 1]")
     sentence_captions: float = option(0.2, "share of single attribute sentences or their negations (the rest "
-                                           "are partial captions with negations)")
+                                           "are partial captions with negations)", bounds="in [0, 1]")
     hard_negatives: bool = option(True, "each caption's hard negative (one claim flipped) joins the batch")
     balanced_claims: bool = option(True, "choose claims by 1 / how common the image's value is, so that an "
                                          "attribute's sentence is nearly as frequent as its negation")
     adjusted_sentences: bool = option(True, "add the log share of people it is true of to the logit of every "
                                              "one-claim caption (logit adjustment), so that sentence against "
                                              "negation does not learn the attribute's prior")
-    epochs: int = option(2, "passes over the corpus")
-    batch_size: int = option(128, "pairs per contrastive batch")
-    lr: float = option(1e-3, "AdamW peak learning rate")
-    weight_decay: float = option(0.1, "AdamW, on weight matrices only (not on gains, biases, the temperature)")
-    warmup_steps: int = option(100, "linear warm-up from the first step, then cosine decay")
-    pad: int = option(2, "random-crop padding in pixels (the baseline's 10 is a third of a 32-pixel-wide image)")
-    seed: int = option(0, "initial weights, order, augmentation and captions")
+    epochs: int = option(2, "passes over the corpus", bounds=">= 1")
+    batch_size: int = option(128, "pairs per contrastive batch", bounds=">= 1")
+    lr: float = option(1e-3, "AdamW peak learning rate", bounds="> 0")
+    weight_decay: float = option(0.1, "AdamW, on weight matrices only (not on gains, biases, the temperature)",
+                                 bounds=">= 0")
+    warmup_steps: int = option(100, "linear warm-up from the first step, then cosine decay", bounds=">= 0")
+    pad: int = option(2, "random-crop padding in pixels (the baseline's 10 is a third of a 32-pixel-wide image)",
+                      bounds=">= 0")
+    seed: int = option(0, "initial weights, order, augmentation and captions", bounds="in [0, 4294967295]")
     device: str = option("auto", "\"auto\" picks cuda when available, else cpu")
     cache_dir: str = option("runs/clip", "folder of the keyed weights file and of the corpus, unless given below")
     output: str = option("", "the weights file (open_clip state dict); empty: <cache_dir>/<model>-<key>.pt, "
@@ -106,13 +108,9 @@ class CLIPPretrainConfig(ConfigFile):
 
     def __post_init__(self) -> None:
         self.coerce_fields()
-        for name in ("epochs", "batch_size", "corpus_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
         if self.batch_size > self.corpus_size:
             raise ConfigError(f"batch_size {self.batch_size} exceeds corpus_size {self.corpus_size}")
-        if not (0 <= self.full_captions and 0 <= self.sentence_captions
-                and self.full_captions + self.sentence_captions <= 1):
+        if self.full_captions + self.sentence_captions > 1:
             raise ConfigError("full_captions and sentence_captions must be shares in [0, 1] summing to at most 1, "
                               f"got {self.full_captions} and {self.sentence_captions}")
 
