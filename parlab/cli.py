@@ -259,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ParlabError, OSError) as exc:  # OSError: a folder or file the system refuses (permissions, a full disk)
         print(f"error: {error_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: a run keeps the checkpoint of its last finished epoch
+        again = " (resume a run with --resume: it continues from its last finished epoch)" \
+            if args.command in methods else ""
+        print(f"error: interrupted{again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

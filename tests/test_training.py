@@ -260,6 +260,40 @@ def test_nan_loss_stops_with_step_batch_and_last_checkpoint(synthpa_root, tmp_pa
     assert f"{tmp_path / 'r' / 'last.pt'} (after epoch 1)" in message
 
 
+def test_a_model_that_went_non_finite_on_an_epochs_last_step_stops_before_its_metrics(synthpa_root, tmp_path):
+    # One step per epoch at an absurd SGD rate: the step's loss is finite, the weights it leaves are not.
+    configs = tiny(synthpa_root, tmp_path / "r", epochs=2, train_limit=16, optimizer="sgd", lr=1e38, grad_clip=0.0,
+                   scheduler="none", momentum=0.0, weight_decay=0.0)
+    with pytest.raises(TrainingDiverged, match=r"(weights|outputs on validation) are not finite after epoch 1\b.*"
+                                               r"last good checkpoint: none written yet"):
+        train(*configs, progress=False, log=lambda _: None)
+    assert not (tmp_path / "r" / "best.pt").exists()  # nothing was validated or saved
+
+
+def test_non_finite_weights_or_batchnorm_statistics_are_named(tmp_path):
+    from types import SimpleNamespace
+
+    from parlab.training.engine import check_finite_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    check_finite_weights(SimpleNamespace(model=model), 0, tmp_path)  # finite: nothing to say
+    model[1].running_var[1] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"weights are not finite after epoch 3 \(first: 1.running_var\)"):
+        check_finite_weights(SimpleNamespace(model=model), 2, tmp_path)
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_continue(monkeypatch, capsys):
+    import parlab.cli
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parlab.cli, "_train", interrupted)
+    assert parlab.cli.main(["train", "--epochs", "1"]) == 130
+    assert capsys.readouterr().err.strip() == ("error: interrupted (resume a run with --resume: it continues from "
+                                               "its last finished epoch)")
+
+
 def test_checkpoint_on_another_dataset_names_both_attribute_counts(run, tmp_path):
     from formats import write_peta
 

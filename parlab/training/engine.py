@@ -128,6 +128,7 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
         write_record(out, run_record(task, data, ctx))
     for epoch in range(state.epoch, task.run.epochs):
         row = {"epoch": epoch + 1} | train_one_epoch(task, epoch, ctx, progress, out)
+        check_finite_weights(task, epoch, out)
         selected, val = validate(task, data, row, progress)
         schedule_epoch(task, selected)
         select_and_save(task, data, state, row, selected, val.summary(), ctx, runlog, out)
@@ -227,11 +228,29 @@ def train_one_epoch(task: Task, epoch: int, ctx: dist.DistContext, progress: boo
 
 
 def diverged_message(value: float, epoch: int, step: int, steps: int, rows: torch.Tensor, out: Path) -> str:
-    last = out / LAST  # written after every epoch, so it holds the `epoch` finished ones
-    good = f"{last} (after epoch {epoch})" if epoch > 0 and last.exists() else "none written yet"
     return (f"loss is {value} at epoch {epoch + 1}, step {step + 1}/{steps} (global step "
             f"{epoch * steps + step + 1}), batch of annotation rows {rows[:8].tolist()}"
-            f"{'...' if len(rows) > 8 else ''}; last good checkpoint: {good}")
+            f"{'...' if len(rows) > 8 else ''}; last good checkpoint: {last_good(epoch, out)}")
+
+
+def check_finite_weights(task: Task, epoch: int, out: Path) -> None:
+    """Stop when the epoch's last step left weights that are not finite (its loss, read before it, was).
+
+    The NaN guard of :func:`train_one_epoch` reads losses, which only show such weights at the next step;
+    checked here, before validation scores a model that cannot predict anything.
+    """
+    # Parameters must be finite; buffers (BatchNorm statistics) must not be NaN: attention masks hold -inf.
+    bad = next((name for name, p in task.model.named_parameters() if not torch.isfinite(p).all()), None) or \
+        next((name for name, b in task.model.named_buffers() if b.is_floating_point() and b.isnan().any()), None)
+    if bad is not None:
+        raise TrainingDiverged(f"weights are not finite after epoch {epoch + 1} (first: {bad}); lower the "
+                               f"learning rate or clip gradients; last good checkpoint: {last_good(epoch, out)}")
+
+
+def last_good(epoch: int, out: Path) -> str:
+    """The checkpoint a run that fails in epoch ``epoch`` (0-based) can resume from, in words."""
+    last = out / LAST  # written after every epoch, so it holds the `epoch` finished ones
+    return f"{last} (after epoch {epoch})" if epoch > 0 and last.exists() else "none written yet"
 
 
 def optimizer_step(task: Task, loss: torch.Tensor, global_step: int) -> None:
@@ -263,6 +282,11 @@ def validate(task: Task, data: RunData, row: dict, progress: bool) -> tuple[floa
     threshold = task.data.threshold
     model = task.evaluation_model()
     val_preds = task.predict(model, "val", progress)
+    if not np.isfinite(val_preds.logits).all():  # finite weights whose outputs overflow
+        epoch = row["epoch"] - 1
+        raise TrainingDiverged(f"the model's outputs on validation are not finite after epoch {epoch + 1}; lower "
+                               "the learning rate or clip gradients; last good checkpoint: "
+                               f"{last_good(epoch, Path(task.run.output_dir))}")
     val = split_metrics(data.annotations, val_preds, threshold)
     targets = torch.from_numpy(data.annotations.labels[val_preds.rows].astype(np.float32))
     row["val_loss"] = float(task.validation_loss(torch.from_numpy(val_preds.logits), targets))
