@@ -5,13 +5,16 @@ attributes), ``attr_name``, ``label_idx.eval`` (evaluated columns, group
 order), ``partition.{train,val,trainval,test}`` (0-based rows; one array or a
 list of arrays, one per official partition) and ``weight_*``. UPAR's pickle
 has the same layout plus ``dataset_ids``; its partition entries may be lists
-of per-source arrays. Read with :func:`parlab.data.safe_pickle.load_pickle`.
+of per-source arrays. Read with :func:`parlab.data.safe_pickle.load_pickle`;
+:func:`write_dataset_pkl` writes any :class:`Annotations` in that layout.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import pickle
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from parlab.data.errors import DatasetError
 from parlab.data.labels import RAW_VALUES, check_raw_labels, find_file, find_image_root
 from parlab.data.registry import register_reader
 from parlab.data.safe_pickle import load_pickle
+from parlab.files import write_atomic
 
 
 def _get(d: dict, key: str, path: Path) -> Any:
@@ -101,6 +105,58 @@ def read_rethinking_pickle(path: Path, name: str | None = None, image_root: Path
         partitions=_partitions(_get(info, "partition", path), path),
         groups=groups,
     )
+
+
+def _per_partition(values: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One array for a dataset with one partition, else a list of arrays, one per partition (PETA's layout)."""
+    return values[0] if len(values) == 1 else values
+
+
+def write_dataset_pkl(annotations: Annotations, path: str | Path, image_root: str | Path | None = None) -> Path:
+    """Write ``annotations`` as a Rethinking_of_PAR ``dataset_all.pkl``; returns ``path``.
+
+    The layout of their ``format_pa100k.py``: ``image_name``, the raw ``label`` matrix and ``attr_name``,
+    ``label_idx.eval`` (the evaluated columns, evaluation order), ``partition.{train,val,trainval,test}``
+    (0-based int64 rows; a list of arrays when the dataset has several partitions), ``weight_train`` and
+    ``weight_trainval`` (the raw labels' column means) and ``root``, the absolute image folder
+    (``image_root``, default the annotations'). ``trainval`` is written as train followed by val where
+    the annotations have those splits but no trainval. ``dataset_ids`` holds the per-image groups, if any.
+
+    Only plain dicts, lists, strings and numpy arrays are pickled, so :func:`read_rethinking_pickle` (the
+    ``"rethinking"`` reader) reads the file back without easydict. Their own loader reads fields as
+    attributes (``dataset_info.partition.train``): it needs the dict wrapped in an ``EasyDict`` first.
+    """
+    partitions = []
+    for part in annotations.partitions:
+        part = {split: np.asarray(rows, dtype=np.int64) for split, rows in part.items()}
+        if "trainval" not in part and {"train", "val"} <= set(part):
+            part["trainval"] = np.concatenate([part["train"], part["val"]])
+        partitions.append(part)
+    splits = list(dict.fromkeys(split for part in partitions for split in part))
+    if len(partitions) > 1 and any(split not in part for part in partitions for split in splits):
+        raise DatasetError(f"{annotations.name}: its partitions do not all have the splits {', '.join(splits)}")
+    raw = np.asarray(annotations.raw_labels)
+    info = {
+        "description": annotations.name,
+        "root": str(Path(image_root if image_root is not None else annotations.image_root).resolve()),
+        "image_name": [str(name) for name in annotations.image_names.tolist()],
+        "label": raw,
+        "attr_name": list(annotations.raw_attributes),
+        "label_idx": {"eval": [int(c) for c in annotations.eval_columns]},
+        "partition": {split: _per_partition([part[split] for part in partitions]) for split in splits},
+    }
+    for split in ("train", "trainval"):
+        if split in splits:
+            info[f"weight_{split}"] = _per_partition(
+                [raw[part[split]].mean(axis=0).astype(np.float32) for part in partitions])
+    if len(annotations.groups):
+        info["dataset_ids"] = np.asarray(annotations.groups, dtype=np.int64)
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            pickle.dump(info, f, protocol=4)
+
+    return write_atomic(path, dump)
 
 
 @register_reader("rethinking")
