@@ -19,8 +19,9 @@ GOAT differs from the public code only where a line below says so:
   records them during epoch 0 itself; ``goat_start=1`` also keeps the
   extractor still during that epoch, as it does);
 - the wandering copy is reset to the stage-1 weights at every epoch start as
-  well as every ``goat_period`` steps (the public code resets only by steps),
-  so that a checkpoint needs no copy of the wanderer.
+  well as every ``goat_period`` steps, as the public code does in effect (its
+  step counter restarts each epoch and its validation reloads stage 1), so
+  that a checkpoint needs no copy of the wanderer.
 """
 
 from __future__ import annotations
