@@ -26,6 +26,7 @@ import pandas as pd
 from parlab.data import load_dataset
 from parlab.errors import ConfigError
 from parlab.metrics import PARMetrics, pedestrian_metrics
+from parlab.models.weights import RANDOM
 from parlab.runs import RunResult, saved_test_predictions
 from parlab.stats import bootstrap_weights, prediction_half_width, weighted_ma, welch_interval
 
@@ -80,7 +81,7 @@ def _annotations(dataset: str, root: str, partition: int):
 def weights_of(run: RunResult) -> str:
     """The weights a run's network started from, as tables name them ("none (random)" when it had none)."""
     weights = str(getattr(run.model_config, "weights", "") or "")
-    if weights in ("", "none"):
+    if weights in ("", RANDOM):
         return "none (random)"
     return Path(weights).name if Path(weights).suffix else weights
 

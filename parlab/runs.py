@@ -283,11 +283,6 @@ def percent_table(per_attribute: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={c: f"{c} (%)" for c in columns})
 
 
-def read_per_attribute(folder: str | Path) -> pd.DataFrame:
-    """A run's ``test_per_attribute.csv`` (percent columns named ``NAME (%)``; fractions in runs of parlab 0.1)."""
-    return pd.read_csv(Path(folder) / PER_ATTRIBUTE, index_col="attribute")
-
-
 # --- reading a finished run back
 
 

@@ -100,9 +100,13 @@ def stage1_checkpoint(source: str | Path) -> tuple[Path, dict]:
     return path, ckpt
 
 
-def load_stage1(source: str | Path, device: torch.device | str = "cpu") -> Stage1:
-    """Read a stage-1 run folder (its ``best.pt``) or checkpoint; it must use the attribute head."""
-    path, ckpt = stage1_checkpoint(source)
+def load_stage1(source: str | Path, device: torch.device | str = "cpu",
+                read: tuple[Path, dict] | None = None) -> Stage1:
+    """Read a stage-1 run folder (its ``best.pt``) or checkpoint; it must use the attribute head.
+
+    ``read``: :func:`stage1_checkpoint`'s ``(path, checkpoint)`` of ``source``, when the caller has it already.
+    """
+    path, ckpt = read or stage1_checkpoint(source)
     task = SupervisedTask.from_record(ckpt, str(path))
     attributes = list(ckpt["attributes"])
     model = task.build_model(len(attributes), pretrained=False)
@@ -113,12 +117,12 @@ def load_stage1(source: str | Path, device: torch.device | str = "cpu") -> Stage
     return Stage1(path, state_digest(ckpt["model"]), task.data, task.method, attributes, model.to(device).eval())
 
 
-def stage2_data(stage1: str | Path, changes: dict | None = None) -> DataConfig:
-    """Stage 2's data: the stage-1 run's, with ``changes``, of which only ``root`` may differ ("" keeps it).
+def stage2_data(path: Path, ckpt: dict, changes: dict | None = None) -> DataConfig:
+    """Stage 2's data: the stage-1 checkpoint's (``path``, ``ckpt``), with ``changes``, of which only ``root``
+    may differ ("" keeps it).
 
     The other fields may be given (a stage-2 run's own ``config.json`` holds them all) but must be stage 1's.
     """
-    path, ckpt = stage1_checkpoint(stage1)
     data = DataConfig.from_dict(ckpt["data"], source=str(path))
     changes = dict(changes or {})
     root = changes.pop("root", "") or data.root
@@ -221,11 +225,15 @@ class FRDLTask(Task):
         super().__init__(run, data, method)
         self.stage1_method = stage1_method
         self.stage1: Stage1 | None = None
+        self.stage1_read: tuple[Path, dict] | None = None  # the stage-1 checkpoint, when already read
 
     @classmethod
     def for_stage1(cls, run: RunFields, method: FRDLConfig, data_changes: dict | None = None) -> FRDLTask:
         """The task on the stage-1 run's data, with ``data_changes`` (its root, when the dataset moved)."""
-        return cls(run, stage2_data(method.stage1, data_changes), method)
+        read = stage1_checkpoint(method.stage1)
+        task = cls(run, stage2_data(*read, data_changes), method)
+        task.stage1_read = read  # start() builds the model from it rather than reading the file again
+        return task
 
     @classmethod
     def from_options(cls, values: dict[str, dict]) -> FRDLTask:
@@ -256,7 +264,8 @@ class FRDLTask(Task):
         return self.method.grad_clip
 
     def start(self, ctx: dist.DistContext) -> None:
-        self.stage1 = load_stage1(self.method.stage1, ctx.device)
+        self.stage1 = load_stage1(self.method.stage1, ctx.device, self.stage1_read)
+        self.stage1_read = None  # the model holds the weights now
         self.stage1_method = self.stage1.method
 
     @classmethod
