@@ -27,9 +27,21 @@ class NotOwnedError(ParlabError, PermissionError):
     """A file or folder parlab did not make, in the way of something it would delete or replace."""
 
 
+class DiskFullError(ParlabError, OSError):
+    """A write that ran out of space; the file it would have replaced is intact."""
+
+
 def error_line(exc: BaseException) -> str:
     """The one line a command prints for a user's mistake: a :class:`ParlabError`'s message, or the file and
     reason of an ``OSError`` the system raised (permissions, a full disk)."""
     if isinstance(exc, OSError) and not isinstance(exc, ParlabError):
         return f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}"
-    return str(exc)
+    text = str(exc)
+    # torch re-raises an error of a DataLoader worker (an image that does not decode) as the same class holding
+    # the worker's traceback; the worker's own message is the last line, after the qualified class name.
+    if "\nOriginal Traceback" in text:
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        last = text.rstrip().splitlines()[-1]
+        if last.startswith(name):
+            return last[len(name):]
+    return text

@@ -19,6 +19,7 @@ ever replaced when it is missing, empty, or marked (:func:`check_replaceable`).
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -29,12 +30,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from parlab.errors import NotOwnedError
+from parlab.errors import DiskFullError, NotOwnedError
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+# Free bytes under which a failed write is put down to a full disk: torch.save reports one as a RuntimeError
+# ("unexpected pos ...") without the system's error number.
+FULL_DISK_BYTES = 1 << 20
 _TMP_PREFIX = ".{name}.tmp-"  # then the writer's process id, "-", mkstemp's random part, the suffix
 PNG_DPI = 300  # print resolution of the PNG copies; the PDF stays vector
 MARKER = ".parlab"  # in a folder parlab generated (and so may replace or delete): {"made_by": "parlab", "what": ...}
@@ -61,10 +65,27 @@ def write_atomic(path: str | Path, write: Callable[[str], None], previous: str |
         if previous is not None and path.exists():
             os.replace(path, previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and _disk_full(exc, path.parent)  # measured before the temporary goes
         remove_owned(tmp, path.parent, marker=None)  # made by mkstemp above
+        if full:
+            kept = f"{path} is intact" if path.exists() else f"{path} was not written"
+            error = DiskFullError(f"no space left on the device of {path.parent}; {kept} (files are replaced only "
+                                  "once written whole)")
+            error.errno = errno.ENOSPC
+            raise error from None
         raise
     return path
+
+
+def _disk_full(exc: Exception, folder: Path) -> bool:
+    """Whether the write that raised ``exc`` in ``folder`` ran out of space (or of the user's quota)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:

@@ -146,7 +146,8 @@ def evaluate(checkpoint: str | Path | LoadedModel, dataset: str | None = None, r
     threshold = None if threshold is None else checked_threshold(threshold)  # before any work
     loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint, device)
     cfg = loaded.data
-    annotations = load_dataset(dataset or cfg.dataset, root or cfg.root, cfg.partition)
+    annotations = load_dataset(dataset or cfg.dataset, root or cfg.root, cfg.partition,
+                               links_outside=cfg.links_outside)
     check_attributes(loaded.attributes, annotations.attributes, str(loaded.source), annotations.name)
     data = PARImageDataset(annotations, split, loaded.transform)
     ctx = DistContext(0, 1, 0, loaded.device)

@@ -70,12 +70,12 @@ def results_table(runs: dict[str, RunResult], dataset: str = "") -> pd.DataFrame
 
 def run_annotations(run: RunResult):
     """The dataset a run was trained on, read once per (dataset, root, partition) however many tables ask."""
-    return _annotations(run.data.dataset, str(run.data.root), run.data.partition)
+    return _annotations(run.data.dataset, str(run.data.root), run.data.partition, run.data.links_outside)
 
 
 @functools.lru_cache(maxsize=8)
-def _annotations(dataset: str, root: str, partition: int):
-    return load_dataset(dataset, root, partition)
+def _annotations(dataset: str, root: str, partition: int, links_outside: bool):
+    return load_dataset(dataset, root, partition, links_outside=links_outside)
 
 
 def weights_of(run: RunResult) -> str:

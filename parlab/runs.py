@@ -334,14 +334,12 @@ def saved_result(task, out: Path, attributes: list[str]) -> RunResult | None:
     ``task``'s (a finished run continued for more epochs), or when the predictions do not give the
     metrics ``metrics.json`` recorded (a finish killed while writing them, or files of another run).
     """
-    from parlab.data import load_dataset
-
     start_time = time.perf_counter()
     results = json.loads((out / METRICS).read_text())
     if not (out / VAL_PREDICTIONS).is_file() or results.get("epochs") != task.run.epochs:
         return None
     data = task.data
-    annotations = load_dataset(data.dataset, data.root, data.partition)
+    annotations = data.annotations()
     check_attributes(attributes, annotations.attributes, str(out / CONFIG), annotations.name)
     val_preds, test_preds = (load_predictions(out / name, len(annotations.labels), annotations.num_attributes)
                              for name in (VAL_PREDICTIONS, TEST_PREDICTIONS))

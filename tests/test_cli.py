@@ -133,6 +133,23 @@ def test_user_mistakes_are_one_error_line_and_exit_status_1(argv, message, capsy
     assert "Traceback" not in err
 
 
+def test_an_image_that_fails_in_a_dataloader_worker_is_one_line_naming_it(synthpa_root, tmp_path, capsys):
+    import shutil
+
+    from parlab.data import load_dataset
+
+    root = Path(shutil.copytree(synthpa_root, tmp_path / "ds"))
+    ann = load_dataset("synthpa", root)
+    broken = ann.image_path(int(ann.split("train")[0]))
+    broken.write_bytes(broken.read_bytes()[:200])
+    argv = ["train", "--root", str(root), "--backbone", "test_resnet", "--image-size", "64", "32", "--epochs", "1",
+            "--batch-size", "200", "--num-workers", "1", "--device", "cpu", "--output-dir", str(tmp_path / "run"),
+            "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {broken}: unreadable or truncated image (") and err.count("\n") == 1
+
+
 def test_a_config_error_is_a_parlab_error_and_still_a_value_error():
     with pytest.raises(ParlabError) as caught:
         BaselineConfig(head="linear_bnn")

@@ -98,6 +98,30 @@ def test_bad_tables_are_one_line_errors_naming_line_and_column(tmp_path, rows, m
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("content, message", [
+    ("image,split,a\nb\xe9b\xe9.jpg,train,1\n".encode("latin-1"),
+     r"labels.csv, line 2: byte 0xe9 is not UTF-8; save the file as UTF-8"),
+    ("image,split,a\nx.jpg,train,1\n".encode("utf-16"), r"labels.csv: the file is UTF-16; save it as UTF-8"),
+    (b"image,split,a\nx.jpg,train,1\n\"" + b"y" * (1 << 18) + b"\",train,1\n",
+     r"labels.csv, line 3: not a readable CSV line \(field larger than field limit"),
+])
+def test_a_table_in_another_encoding_or_with_a_huge_field_is_one_line(tmp_path, content, message):
+    (tmp_path / "labels.csv").write_bytes(content)
+    with pytest.raises(DatasetError, match=message) as caught:
+        load_dataset("custom", tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bom_and_the_sentences_table_read_as_before(tmp_path):
+    (tmp_path / "labels.csv").write_bytes("image,split,Hat\nx.jpg,train,1\ny.jpg,test,0\n".encode("utf-8-sig"))
+    (tmp_path / "sentences.csv").write_text("attribute,sentence\n Hat , A person in a hat \n", encoding="utf-8")
+    ann = load_dataset("custom", tmp_path)
+    assert ann.attributes == ("Hat",) and ann.sentences == ("A person in a hat",)
+    (tmp_path / "sentences.csv").write_bytes("attribute,sentence\nHat,Un chapeau\xe0\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"sentences.csv, line 2: byte 0xe0 is not UTF-8"):
+        load_dataset("custom", tmp_path)
+
+
 def test_a_missing_image_is_found_before_training_and_names_it(custom_root, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(custom_root, broken)

@@ -115,6 +115,65 @@ def test_a_symlinked_dataset_root_still_works(synthpa_root, tmp_path):
     assert x.shape[0] == 3 and ann.image_root == link / "data"
 
 
+def test_an_image_file_linking_outside_the_dataset_is_refused_unless_allowed(synthpa_copy, tmp_path):
+    from parlab.training.config import DataConfig
+
+    secret = tmp_path / "secret.jpg"
+    shutil.copyfile(synthpa_copy / "data" / "000001.jpg", secret)
+    ann = load_dataset("synthpa", synthpa_copy)
+    row = int(ann.split("test")[3])
+    victim = ann.image_path(row)
+    victim.unlink()
+    victim.symlink_to(secret)
+    reads = []
+    real_open = Image.open
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image, "open", lambda path, *a, **k: reads.append(str(path)) or real_open(path, *a, **k))
+        for refused in (lambda: PARImageDataset(ann, "test"), lambda: ann.image_path(row),
+                        lambda: ann.image_paths(), lambda: DataConfig(root=str(synthpa_copy)).annotations().image_paths()):
+            with pytest.raises(DatasetError) as err:
+                refused()
+            message = str(err.value)
+            assert message.startswith(f"{ann.annotation_file}: image '{victim.name}' at row {row} is a link to")
+            assert str(secret) in message and "--links-outside" in message and "\n" not in message
+    assert not reads  # refused before anything was opened
+    inside = synthpa_copy / "data" / "000002.jpg"  # a link that stays inside the image folder is any file
+    ann.image_path(row + 1).unlink()
+    ann.image_path(row + 1).symlink_to(inside)
+    victim.unlink()
+    victim.symlink_to(inside)
+    assert len(PARImageDataset(ann, "test")) == len(ann.split("test"))
+    victim.unlink()
+    victim.symlink_to(secret)
+    allowed = DataConfig(root=str(synthpa_copy), links_outside=True).annotations()
+    x, _, got = PARImageDataset(allowed, "test")[3]
+    assert got == row and x.shape[0] == 3
+    victim.unlink()
+    victim.symlink_to(tmp_path / "gone.jpg")  # a dangling link is a missing image, whatever the option
+    assert PARImageDataset(allowed, "test", on_missing="skip").num_skipped == 1
+
+
+def test_a_pickles_root_elsewhere_is_not_followed(tmp_path):
+    info = rethinking_dict()
+    for folder in ("ds/data", "ds/crops", "elsewhere"):
+        (tmp_path / folder).mkdir(parents=True)
+        for name in info["image_name"]:
+            Image.new("RGB", (8, 16)).save(tmp_path / folder / name)
+    info["root"] = str(tmp_path / "elsewhere")
+    pickle_as_easydict(info, tmp_path / "ds" / "dataset_all.pkl")
+    with pytest.warns(UserWarning, match="elsewhere is outside the folder of the file and is not followed"):
+        ann = load_dataset("rethinking", tmp_path / "ds")
+    assert ann.image_root == tmp_path / "ds" / "data"
+    for inside in (str(tmp_path / "ds" / "crops"), "crops"):  # under the file's folder, absolute or relative
+        info["root"] = inside
+        pickle_as_easydict(info, tmp_path / "ds" / "dataset_all.pkl")
+        assert load_dataset("rethinking", tmp_path / "ds").image_root == tmp_path / "ds" / "crops"
+    info["root"] = "crops/../../elsewhere"
+    pickle_as_easydict(info, tmp_path / "ds" / "dataset_all.pkl")
+    with pytest.warns(UserWarning, match="not followed"):
+        assert load_dataset("rethinking", tmp_path / "ds").image_root == tmp_path / "ds" / "data"
+
+
 # 2. Missing images are found when a split's images are first needed ---------------------------------
 
 def test_missing_images_are_listed_when_the_dataset_is_built(synthpa_copy):
@@ -364,7 +423,80 @@ def test_an_object_array_with_a_short_list_does_not_crash_the_process(tmp_path):
     assert done.returncode == 0 and "not a readable pickle" in done.stdout, done.stdout + done.stderr
 
 
-# 6. Checkpoints and temporary files -----------------------------------------------------------------
+# 6. Compressed annotation files asking for memory ----------------------------------------------------
+
+def _append_compressed_zeros(path: Path, count: int) -> None:
+    """Append to MAT-file ``path`` a variable of ``count`` float64 zeros, zlib-compressed (about 1/1000 of it).
+
+    Written element by element (MAT-file format v5), streamed, so that the test itself never holds it.
+    """
+    name = b"bomb"
+    body = (struct.pack("<IIII", 6, 8, 6, 0)  # array flags: mxDOUBLE_CLASS
+            + struct.pack("<IIii", 5, 8, count, 1)  # dimensions: count x 1
+            + struct.pack("<HH", 1, len(name)) + name  # the name, in the small element format
+            + struct.pack("<II", 9, count * 8))  # the real part: miDOUBLE, count * 8 bytes
+    deflater = zlib.compressobj(9)
+    parts = [deflater.compress(struct.pack("<II", 14, len(body) - 8 + count * 8) + body)]
+    chunk, left = bytes(8 << 20), count * 8
+    while left:
+        parts.append(deflater.compress(chunk[:min(left, len(chunk))]))
+        left -= min(left, len(chunk))
+    compressed = b"".join(parts) + deflater.flush()
+    with open(path, "ab") as f:
+        f.write(struct.pack("<II", 15, len(compressed)) + compressed)
+
+
+def _peak_reading(root: Path, ceiling: int) -> tuple[int, str]:
+    """(peak resident KiB, outcome) of reading PA100k ``root`` in a child whose MAX_INFLATED_BYTES is ``ceiling``."""
+    code = textwrap.dedent(f"""
+        import resource
+        import parlab.data.matfile as matfile
+        from parlab.data import DatasetError, load_dataset
+        matfile.MAX_INFLATED_BYTES = {ceiling}
+        try:
+            outcome = "read %d images" % len(load_dataset("pa100k", {str(root)!r}).image_names)
+        except DatasetError as exc:
+            outcome = str(exc)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        print(outcome)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    peak, outcome = done.stdout.splitlines()[-2:]
+    return int(peak), outcome
+
+
+def test_a_compressed_annotation_inflating_beyond_the_ceiling_is_refused_without_using_it(tmp_path):
+    write_pa100k(tmp_path / "normal")
+    shutil.copytree(tmp_path / "normal", tmp_path / "bomb")
+    _append_compressed_zeros(tmp_path / "bomb" / "annotation.mat", 64 << 20)  # 512 MiB inflated, 0.5 MiB on disk
+    assert (tmp_path / "bomb" / "annotation.mat").stat().st_size < 2 << 20
+    ceiling = 16 << 20
+    normal_peak, normal = _peak_reading(tmp_path / "normal", ceiling)
+    bomb_peak, refused = _peak_reading(tmp_path / "bomb", ceiling)
+    assert normal == "read 12 images"
+    assert refused == (f"{tmp_path / 'bomb' / 'annotation.mat'}: holds more than {ceiling} bytes once inflated, far "
+                       "more than any PAR annotation (parlab.data.matfile.MAX_INFLATED_BYTES); refused as a possible "
+                       "decompression bomb")
+    assert bomb_peak < 1.5 * normal_peak, (bomb_peak, normal_peak)
+    # Under the default ceiling the same file is read: the extra variable is only memory, not an error.
+    _, read = _peak_reading(tmp_path / "bomb", 1 << 30)
+    assert read == "read 12 images"
+
+
+def test_the_inflated_size_is_what_the_variables_hold(tmp_path):
+    from parlab.data.matfile import inflated_size
+
+    values = {"a": np.arange(1000.0), "names": cellstr([f"{i:06d}.jpg" for i in range(50)])}
+    scipy.io.savemat(tmp_path / "plain.mat", values, do_compression=False)
+    scipy.io.savemat(tmp_path / "zipped.mat", values, do_compression=True)
+    plain = (tmp_path / "plain.mat").stat().st_size - 128  # the header, then the elements as they are
+    assert inflated_size(tmp_path / "plain.mat", 1 << 30) == plain
+    assert inflated_size(tmp_path / "zipped.mat", 1 << 30) == plain
+    assert inflated_size(tmp_path / "zipped.mat", 100) <= plain  # stops counting soon after the limit
+
+
+# 7. Checkpoints and temporary files -----------------------------------------------------------------
 
 def _run_folder(tmp_path: Path) -> Path:
     save_atomic({"format": FORMAT, "epoch": 1}, tmp_path / "last.pt", keep_previous=True)
@@ -436,3 +568,120 @@ def test_a_killed_write_leaves_a_recognisable_temporary_that_the_next_write_remo
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["metrics.json", living.name, other.name])
     write_atomic(tmp_path / "log.csv", lambda tmp: Path(tmp).write_text("a\n"))
     assert not other.exists() and living.exists()
+
+
+# 8. A full disk --------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs: a real full disk (root only; skipped where mounting is not allowed)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("mounting a small tmpfs needs root in a namespace that allows mounts")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)  # lazy: a mapping the collector has yet to free
+
+
+def test_a_write_that_runs_out_of_space_says_so_and_keeps_the_file(tmp_path):
+    from parlab.errors import DiskFullError, error_line
+    from parlab.files import write_atomic
+
+    target = tmp_path / "metrics.json"
+    write_json(target, {"epoch": 1})
+
+    def no_space(tmp):
+        Path(tmp).write_text('{"epoch": ')
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(DiskFullError) as err:
+        write_atomic(target, no_space)
+    assert error_line(err.value) == (f"no space left on the device of {tmp_path}; {target} is intact (files are "
+                                     "replaced only once written whole)")
+    assert isinstance(err.value, OSError) and err.value.errno == 28
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"] and "epoch" in target.read_text()
+
+    def other_failure(tmp):
+        raise ValueError("not about space")
+
+    with pytest.raises(ValueError, match="not about space"):  # with free space, other failures are themselves
+        write_atomic(target, other_failure)
+
+
+def test_a_checkpoint_on_a_full_disk_keeps_the_last_one(small_disk):
+    from parlab.errors import DiskFullError
+
+    save_atomic({"format": FORMAT, "epoch": 1}, small_disk / "last.pt")
+    with pytest.raises(DiskFullError, match=f"no space left on the device of {small_disk}; {small_disk}/last.pt is "
+                                            "intact"):
+        save_atomic({"format": FORMAT, "epoch": 2, "w": torch.zeros(1 << 18)}, small_disk / "last.pt")
+    assert load_checkpoint(small_disk / "last.pt")["epoch"] == 1
+    assert [p.name for p in small_disk.iterdir()] == ["last.pt"]
+
+
+def test_training_onto_a_full_disk_is_one_line(synthpa_root, small_disk, capsys):
+    from parlab.cli import main
+
+    argv = ["train", "--root", str(synthpa_root), "--backbone", "test_resnet", "--image-size", "64", "32",
+            "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--output-dir", str(small_disk / "run"),
+            "--no-progress", "--train-limit", "64"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no space left on the device of {small_disk / 'run'}; ") and err.count("\n") == 1
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [f for f in held if f.startswith(str(small_disk))]  # the lock and the log are closed
+
+
+# 9. Damaged weight files ---------------------------------------------------------------------------------
+
+def _damaged_weights(tmp_path: Path, good: dict) -> dict[str, Path]:
+    """Files that are not ``good``'s weights: random bytes (several seeds: the unpickler fails in many ways),
+    a truncated archive, another model's archive, random bytes named .safetensors, a truncated safetensors."""
+    from safetensors.torch import save_file
+
+    files = {}
+    for seed in range(4):
+        files[f"random{seed}"] = tmp_path / f"random{seed}.pt"
+        files[f"random{seed}"].write_bytes(np.random.default_rng(seed).integers(0, 256, 5000, np.uint8).tobytes())
+    torch.save(good, tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    files["truncated"] = tmp_path / "truncated.pt"
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["another"] = tmp_path / "another.pt"
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, files["another"])
+    files["random.safetensors"] = tmp_path / "random.safetensors"
+    files["random.safetensors"].write_bytes(files["random0"].read_bytes())
+    save_file({k: v.contiguous() for k, v in good.items()}, tmp_path / "good.safetensors")
+    data = (tmp_path / "good.safetensors").read_bytes()
+    files["truncated.safetensors"] = tmp_path / "truncated.safetensors"
+    files["truncated.safetensors"].write_bytes(data[: len(data) // 2])
+    return files
+
+
+def _clip(path=None):
+    from parlab.models import create_clip
+
+    return create_clip("parlab-clip-tiny", path)
+
+
+def _backbone(path=None):
+    from parlab.models.backbones import create_backbone
+
+    return create_backbone("test_resnet", path)
+
+
+@pytest.mark.filterwarnings("ignore:parlab-clip-tiny. random weights")
+@pytest.mark.parametrize("build, named", [(_clip, "CLIP 'parlab-clip-tiny'"), (_backbone, "'test_resnet'")])
+def test_damaged_weights_are_one_line_naming_the_file(tmp_path, build, named):
+    from parlab.errors import ParlabError
+
+    for kind, path in _damaged_weights(tmp_path, build().state_dict()).items():
+        with pytest.raises(ParlabError) as err:
+            build(path)
+        message = str(err.value)
+        assert message.startswith(f"{path}: cannot load as weights of {named}"), kind
+        assert "\n" not in message and "weights_only=False" not in message, kind
+    assert build(tmp_path / "good.pt") is not None

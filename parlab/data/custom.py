@@ -12,7 +12,8 @@ and then one column per attribute holding 1 (present), 0 (absent) or -1
 Without a ``val`` split a seeded validation subset is carved from ``train``
 at training time, as for RAPv1. ``sentences.csv`` (``attribute,sentence``)
 gives PromptPAR one sentence per attribute; without it sentences are made
-from the column names. A table that cannot be used is one error naming the
+from the column names. Both tables are UTF-8 (a byte-order mark is fine). A
+table that cannot be used is one error naming the
 line and the column: a value other than 1/0/-1, an unknown split, the same
 image twice, an attribute without a positive in train, an image name that
 leaves ``root``. Whether every image is there is checked where images are
@@ -22,6 +23,7 @@ used (training, evaluation), so that label statistics need none.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,9 +59,27 @@ def read_custom(root: Path, **_) -> Annotations:
     return replace(annotations, sentences=_sentences(path.parent / "sentences.csv", annotations))
 
 
+def _csv_rows(path: Path) -> list[list[str]]:
+    """The rows of CSV file ``path`` that hold something, each cell stripped; an encoding other than UTF-8
+    (with or without a byte-order mark) or a malformed line is one error naming the line."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DatasetError(f"{path}: the file is UTF-16; save it as UTF-8 (a spreadsheet's 'CSV UTF-8')")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DatasetError(f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the file as UTF-8 "
+                           "(a spreadsheet's 'CSV UTF-8')") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return [[cell.strip() for cell in row] for row in reader if any(c.strip() for c in row)]
+    except csv.Error as exc:  # a field above csv.field_size_limit(), a NUL character ...
+        raise DatasetError(f"{path}, line {reader.line_num}: not a readable CSV line ({exc})") from None
+
+
 def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        table = [[cell.strip() for cell in row] for row in csv.reader(fh) if any(c.strip() for c in row)]
+    table = _csv_rows(path)
     if not table:
         raise DatasetError(f"{path}: empty")
     header, rows = table[0], table[1:]
@@ -113,11 +133,10 @@ def _sentences(path: Path, annotations: Annotations) -> tuple[str, ...]:
     attributes, made = annotations.attributes, annotations.sentences
     if not path.is_file():
         return made
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh) if any(c.strip() for c in r)]
-    if not rows or [c.strip() for c in rows[0][:2]] != ["attribute", "sentence"]:
+    rows = _csv_rows(path)
+    if not rows or rows[0][:2] != ["attribute", "sentence"]:
         raise DatasetError(f"{path}: expected the columns attribute,sentence")
-    given = {r[0].strip(): r[1].strip() for r in rows[1:] if len(r) >= 2}
+    given = {r[0]: r[1] for r in rows[1:] if len(r) >= 2}
     unknown = sorted(set(given) - set(attributes))
     if unknown:
         raise DatasetError(f"{path}: attribute(s) {', '.join(unknown)} are not columns of labels.csv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +28,8 @@ def available_datasets() -> list[str]:
     return sorted(READERS)
 
 
-def load_dataset(name: str, root: str | Path, partition: int = 0, **options) -> Annotations:
+def load_dataset(name: str, root: str | Path, partition: int = 0, links_outside: bool = False,
+                 **options) -> Annotations:
     """Read dataset ``name`` from its folder ``root`` (or an annotation file path).
 
     Args:
@@ -35,6 +37,8 @@ def load_dataset(name: str, root: str | Path, partition: int = 0, **options) -> 
         root: the dataset folder as downloaded; the reader looks for the
             annotation file in the official and in Rethinking_of_PAR's layout.
         partition: default partition for datasets with several (PETA, RAP, UPAR).
+        links_outside: image files may be links to outside the image folder
+            (:attr:`Annotations.links_outside`).
         options: reader-specific options.
     """
     key = name.lower().replace("-", "").replace("_", "")
@@ -43,4 +47,4 @@ def load_dataset(name: str, root: str | Path, partition: int = 0, **options) -> 
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise DatasetError(f"unknown dataset {name!r}{hint}; known datasets: {', '.join(available_datasets())}")
     ann = READERS[key](Path(root), **options)
-    return ann.with_partition(partition) if partition else ann
+    return replace(ann, partition=partition, links_outside=links_outside) if partition or links_outside else ann

@@ -11,10 +11,11 @@ of per-source arrays. Read with :func:`parlab.data.safe_pickle.load_pickle`;
 
 from __future__ import annotations
 
+import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
-
-import pickle
 
 import numpy as np
 
@@ -68,6 +69,28 @@ def _partitions(partition: dict, path: Path) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def _declared_root(declared: Any, path: Path, names: list[str]) -> Path | None:
+    """The pickle's own ``root`` when it is a folder under the pickle's folder that holds the first image.
+
+    A pickle is data and does not choose what parlab reads: a root elsewhere (every public pickle names a
+    folder on its authors' machines) is not followed, and said so when it exists here. A relative root is
+    taken from the pickle's folder. An unsafe first name is not probed (the file it names is not touched);
+    :class:`Annotations` refuses it.
+    """
+    if not (isinstance(declared, str) and declared and names) or unsafe_image_name(names[0]):
+        return None
+    folder = os.path.abspath(path.parent)
+    root = path.parent / declared  # an absolute ``declared`` replaces the folder
+    # Compared as written (".." resolved, links not): a linked folder inside is fine, as for image folders.
+    if os.path.commonpath([folder, os.path.abspath(root)]) != folder:
+        if root.is_dir():
+            warnings.warn(f"{path}: its root {declared} is outside the folder of the file and is not followed; "
+                          f"images are looked for under {path.parent} (link the image folder there to use it)",
+                          stacklevel=3)
+        return None
+    return root if (root / names[0]).is_file() else None
+
+
 def read_rethinking_pickle(path: Path, name: str | None = None, image_root: Path | None = None,
                            allowed: tuple[int, ...] = RAW_VALUES) -> Annotations:
     """Read any Rethinking_of_PAR-style pickle into :class:`Annotations`.
@@ -88,10 +111,7 @@ def read_rethinking_pickle(path: Path, name: str | None = None, image_root: Path
         raise DatasetError(f"{path}: 'label_idx.eval' indexes columns outside 0..{len(raw_attributes) - 1}")
     groups = np.asarray(info.get("dataset_ids", np.zeros(0)), dtype=np.int64).reshape(-1)
     if image_root is None:
-        declared = info.get("root")
-        # An unsafe first name is not probed (the file it names is not touched); Annotations refuses it.
-        usable = isinstance(declared, str) and declared and names and not unsafe_image_name(names[0])
-        image_root = Path(declared) if usable and Path(declared, names[0]).is_file() else None
+        image_root = _declared_root(info.get("root"), path, names)
     if image_root is None:
         image_root = find_image_root(path.parent, ["data", "images", "."], names)
     return Annotations.from_raw(
@@ -138,7 +158,7 @@ def write_dataset_pkl(annotations: Annotations, path: str | Path, image_root: st
     raw = np.asarray(annotations.raw_labels)
     info = {
         "description": annotations.name,
-        "root": str(Path(image_root if image_root is not None else annotations.image_root).resolve()),
+        "root": os.path.abspath(image_root if image_root is not None else annotations.image_root),
         "image_name": [str(name) for name in annotations.image_names.tolist()],
         "label": raw,
         "attr_name": list(annotations.raw_attributes),

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 

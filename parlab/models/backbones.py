@@ -44,6 +44,7 @@ from parlab.models.weights import (
     is_unavailable,
     not_available_message,
     offline,
+    load_failure,
     reason,
     safe_first,
     split_hub_id,
@@ -150,9 +151,9 @@ def create_backbone(name: str, weights: str | Path | None = None, drop_rate: flo
                 from None
         if spec == PRETRAINED and is_unavailable(exc):
             raise BackboneError(_url_message(name, _pretrained_cfg(name).url, exc)) from None
-        if not isinstance(exc, (RuntimeError, KeyError, ValueError, OSError)):
-            raise
-        raise BackboneError(f"{spec}: cannot load as weights of {name!r}: {reason(exc, limit=2000)}") from None
+        # A damaged file fails anywhere in the unpickler (IndexError, EOFError, struct.error ...): whatever the
+        # kind, the file given is at fault, since the same architecture builds without it.
+        raise BackboneError(f"{spec}: cannot load as weights of {name!r}: {load_failure(exc, limit=2000)}") from None
     if spec and report.problems:
         raise BackboneError(f"{spec}: cannot load as weights of {name!r}: " + "; ".join(report.problems))
     return model

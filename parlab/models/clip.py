@@ -60,9 +60,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules import module as _module_hooks
 
-from parlab.errors import ConfigError, MissingFileError
+from parlab.errors import ConfigError, MissingFileError, ParlabError
 from parlab.models.clip_stem import install_stem, stem_specs
-from parlab.models.weights import is_hub_id, not_available_message, split_hub_id, weights_record
+from parlab.models.weights import is_hub_id, load_failure, not_available_message, split_hub_id, weights_record
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 
@@ -230,7 +230,18 @@ def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
 
 def _build(name: str, path: Path | None, device: str, size) -> nn.Module:
     """open_clip's ``name`` at input ``size`` with the weights file ``path`` (None: random), its convolutional
-    stem installed first when it has one (:mod:`parlab.models.clip_stem`)."""
+    stem installed first when it has one (:mod:`parlab.models.clip_stem`). A file that does not load (damaged,
+    truncated, not weights, another model's) is one :class:`ConfigError` naming it."""
+    try:
+        return _build_unchecked(name, path, device, size)
+    except Exception as exc:
+        if path is None or isinstance(exc, ParlabError):
+            raise
+        raise ConfigError(f"{path}: cannot load as weights of CLIP {name!r} (a damaged or truncated file, or "
+                          f"another model's): {load_failure(exc)}") from None
+
+
+def _build_unchecked(name: str, path: Path | None, device: str, size) -> nn.Module:
     import open_clip
 
     if path is not None and name not in stem_specs():

@@ -21,6 +21,7 @@ the same bytes.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import urllib.error
 from collections.abc import Iterable
@@ -103,6 +104,15 @@ def reason(exc: BaseException, limit: int = 160, root: bool = False) -> str:
     if len(text) > limit:
         text = text[:limit - 3] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def load_failure(exc: BaseException, limit: int = 200) -> str:
+    """Why a weights file did not load, in one line. torch's refusal (``weights_only=True``) of random bytes or
+    of a pickle asking for other objects goes on to suggest ``weights_only=False``, which parlab never does:
+    that case is named plainly."""
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        return "not a weights archive, or one holding objects that could run code (never loaded)"
+    return reason(exc, limit=limit)
 
 
 def not_available_message(what: str, spec: str, repo_id: str, revision: str | None = None,

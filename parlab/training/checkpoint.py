@@ -51,7 +51,12 @@ def save_atomic(obj: dict[str, Any], path: str | Path, keep_previous: bool = Fal
     """
     path = Path(path)
     previous = path.with_name("previous.pt") if keep_previous else None
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp), previous=previous)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # closed here when torch.save fails (a full disk), not when collected
+            torch.save(obj, fh)
+
+    return write_atomic(path, write, previous=previous)
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive; parlab never writes the legacy format

@@ -245,6 +245,8 @@ class DataConfig(ConfigFile):
                                 'public code); "" the method\'s own (par; PromptPAR: clip)', ("", *TRANSFORM_NAMES))
     image_cache: str = option("", "folder of uint8 image caches (parlab cache): images decoded once at image_size, "
                                   "augmented on the device; built there when missing; empty: decode every epoch")
+    links_outside: bool = option(False, "read image files that are symbolic links to outside the image folder "
+                                        "(off: nothing outside the dataset folder is read; linked folders are fine)")
 
     def __post_init__(self) -> None:
         self.coerce_fields()
@@ -252,11 +254,17 @@ class DataConfig(ConfigFile):
             raise ConfigError(f"config field 'image_size' must be (height, width), got {self.image_size}")
         check_choices(self)
 
+    def annotations(self):
+        """The dataset these fields name, read from ``root`` (:func:`parlab.data.load_dataset`)."""
+        from parlab.data import load_dataset
+
+        return load_dataset(self.dataset, self.root, self.partition, links_outside=self.links_outside)
+
 
 # Fields that may change when a run is resumed: they do not affect the numbers (the image cache gives the very
 # tensors that decoding does), per config.
 RESUMABLE_CHANGES = {"run": ("device", "num_workers", "output_dir", "tensorboard", "eval_batch_size"),
-                     "data": ("image_cache",), "method": ()}
+                     "data": ("image_cache", "links_outside"), "method": ()}
 
 
 @dataclass(frozen=True)

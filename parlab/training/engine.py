@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from parlab.data import load_dataset
 from parlab.data.image_cache import build_image_cache, open_image_cache
 from parlab.errors import ConfigError, ParlabError
 from parlab.labelstats import positive_ratio
@@ -147,7 +146,7 @@ def load_run_data(config: DataConfig, run: RunFields, ctx: dist.DistContext | No
     ``square``, as the task's transform does) is opened there, built first (by rank 0, the others waiting)
     when it is missing.
     """
-    annotations = load_dataset(config.dataset, config.root, config.partition)
+    annotations = config.annotations()
     plan = resolve_splits(annotations, config, run.protocol, run.seed)
     cache = None
     if config.image_cache:

@@ -58,10 +58,11 @@ from parlab.data.images import PARImageDataset
 from parlab.data.synthpa.captions import corpus_caption, negate, truth
 from parlab.data.synthpa.corpus import caption_corpus
 from parlab.errors import ConfigError, MissingFileError, RunFolderError
-from parlab.files import write_atomic, write_json
+from parlab.files import write_json
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.models.clip import clip_tokenizer, clip_transform, create_clip, encode_text_by_length
 from parlab.runs import saved_test_predictions
+from parlab.training.checkpoint import save_atomic
 from parlab.training.config import ConfigFile, option
 from parlab.training.distributed import resolve_device
 from parlab.training.optim import WarmupCosine, fused
@@ -218,7 +219,7 @@ def pretrain_clip(config: CLIPPretrainConfig, existing: str = "resume", progress
             warnings.filterwarnings("ignore", message=".*random weights")
             model = create_clip(config.clip_model, None, device=str(device), image_size=config.image_size)
         history = _train(model, images, labels, config, device, progress, log)
-        write_atomic(out, lambda tmp: torch.save(model.state_dict(), tmp))
+        save_atomic(model.state_dict(), out)
         train_s = time.perf_counter() - start
     model.eval()
     recall, zero_shot_metrics, probe = _evaluate(model, config, device)

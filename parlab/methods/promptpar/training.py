@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from parlab.data import load_dataset
 from parlab.errors import ConfigError
 from parlab.methods.promptpar.config import PromptPARConfig
 from parlab.methods.promptpar.model import PromptPAR, build_model
@@ -132,7 +131,7 @@ class PromptPARTask(SupervisedTask):
 
         The dataset's own sentences (``Annotations.sentences``) are used unless ``method`` gives some.
         """
-        annotations = load_dataset(data.dataset, data.root, data.partition)
+        annotations = data.annotations()
         sentences = method.attribute_sentences or annotations.sentences
         if len(sentences) != annotations.num_attributes:
             raise ConfigError(f"{len(sentences)} attribute sentences for the {annotations.num_attributes} "
