@@ -19,14 +19,24 @@ timm's ImageNet ViT-B/16 block (through the libraries' loaders and the Hugging F
 and selects on test as the public code does (``--set protocol=honest train_split=train`` for the honest
 protocol).
 
-It checks the dataset, its images and the weights files before the first
-notebook; ``--dry-run`` prints each notebook's parameters and runs nothing.
+Every profile runs on another dataset too, in its figures and runs folders
+``runs/<profile>-<dataset>/``, with ``--set KEY=VALUE`` for any notebook parameter::
+
+    python -m parlab.reproduce --dataset custom --root my_people
+
+A notebook that needs what the dataset lacks is skipped, saying why (PromptPAR
+pretrains its small CLIP on SynthPA's captions: elsewhere it needs
+``--set clip_weights=openai`` or a file). The dataset, its images and the
+weights files are checked before the first notebook; each notebook's progress
+(cell n of m, the time, what it prints) goes to the console; ``--dry-run``
+prints each notebook's parameters and runs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -179,8 +189,31 @@ def paper_profile(dataset: str, root: str, device: str = "cuda", weights: str = 
                    training=training, extra=extra, dataset=key, sources=PAPER_SOURCES)
 
 
-def check_paper_inputs(profile: Profile, notebooks: list[str]) -> None:
-    """Before the first notebook: the dataset reads, its images are there, the weights files exist.
+def on_dataset(profile: Profile, dataset: str, root: str) -> Profile:
+    """``profile`` on dataset ``dataset`` in folder ``root``, its figures and runs under
+    ``runs/<profile>-<dataset>/`` (SynthPA's stay where they are)."""
+    from parlab.data import available_datasets
+
+    key = dataset.lower().replace("-", "").replace("_", "")
+    if key not in available_datasets():
+        raise ConfigError(f"unknown dataset {dataset!r}; known datasets: {', '.join(available_datasets())}")
+    base = f"runs/{profile.name}-{key}"
+    return replace(profile, dataset=key, data_root=str(Path(root).resolve()), figures_dir=f"{base}/figures",
+                   runs_dir=f"{base}/train")
+
+
+def skipped_notebooks(profile: Profile, notebooks: list[str]) -> dict[str, str]:
+    """The notebooks of ``notebooks`` that need what the profile's dataset lacks, each with why."""
+    parameters = profile.extra.get("05_promptpar", {}) | profile.overrides
+    if "05_promptpar" in notebooks and profile.dataset != "synthpa" and not parameters.get("clip_weights"):
+        return {"05_promptpar": f"PromptPAR needs CLIP weights on {profile.dataset} (only SynthPA has captions to "
+                                "pretrain one on): --set clip_weights=openai (through open_clip's cache) or a file"}
+    return {}
+
+
+def check_inputs(profile: Profile, notebooks: list[str]) -> None:
+    """Before the first notebook, on a dataset other than SynthPA (which the notebooks generate): the dataset
+    reads, its images are there, the weights files exist.
 
     Raises one :class:`~parlab.errors.ParlabError` naming what is missing.
     """
@@ -188,6 +221,8 @@ def check_paper_inputs(profile: Profile, notebooks: list[str]) -> None:
     from parlab.errors import MissingFileError
     from parlab.models.weights import is_hub_id
 
+    if profile.dataset == "synthpa":
+        return
     root = Path(profile.data_root)
     if not root.is_dir():
         raise MissingFileError(f"{root}: no such dataset folder (--root)")
@@ -200,11 +235,8 @@ def check_paper_inputs(profile: Profile, notebooks: list[str]) -> None:
     trains = any(n in ("03_baseline", "04_frdl_goat") for n in notebooks)
     needs = {"weights": (profile.training | profile.overrides).get("weights", "") if trains else ""}
     if "05_promptpar" in notebooks:
-        clip = profile.extra["05_promptpar"] | profile.overrides
-        if not clip["clip_weights"]:
-            raise MissingFileError("notebook 05 needs CLIP weights on a real dataset (--clip-weights openai, or "
-                                   "OpenAI's ViT-L-14-quickgelu file), or leave it out with --only")
-        needs |= {"clip weights": clip["clip_weights"], "fusion weights": clip["fusion_weights"]}
+        clip = profile.extra.get("05_promptpar", {}) | profile.overrides
+        needs |= {"clip weights": clip["clip_weights"], "fusion weights": clip.get("fusion_weights", "")}
     for what, value in needs.items():
         # "pretrained", hf-hub:ID and open_clip's tags ("openai") are fetched by the libraries' loaders.
         local = value and not is_hub_id(value) and ("/" in value or Path(value).suffix in WEIGHT_SUFFIXES)
@@ -223,6 +255,35 @@ class NotebookFailed(RuntimeError):
     """A notebook raised; names the notebook and the failing cell."""
 
 
+class _Console(logging.Handler):
+    """A notebook's progress on the console: papermill's "Executing Cell N" records as "cell N/M (T s)" lines,
+    and what the notebook prints (the training's epoch lines), indented. Everything else papermill logs (the
+    outputs again, tables as text) is left out."""
+
+    def __init__(self, prefix: str, cells: int, log) -> None:
+        super().__init__(logging.INFO)
+        self.prefix, self.cells, self.log = prefix, cells, log
+        self.start = time.perf_counter()
+        self.partial = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing Cell "):
+            cell = message[len("Executing Cell "):].strip("-")
+            self.log(f"{self.prefix} cell {cell}/{self.cells} ({time.perf_counter() - self.start:.0f} s)")
+
+    def write(self, text: str) -> None:
+        """The kernel's stdout and stderr (papermill's ``stdout_file`` / ``stderr_file``), a line at a time."""
+        lines = (self.partial + text).replace("\r", "\n").split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            if line.strip():
+                self.log(f"    {line}")
+
+    def flush(self) -> None:
+        pass
+
+
 def run_notebooks(
     profile: str | Profile,
     only: list[str] | None = None,
@@ -230,29 +291,48 @@ def run_notebooks(
     repo: Path = REPO,
     log=print,
 ) -> list[NotebookRun]:
-    """Execute the notebooks of ``profile`` in order; raise :class:`NotebookFailed` on error."""
+    """Execute the notebooks of ``profile`` in order, their progress through ``log``; raise :class:`NotebookFailed`
+    on error. Notebooks that need what the dataset lacks are skipped, said through ``log``
+    (:func:`skipped_notebooks`)."""
     import papermill as pm
 
     prof = profile if isinstance(profile, Profile) else _named_profile(profile)
     names = _select(only)
-    out = Path(output_dir) if output_dir else repo / "runs" / prof.name
+    skipped = skipped_notebooks(prof, names)
+    for name, why in skipped.items():
+        log(f"[{prof.name}] {name} skipped: {why}")
+    out = Path(output_dir) if output_dir else repo / Path(prof.runs_dir).parent  # runs/<profile>[-<dataset>]
     out.mkdir(parents=True, exist_ok=True)
     runs = []
-    for name in names:
+    papermill_log = logging.getLogger("papermill")
+    for name in (n for n in names if n not in skipped):
         source = repo / "notebooks" / f"{name}.ipynb"
         target = out / f"{name}.ipynb"
         log(f"[{prof.name}] {name} ...")
         start = time.perf_counter()
+        declared = pm.inspect_notebook(str(source))
+        console = _Console(f"[{prof.name}] {name}", len(json.loads(source.read_text())["cells"]) + bool(declared), log)
+        papermill_log.addHandler(console)
+        level, propagate = papermill_log.level, papermill_log.propagate
+        papermill_log.setLevel(logging.INFO)  # its cell records are INFO; they go to the console only
+        papermill_log.propagate = False
         try:
             pm.execute_notebook(
-                str(source), str(target), parameters=prof.parameters(name, repo, set(pm.inspect_notebook(str(source)))),
-                cwd=str(repo / "notebooks"), progress_bar=False, kernel_name="python3",
+                str(source), str(target), parameters=prof.parameters(name, repo, set(declared)),
+                cwd=str(repo / "notebooks"), progress_bar=False, kernel_name="python3", log_output=True,
+                stdout_file=console, stderr_file=console,
+                # The kernel's warning that its local TCP sockets are not encrypted, before every notebook.
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
         except pm.PapermillExecutionError as exc:
             raise NotebookFailed(
                 f"{name}.ipynb failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
                 f"{exc.ename}: {exc.evalue}\n  executed copy: {target}"
             ) from None
+        finally:
+            papermill_log.removeHandler(console)
+            papermill_log.setLevel(level)
+            papermill_log.propagate = propagate
         runs.append(NotebookRun(name, target, time.perf_counter() - start))
         log(f"[{prof.name}] {name} done in {runs[-1].seconds:.1f} s")
         total = write_timings(out / "timings.csv", runs[-1])
@@ -308,17 +388,22 @@ def notebook_parameters(profile: Profile, only: list[str] | None = None, repo: P
 
 def _profile(args: argparse.Namespace) -> Profile:
     if args.profile != "paper":
-        defaults = {"weights": "pretrained", "clip_weights": "openai", "fusion_weights": "pretrained"}
-        given = [f"--{name.replace('_', '-')}" for name in ("dataset", "root", "weights", "clip_weights",
-                                                              "fusion_weights", "set")
-                 if getattr(args, name) and getattr(args, name) != defaults.get(name)]
+        defaults = {"device": "cuda", "weights": "pretrained", "clip_weights": "openai", "fusion_weights": "pretrained"}
+        given = [f"--{name.replace('_', '-')}" for name in defaults if getattr(args, name) != defaults[name]]
         if given:
-            raise ConfigError(f"{', '.join(given)}: only for --profile paper")
-        return _named_profile(args.profile)
-    if not args.dataset or not args.root:
-        raise ConfigError(f"the paper profile needs --dataset ({', '.join(PAPER_DATASETS)}) and --root (its folder)")
-    profile = paper_profile(args.dataset, args.root, args.device, args.weights, args.clip_weights,
-                            args.fusion_weights, amp="bf16" if args.device.startswith("cuda") else "none")
+            raise ConfigError(f"{', '.join(given)}: only for --profile paper (--set KEY=VALUE sets any notebook "
+                              "parameter)")
+        if bool(args.dataset) != bool(args.root):
+            raise ConfigError("--dataset and --root go together: a dataset name and its folder")
+        profile = _named_profile(args.profile)
+        if args.dataset:
+            profile = on_dataset(profile, args.dataset, args.root)
+    else:
+        if not args.dataset or not args.root:
+            raise ConfigError(f"the paper profile needs --dataset ({', '.join(PAPER_DATASETS)}) and --root (its "
+                              "folder)")
+        profile = paper_profile(args.dataset, args.root, args.device, args.weights, args.clip_weights,
+                                args.fusion_weights, amp="bf16" if args.device.startswith("cuda") else "none")
     return replace(profile, overrides=dict(_setting(item) for item in args.set))
 
 
@@ -349,10 +434,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parlab.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="default", choices=sorted([*PROFILES, "paper"]))
     parser.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,02")
-    parser.add_argument("--output", default=None, help="folder for executed notebooks (default runs/<profile>)")
+    parser.add_argument("--output", default=None, help="folder for executed notebooks (default runs/<profile>, "
+                                                       "runs/<profile>-<dataset> on another dataset)")
+    parser.add_argument("--dataset", help="run on this dataset (a name of parlab.data.available_datasets(); the paper "
+                                          f"profile: {', '.join(PAPER_DATASETS)})")
+    parser.add_argument("--root", help="its folder, as downloaded")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override a notebook parameter everywhere it is declared (VALUE as JSON, else a string)")
+    parser.add_argument("--dry-run", action="store_true", help="print each notebook's parameters, run nothing")
     paper = parser.add_argument_group("the paper profile (a real dataset)")
-    paper.add_argument("--dataset", choices=PAPER_DATASETS, help="the dataset whose paper settings to run")
-    paper.add_argument("--root", help="its folder, as downloaded")
     paper.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     paper.add_argument("--weights", default="pretrained",
                        help="ImageNet backbone weights: 'pretrained' (timm's resnet50.tv_in1k, as every public config "
@@ -362,9 +452,6 @@ def main(argv: list[str] | None = None) -> int:
     paper.add_argument("--fusion-weights", default="pretrained",
                        help="the paper's fusion block: 'pretrained' (timm's vit_base_patch16_224.orig_in21k_ft_in1k; "
                             "default), a file or hf-hub:ID")
-    paper.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                       help="override a notebook parameter everywhere it is declared (VALUE as JSON, else a string)")
-    paper.add_argument("--dry-run", action="store_true", help="print each notebook's parameters, run nothing")
     args = parser.parse_args(argv)
     only = [o for o in args.only.split(",") if o] or None
     start = time.perf_counter()
@@ -372,14 +459,18 @@ def main(argv: list[str] | None = None) -> int:
         profile = _profile(args)
         _check_overrides(profile, only)
         if args.dry_run:
+            skipped = skipped_notebooks(profile, _select(only))
             for name, parameters in notebook_parameters(profile, only).items():
-                print(f"{name}: {json.dumps(parameters)}")
+                print(f"{name}: skipped: {skipped[name]}" if name in skipped else f"{name}: {json.dumps(parameters)}")
                 for key, source in profile.sources.get(name, {}).items():
                     if key in parameters:
                         print(f"    {key} = {json.dumps(parameters[key])}  # {source}")
             return 0
-        if profile.name == "paper":
-            check_paper_inputs(profile, _select(only))
+        selected = _select(only)
+        skipped = skipped_notebooks(profile, selected)
+        if only and skipped:  # asked for by name: not skipped in silence
+            raise ConfigError("; ".join(f"{name}: {why}" for name, why in skipped.items()))
+        check_inputs(profile, [n for n in selected if n not in skipped])
         runs = run_notebooks(profile, only, args.output)
     except NotebookFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

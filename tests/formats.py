@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import pickle
 import sys
 import types
@@ -139,3 +140,11 @@ def rethinking_dict(n=10, a=6, partitions=1, seed=0) -> dict:
                       "trainval": split(slice(0, 8)), "test": split(slice(8, n))},
         "weight_train": np.full(a, 0.5),
     }
+
+
+def write_table(root: Path, header: list[str], rows: list[list]) -> Path:
+    """``root/labels.csv`` of a custom dataset with ``header`` and ``rows``."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    return root

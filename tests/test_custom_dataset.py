@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from formats import write_table
 
 import parlab
 from parlab.data import DatasetError, load_dataset
@@ -20,34 +20,6 @@ from parlab.training.config import split_config
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"progress": False, "log": lambda _: None}
-
-
-def _write(root: Path, header: list[str], rows: list[list]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "labels.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([header, *rows])
-    return root
-
-
-@pytest.fixture(scope="module")
-def custom_root(synthpa_root, tmp_path_factory) -> Path:
-    """SynthPA's images and labels as a custom table, under renamed attributes, with one unknown label."""
-    ann = load_dataset("synthpa", synthpa_root)
-    root = tmp_path_factory.mktemp("custom") / "mine"
-    (root / "photos").mkdir(parents=True)
-    split_of = {int(r): s for s in ("train", "val", "test") for r in ann.split(s)}
-    keep = [j for j in range(ann.num_attributes) if (ann.labels[ann.split("train"), j] == 1).any()]
-    names = [f"my_{ann.attributes[j].replace('&', 'and')}" for j in keep]
-    rows = []
-    for i, name in enumerate(ann.image_names):
-        shutil.copy(ann.image_path(i), root / "photos" / Path(str(name)).name)
-        labels = ann.labels[i, keep].tolist()
-        if i == 0:
-            labels[0] = -1
-        rows.append([f"photos/{Path(str(name)).name}", split_of[i], *labels])
-    _write(root, ["image", "split", *names], rows)
-    (root / "sentences.csv").write_text(f"attribute,sentence\n{names[0]},a person who is my first attribute\n")
-    return root
 
 
 def test_the_table_reads_as_a_dataset(custom_root):
@@ -75,7 +47,7 @@ def test_it_trains_evaluates_and_predicts_under_its_own_attribute_names(custom_r
 
 def test_without_a_val_split_one_is_carved_from_train(tmp_path):
     rows = [[f"p{i}.jpg", "trainval" if i < 16 else "test", i % 2, (i + 1) % 2] for i in range(20)]
-    ann = load_dataset("custom", _write(tmp_path / "tv", ["image", "split", "a", "b"], rows))
+    ann = load_dataset("custom", write_table(tmp_path / "tv", ["image", "split", "a", "b"], rows))
     assert set(ann.splits()) == {"train", "test"} and len(ann.split("train")) == 16
     from parlab.training.splits import resolve_splits
 
@@ -92,7 +64,7 @@ def test_without_a_val_split_one_is_carved_from_train(tmp_path):
     ([["a.jpg", "train", "1"]], r"line 2: 3 values for 4 columns"),
 ])
 def test_bad_tables_are_one_line_errors_naming_line_and_column(tmp_path, rows, message):
-    root = _write(tmp_path / "bad", ["image", "split", "a", "b"], rows)
+    root = write_table(tmp_path / "bad", ["image", "split", "a", "b"], rows)
     with pytest.raises(DatasetError, match=message) as caught:
         load_dataset("custom", root)
     assert "\n" not in str(caught.value)

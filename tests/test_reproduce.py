@@ -1,4 +1,5 @@
 import json
+import re
 import time
 
 import nbformat
@@ -120,7 +121,7 @@ def test_paper_profile_checks_its_inputs_before_any_notebook(tmp_path, capsys, s
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'resnet50.safetensors'}: weights file not found"
     assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(synthpa_root), "--only", "05",
                  "--clip-weights", "", "--output", str(tmp_path / "out")]) == 2
-    assert "notebook 05 needs CLIP weights" in capsys.readouterr().err
+    assert "05_promptpar: PromptPAR needs CLIP weights on pa100k" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -138,19 +139,23 @@ def test_paper_profile_runs_end_to_end_on_a_small_stand_in(tmp_path, synthpa_roo
 
 
 def test_paper_only_options_and_unknown_overrides_are_refused(tmp_path, capsys):
+    assert main(["--profile", "smoke", "--weights", "x.pt", "--clip-weights", "", "--dry-run"]) == 2
+    assert "--weights, --clip-weights: only for --profile paper" in capsys.readouterr().err
     assert main(["--profile", "smoke", "--dataset", "pa100k", "--dry-run"]) == 2
-    assert "--dataset: only for --profile paper" in capsys.readouterr().err
+    assert "--dataset and --root go together" in capsys.readouterr().err
+    assert main(["--profile", "smoke", "--dataset", "pa1000k", "--root", str(tmp_path), "--dry-run"]) == 2
+    assert "unknown dataset 'pa1000k'" in capsys.readouterr().err
     assert main(["--profile", "paper", "--dataset", "pa100k", "--root", str(tmp_path), "--dry-run",
                  "--set", "epochz=3"]) == 2
     assert "--set epochz: not a parameter of the selected notebooks" in capsys.readouterr().err
 
 
 def test_hub_weights_pass_the_input_check(synthpa_root, tmp_path):
-    from parlab.reproduce import check_paper_inputs, paper_profile
+    from parlab.reproduce import check_inputs, paper_profile
 
     profile = paper_profile("pa100k", str(synthpa_root), weights="hf-hub:timm/resnet50.a1_in1k",
                             clip_weights="openai")
-    check_paper_inputs(profile, ["03_baseline", "05_promptpar"])  # the libraries fetch these, not parlab
+    check_inputs(profile, ["03_baseline", "05_promptpar"])  # the libraries fetch these, not parlab
 
 
 def test_full_profile_is_the_default_with_longer_schedules_and_every_ablation_over_three_seeds():
@@ -170,3 +175,37 @@ def test_full_profile_is_the_default_with_longer_schedules_and_every_ablation_ov
         # Everything else is the default's.
         assert {k: v for k, v in full[notebook].items() if not k.endswith(("_dir", "_cache")) and k not in longer} == \
             {k: v for k, v in default[notebook].items() if not k.endswith(("_dir", "_cache"))}
+
+
+def test_every_profile_runs_on_another_dataset_and_says_what_it_skips(custom_root, capsys):
+    assert main(["--profile", "default", "--dataset", "custom", "--root", str(custom_root), "--dry-run",
+                 "--set", "epochs=1"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines.pop("05_promptpar").startswith("skipped: PromptPAR needs CLIP weights on custom")
+    params = {name: json.loads(text) for name, text in lines.items()}
+    assert list(params) == [n for n in NOTEBOOKS if n != "05_promptpar"]
+    assert all(p["dataset"] == "custom" and p["root"] == str(custom_root) for p in params.values())
+    assert all(p["figures_dir"] == str(REPO / "runs" / "default-custom" / "figures") for p in params.values())
+    assert params["03_baseline"]["epochs"] == 1 and params["03_baseline"]["runs_dir"].endswith("default-custom/train")
+    assert main(["--profile", "smoke", "--dataset", "custom", "--root", str(custom_root), "--only", "05",
+                 "--dry-run"]) == 0  # a dry run lists; a run refuses a notebook asked for by name that cannot run
+    assert main(["--profile", "smoke", "--dataset", "custom", "--root", str(custom_root), "--only", "05"]) == 2
+    assert "05_promptpar: PromptPAR needs CLIP weights on custom" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_runner_talks_and_runs_a_persons_own_data(custom_root, tmp_path):
+    from parlab.reproduce import on_dataset
+
+    lines = []
+    profile = on_dataset(PROFILES["smoke"], "custom", str(custom_root))
+    runs = run_notebooks(profile, only=["02", "03", "06", "07"], output_dir=tmp_path, log=lines.append)
+    assert [r.notebook for r in runs] == ["02_label_imbalance", "03_baseline", "06_visualisation", "07_results"]
+    cells = len(json.loads((REPO / "notebooks" / "03_baseline.ipynb").read_text())["cells"]) + 1  # + the injected
+    progress = [line for line in lines if line.startswith("[smoke] 03_baseline cell ")]
+    assert progress[0].startswith(f"[smoke] 03_baseline cell 1/{cells} (") and len(progress) == cells
+    assert any(re.match(r"    epoch +2/2  loss ", line) for line in lines)  # the training's own lines
+    assert not any("without encryption" in line for line in lines)
+    figures = REPO / "runs" / "smoke-custom" / "figures"
+    assert (figures / "custom_baseline_results.csv").is_file() and (figures / "custom_results_all.csv").is_file()
+    assert any(line == "    custom has no attribute Hat, Backpack, Skirt&Dress, Female: skipped" for line in lines)
