@@ -1,4 +1,5 @@
-"""The ``parlab`` command: one subcommand per registered method, plus ``evaluate``, ``predict`` and ``export``.
+"""The ``parlab`` command: one subcommand per registered method, plus ``evaluate``, ``predict``, ``cam``, ``export``
+and ``cache``.
 
 Each method's subcommand (``train``, ``frdl``, ``promptpar``; see
 :mod:`parlab.methods.registry`) takes every field of its run, data and method
@@ -103,6 +104,21 @@ def _parser(methods: dict[str, MethodSpec]) -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--threshold", type=float, help="one threshold for all attributes (default: the checkpoint's)")
     pr.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
+
+    cm = sub.add_parser("cam", help="CAM overlays: one PNG per image and attribute, titled with the probability",
+                        description="Write OUTPUT/{image stem}_{attribute}.png: the attribute's class activation "
+                                    "map on the image at its own size, titled with the model's probability. Images "
+                                    "whose PNGs would share a name (one stem in two folders) are refused.")
+    cm.add_argument("checkpoint", type=Path, help="a best.pt or its run folder")
+    cm.add_argument("images", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    cm.add_argument("--attribute", action="append", required=True, help="an attribute's name; repeat it for more")
+    cm.add_argument("--method", default="gradcam", help="a name of parlab.visualisation.cam_methods() (default: "
+                                                        "gradcam)")
+    cm.add_argument("--output", type=Path, required=True, help="the folder of the PNGs (made when missing)")
+    cm.add_argument("--overwrite", action="store_true", help="replace existing PNGs of the same names")
+    cm.add_argument("--device", default="cpu")
+    cm.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run "
+                                           "read it)")
 
     ex = sub.add_parser("export", help="an ONNX file of a checkpoint, checked against PyTorch with onnxruntime",
                         description="Export a best.pt to ONNX (dynamic batch; attributes, thresholds, input size "
@@ -229,6 +245,15 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cam(args: argparse.Namespace) -> int:
+    from parlab.visualisation.cam_files import write_cams
+
+    for cam in write_cams(args.checkpoint, args.images, args.attribute, args.output, args.method, args.overwrite,
+                          args.device, args.clip_weights):
+        print(f"{cam.path}  {cam.attribute} p={cam.probability:.3f}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from parlab.export import export_onnx
 
@@ -255,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in methods:
             return _train(methods[args.command], args)
-        return {"evaluate": _evaluate, "predict": _predict, "export": _export, "cache": _cache}[args.command](args)
+        commands = {"evaluate": _evaluate, "predict": _predict, "cam": _cam, "export": _export, "cache": _cache}
+        return commands[args.command](args)
     except (ParlabError, OSError) as exc:  # OSError: a folder or file the system refuses (permissions, a full disk)
         print(f"error: {error_line(exc)}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ from parlab.data import load_dataset
 from parlab.data.images import PARImageDataset, PARTransform, load_rgb
 from parlab.errors import ConfigError, MissingFileError
 from parlab.methods.registry import method_for
+from parlab.runs import BEST
 from parlab.training.record import method_name_of
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.training.checkpoint import CheckpointError, check_attributes, load_checkpoint
@@ -49,10 +50,12 @@ class LoadedModel:
 def load_model(checkpoint: str | Path, device: str = "cpu", clip_weights: str | None = None) -> LoadedModel:
     """Rebuild the model of a ``best.pt`` (or ``last.pt``) checkpoint; weights_only loading, strict keys.
 
-    A PromptPAR checkpoint holds only its trained parameters: the base CLIP file is read from where
-    the run found it, or from ``clip_weights``, and must be the same file (same sha256).
+    A run folder stands for its ``best.pt``. A PromptPAR checkpoint holds only its trained parameters:
+    the base CLIP file is read from where the run found it, or from ``clip_weights``, and must be the
+    same file (same sha256).
     """
     path = Path(checkpoint)
+    path = path / BEST if path.is_dir() else path
     ckpt = load_checkpoint(path)
     method_name = method_name_of(ckpt)
     task_class = method_for(method_name).task_class()

@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 
+import parlab
 from parlab.data import load_dataset
+from parlab.data.images import load_rgb
 from parlab.inference import load_model
 from parlab.metrics import pedestrian_metrics
 from parlab.models import build_model
@@ -22,8 +25,8 @@ from parlab.training.checkpoint import save_atomic
 from parlab.training.config import BaselineConfig, split_config
 from parlab.training.engine import model_checkpoint
 from parlab.training.task import SupervisedTask
-from parlab.visualisation import model_inputs
-from parlab.visualisation.prediction_explorer import METRICS, prediction_explorer
+from parlab.visualisation import model_inputs, select_rows
+from parlab.visualisation.prediction_explorer import METRICS, mistakes_gallery, prediction_explorer
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -61,6 +64,93 @@ def test_threshold_slider_recomputes_the_metrics_and_buttons_show_cams(synthpa_r
     buttons[3].click()
     title, cam = page.children[4].children[2].children
     assert title.value.startswith(f"Grad-CAM of {ann.attributes[3]}") and cam.value[:4] == b"\x89PNG"
+
+
+# Two attributes' labels and probabilities over six images: column 0 holds every outcome at 0.5
+# (rows 0-1 true positives, 2 a false negative, 3 a false positive, 4 a true negative, 5 ignored).
+LABELS = np.array([[1, 0], [1, 0], [1, 1], [0, 1], [0, 0], [-1, 1]])
+PROBS = np.array([[0.9, 0.1], [0.6, 0.2], [0.3, 0.9], [0.8, 0.7], [0.2, 0.6], [0.99, 0.4]])
+
+
+@pytest.mark.parametrize("kind, order, expected", [
+    ("true positive", "split order", [0, 1]),
+    ("true positive", "lowest probability first", [1, 0]),
+    ("false positive", "split order", [3]),
+    ("false negative", "split order", [2]),
+    ("true negative", "split order", [4]),
+    ("mistakes", "most wrong first", [3, 2]),  # |0.8 - 0| > |0.3 - 1|
+    ("all", "split order", [0, 1, 2, 3, 4]),  # the ignored label of image 5 is never selected
+    ("all", "highest probability first", [0, 3, 1, 2, 4]),
+    ("all", "most wrong first", [3, 2, 1, 4, 0]),
+])
+def test_select_rows_picks_one_outcome_of_one_attribute_in_order(kind, order, expected):
+    assert select_rows(LABELS, PROBS, 0, kind, 0.5, order).tolist() == expected
+
+
+def test_select_rows_decides_above_the_threshold_per_attribute_column():
+    assert select_rows(LABELS, PROBS, 1, "false positive", 0.5).tolist() == [4]
+    assert select_rows(LABELS, PROBS, 1, "false negative", 0.5).tolist() == [5]
+    assert select_rows(LABELS, PROBS, 1, "mistakes", 0.5, "most wrong first").tolist() == [4, 5]  # a tie: as listed
+    assert select_rows(LABELS, PROBS, 1, "mistakes", 0.65).tolist() == [5]  # 0.6 is no longer a false positive
+    assert select_rows(LABELS, PROBS, 0, "false positive", 0.8).tolist() == []  # 0.8 is not above 0.8
+    with pytest.raises(ValueError, match="unknown kind 'wrong'; known: all, true positive"):
+        select_rows(LABELS, PROBS, 0, "wrong")
+    with pytest.raises(ValueError, match="unknown order 'worst'; known: split order"):
+        select_rows(LABELS, PROBS, 0, order="worst")
+
+
+def _test_probs(ann, loaded) -> tuple[np.ndarray, np.ndarray]:
+    """(test rows, (N, A) probabilities) as parlab.predict gives them (images decoded as the explorer does)."""
+    rows = ann.split("test")
+    table = parlab.predict(loaded, [ann.image_path(int(r)) for r in rows])
+    return rows, table[[f"prob.{a}" for a in ann.attributes]].to_numpy()
+
+
+def test_the_gallery_shows_the_worst_mistakes_with_their_probabilities(synthpa_root, checkpoint):
+    ann = load_dataset("synthpa", synthpa_root)
+    loaded = load_model(checkpoint)
+    rows, probs = _test_probs(ann, loaded)
+    labels = ann.labels[rows]
+    j = int(np.argmax([(labels[:, a] >= 0).sum() for a in range(ann.num_attributes)]))  # any attribute with labels
+    wrong = [(abs(probs[i, j] - labels[i, j]), i) for i in range(len(rows))
+             if labels[i, j] >= 0 and (probs[i, j] > 0.5) != (labels[i, j] == 1)]
+    worst = [i for _, i in sorted(wrong, reverse=True)[:3]]
+    assert len(worst) == 3  # an untrained model makes mistakes enough
+    fig = mistakes_gallery(loaded, ann, ann.attributes[j], "test", n=3, threshold=0.5)
+    assert len(fig.axes) == 3
+    for ax, i in zip(fig.axes, worst):
+        outcome = "FP" if labels[i, j] == 0 else "FN"
+        assert ax.get_title().startswith(f"{outcome} p={probs[i, j]:.2f}\n")
+        assert ax.get_images()[0].get_array().shape[:2] == load_rgb(ann.image_path(int(rows[i]))).size[::-1]
+    assert fig._suptitle.get_text().startswith(f"{ann.attributes[j]}: the 3 most wrong (mistakes) of baseline")
+
+
+def test_the_kind_and_order_choose_the_images_browsed(synthpa_root, checkpoint):
+    ann = load_dataset("synthpa", synthpa_root)
+    loaded = load_model(checkpoint)
+    rows, probs = _test_probs(ann, loaded)
+    labels = ann.labels[rows]
+    page = prediction_explorer({"random": loaded}, ann, "test")
+    _, _, attribute, kind, order = page.children[0].children
+    index, threshold = page.children[1].children
+    status = page.children[3]
+    assert index.max == (labels[:, 0] >= 0).sum() - 1  # "all" in split order: every known label of the attribute
+    j = int(np.argmax([((labels[:, a] == 0) & (probs[:, a] > 0.5)).sum() for a in range(ann.num_attributes)]))
+    attribute.value, kind.value, order.value = ann.attributes[j], "false positive", "highest probability first"
+    expected = sorted((i for i in range(len(rows)) if labels[i, j] == 0 and probs[i, j] > 0.5),
+                      key=lambda i: -probs[i, j])
+    assert len(expected) >= 2 and index.max == len(expected) - 1
+    for k in (0, 1):
+        index.value = k
+        assert status.value.startswith(f"{ann.image_names[rows[expected[k]]]} (row {rows[expected[k]]}), "
+                                       f"image {k + 1} of {len(expected)}")
+    assert probs.max() < 0.95  # an untrained model is never that sure: no false positive above 0.95
+    threshold.value = 0.95
+    assert index.max == 0 and status.value == f"no false positive for {ann.attributes[j]} at threshold 0.95"
+    gallery_button, gallery = page.children[6].children[0].children[0], page.children[6].children[1]
+    threshold.value = 0.5
+    gallery_button.click()
+    assert gallery.value[:4] == b"\x89PNG"
 
 
 def test_static_page_shows_metrics_and_one_cam_per_image(synthpa_root, checkpoint):

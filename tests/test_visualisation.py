@@ -82,8 +82,18 @@ def test_overlay_keeps_the_original_image_size():
     heat = np.zeros((64, 32), dtype=np.float32)
     heat[:32] = 1.0  # the upper half of the model input
     out = overlay(image, heat, alpha=0.5)
-    assert out.shape == (128, 64, 3) and out.min() >= 0 and out.max() <= 1
+    assert out.shape == (128, 64, 3) and out.dtype == np.uint8
+    assert Image.fromarray(out).size == image.size  # a PIL image as it is, no conversion
     assert not np.allclose(out[10, 30], out[120, 30])  # the hot half differs from the cold half
+
+
+def test_a_letterboxed_map_is_laid_on_the_image_without_its_black_bars():
+    image = Image.new("RGB", (32, 64), (200, 10, 10))  # width 32, height 64: bars of 16 columns each side
+    heat = np.zeros((64, 64), dtype=np.float32)
+    heat[:, :12] = 1.0  # hot only over the left bar of the square
+    cold = overlay(image, np.zeros_like(heat))
+    np.testing.assert_array_equal(overlay(image, heat, letterboxed=True), cold)
+    assert not np.array_equal(overlay(image, heat), cold)  # stretched, the bar's heat lands on the image
 
 
 def test_strongest_channels_are_sorted_and_frdl_features_match_the_head():

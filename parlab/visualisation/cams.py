@@ -45,6 +45,14 @@ def cam_methods() -> dict[str, type]:
             "layercam": LayerCAM}
 
 
+def cam_method(name: str) -> type:
+    """The pytorch-grad-cam class :func:`cam_methods` names ``name``; an unknown name is a ConfigError listing them."""
+    methods = cam_methods()
+    if name not in methods:
+        raise ConfigError(f"unknown CAM method {name!r}; known: {', '.join(methods)}")
+    return methods[name]
+
+
 @dataclass(frozen=True)
 class CAMLayer:
     """The layer a CAM reads and how its output becomes (B, C, rows, cols) maps."""
@@ -120,13 +128,11 @@ def attribute_cams(model: nn.Module, images: torch.Tensor, attributes: list[int]
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    methods = cam_methods()
-    if method not in methods:
-        raise ConfigError(f"unknown CAM method {method!r}; known: {', '.join(methods)}")
+    cam_class = cam_method(method)
     model.eval()  # also makes PromptPAR return its main logits only
     layer = layer or cam_layer(model, tuple(images.shape[-2:]))
     maps = []
-    with methods[method](model=model, target_layers=[layer.layer], reshape_transform=layer.reshape) as cam:
+    with cam_class(model=model, target_layers=[layer.layer], reshape_transform=layer.reshape) as cam:
         for a in attributes:
             targets = [ClassifierOutputTarget(int(a)) for _ in range(len(images))]
             maps.append(cam(input_tensor=images, targets=targets))  # (B, H, W)

@@ -48,6 +48,33 @@ def cam_grid(images: list, cams: dict[str, np.ndarray], probs: dict[str, np.ndar
     return fig
 
 
+def cam_gallery(images: list, cams: np.ndarray, titles: list[str], title: str, columns: int = 4,
+                letterboxed: bool = False) -> Figure:
+    """Images with their CAMs laid over, ``columns`` a row, one axes per image under its own title.
+
+    Args:
+        images: PIL images as stored (each keeps its own aspect ratio).
+        cams: (B, h, w) maps in [0, 1], one per image.
+        titles: B strings, e.g. the outcome and the probability.
+        letterboxed: the maps cover the images letterboxed to squares (see :func:`overlay`).
+    """
+    rows = max(1, -(-len(images) // columns))
+    width = min(columns, max(len(images), 1))
+    fig, axes = plt.subplots(rows, width, figsize=(1.6 * width, 3.0 * rows), squeeze=False)
+    for ax, img, cam, text in zip(axes.flat, images, cams, titles):
+        ax.imshow(overlay(img, cam, letterboxed=letterboxed))
+        ax.set_title(text, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[len(images):]:  # only the images' axes remain
+        ax.remove()
+    if not images:
+        fig.text(0.5, 0.5, "none", ha="center", va="center")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def token_attention_figure(image, attention: np.ndarray, bands: list[tuple[int, int]],
                            input_size: tuple[int, int]) -> Figure:
     """PromptPAR's CLS and part-token attention over the patches, with each part token's band outlined.

@@ -4,7 +4,12 @@
 method, one image at a time with every attribute's ground truth, probability
 and decision (green: right, red: wrong, grey: ignored label), the split's
 metrics at a threshold slider's value (recomputed as the slider moves), and,
-when an attribute is clicked, that attribute's Grad-CAM on the image.
+when an attribute is clicked, that attribute's Grad-CAM on the image. As in
+FiftyOne's evaluation view, the images browsed are one attribute's true/false
+positives/negatives at the threshold (:func:`~.selection.select_rows`), in
+split order, by probability, or most wrong first; a button draws the gallery
+of that attribute's worst mistakes with their CAMs (:func:`mistakes_gallery`,
+a matplotlib Figure for notebooks and papermill too).
 
 With ``interactive=False`` (headless runs) it returns the same content as one
 HTML page for the first images of the split: metrics at the threshold, and
@@ -15,8 +20,11 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
 from parlab.data.images import PARImageDataset, load_rgb
 from parlab.inference import LoadedModel
@@ -24,10 +32,21 @@ from parlab.metrics import pedestrian_metrics
 from parlab.training.distributed import DistContext
 from parlab.training.evaluation import Predictions, eval_loader, predict_dataset
 from parlab.visualisation.cams import attribute_cams
+from parlab.visualisation.figures import cam_gallery
 from parlab.visualisation.overlays import overlay
+from parlab.visualisation.selection import KINDS, ORDERS, attribute_index, model_inputs, select_rows
 
 METRICS = (("ma", "mA"), ("acc", "Acc"), ("prec", "Prec"), ("rec", "Rec"), ("f1", "F1"))
 RIGHT, WRONG, IGNORED = "#2e7d32", "#c62828", "#9e9e9e"
+MISTAKES = ("mistakes", "false positive", "false negative")  # the kinds a gallery of mistakes shows
+OUTCOMES = {(1, True): "TP", (0, True): "FP", (1, False): "FN", (0, False): "TN"}  # (label, predicted present)
+
+
+def split_predictions(loaded: LoadedModel, annotations, split: str, batch_size: int = 128) -> Predictions:
+    """``loaded``'s logits on every image of ``split``; ``.rows`` are their annotation rows."""
+    data = PARImageDataset(annotations, split, loaded.transform)
+    ctx = DistContext(0, 1, 0, loaded.device)
+    return predict_dataset(loaded.model, eval_loader(data, batch_size, 0, ctx), ctx, loaded.run.amp)
 
 
 class _Cache:
@@ -38,11 +57,8 @@ class _Cache:
 
     def __call__(self, method: str, split: str) -> Predictions:
         if (method, split) not in self.done:
-            loaded = self.models[method]
-            data = PARImageDataset(self.annotations, split, loaded.transform)
-            ctx = DistContext(0, 1, 0, loaded.device)
-            self.done[(method, split)] = predict_dataset(loaded.model, eval_loader(data, self.batch_size, 0, ctx), ctx,
-                                                         loaded.run.amp)
+            self.done[(method, split)] = split_predictions(self.models[method], self.annotations, split,
+                                                           self.batch_size)
         return self.done[(method, split)]
 
 
@@ -70,30 +86,63 @@ def attributes_html(names, labels: np.ndarray, probs: np.ndarray, threshold: flo
     return "<br>".join(lines)
 
 
-def _png(array_or_image) -> bytes:
-    from PIL import Image
-
-    image = array_or_image if isinstance(array_or_image, Image.Image) else \
-        Image.fromarray((255 * np.clip(array_or_image, 0, 1)).astype(np.uint8))
+def _png(image: Image.Image, zoom: int = 1) -> bytes:
+    """``image`` enlarged ``zoom`` times (each pixel a block) as PNG bytes."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def _cam_overlay(loaded: LoadedModel, image, attribute: int, zoom: int) -> bytes:
     x = loaded.transform(image).unsqueeze(0).to(loaded.device)
     cam = attribute_cams(loaded.model, x, [attribute])[0, 0]
-    shown = overlay(image, cam)
-    return _png(np.kron(shown, np.ones((zoom, zoom, 1))))
+    return _png(Image.fromarray(overlay(image, cam, letterboxed=loaded.transform.square)), zoom)
+
+
+def mistakes_gallery(loaded: LoadedModel, annotations, attribute: str, split: str = "test", n: int = 8,
+                     threshold: float | None = None, kind: str = "mistakes", method: str = "gradcam",
+                     columns: int = 4, predictions: Predictions | None = None, batch_size: int = 128) -> Figure:
+    """The ``n`` worst mistakes of ``loaded`` on ``attribute`` over ``split``, each with its CAM and probability.
+
+    Worst: farthest from the truth (|probability - label|) first, among ``kind`` ("mistakes", "false
+    positive" or "false negative"; any kind of :data:`~.selection.KINDS` works, hardest first). Each title
+    gives the outcome (FP, FN ...), the probability and the image's name.
+
+    Args:
+        threshold: the decision threshold (default: the checkpoint's for this attribute).
+        method: a name of :func:`~.cams.cam_methods`.
+        predictions: ``loaded``'s predictions on ``split`` when already made (:func:`split_predictions`).
+
+    Returns:
+        A matplotlib Figure with one axes per image shown (fewer than ``n`` when fewer are of ``kind``).
+    """
+    j = attribute_index(attribute, annotations.attributes)
+    preds = split_predictions(loaded, annotations, split, batch_size) if predictions is None else predictions
+    labels = annotations.labels[preds.rows]
+    thr = float(loaded.thresholds[j]) if threshold is None else threshold
+    chosen = select_rows(labels, preds.probs, j, kind, thr, "most wrong first")[:n]
+    rows = preds.rows[chosen]
+    images, cams = [], []
+    if len(rows):  # no batch to make of no images
+        images, x = model_inputs(annotations, rows, loaded.transform)
+        cams = attribute_cams(loaded.model, x.to(loaded.device), [j], method)[:, 0]
+    titles = [f"{OUTCOMES[int(labels[i, j]), bool(preds.probs[i, j] > thr)]} p={preds.probs[i, j]:.2f}\n"
+              f"{Path(annotations.image_names[row]).stem}" for i, row in zip(chosen, rows)]
+    title = (f"{attribute}: the {len(rows)} most wrong ({kind}) of {loaded.method_name} on {split} "
+             f"(threshold {thr:.2f}, {method})")
+    return cam_gallery(images, cams, titles, title, columns, loaded.transform.square)
 
 
 def prediction_explorer(models: dict[str, LoadedModel], annotations, split: str = "test", interactive: bool = True,
                         threshold: float = 0.5, zoom: int = 3, n_static: int = 6, batch_size: int = 128):
     """Browse predictions of ``models`` (name -> :func:`parlab.inference.load_model` result) on ``annotations``.
 
-    Interactive: dropdowns for the split and the method, an image slider, a threshold slider that
-    updates the metrics and colours, and one button per attribute showing its CAM. Static: an
-    ``IPython.display.HTML`` page of the same content for the first ``n_static`` images.
+    Interactive: dropdowns for the split and the method, for the attribute, kind (all, true/false
+    positives/negatives, mistakes) and order of the images browsed, an image slider, a threshold slider
+    that updates the metrics, colours and kinds, one button per attribute showing its CAM, and a button
+    drawing the attribute's worst mistakes (:func:`mistakes_gallery`; the kind's when it is false positives
+    or false negatives). Static: an ``IPython.display.HTML`` page of the images and CAMs for the first
+    ``n_static`` images.
     """
     if not models:
         raise ValueError("prediction_explorer needs at least one model (name -> LoadedModel)")
@@ -105,62 +154,98 @@ def prediction_explorer(models: dict[str, LoadedModel], annotations, split: str 
     import ipywidgets as w
 
     splits = [s for s in ("train", "val", "test", "trainval") if s in annotations.splits()]
-    method = w.Dropdown(options=list(models), description="method")
-    split_choice = w.Dropdown(options=splits, value=split if split in splits else splits[-1], description="split")
+    narrow = w.Layout(width="240px")
+    method = w.Dropdown(options=list(models), description="method", layout=narrow)
+    split_choice = w.Dropdown(options=splits, value=split if split in splits else splits[-1], description="split",
+                              layout=narrow)
+    attribute = w.Dropdown(options=names, description="attribute", layout=narrow)
+    kind = w.Dropdown(options=list(KINDS), value="all", description="show", layout=narrow)
+    order = w.Dropdown(options=list(ORDERS), value="split order", description="order", layout=narrow)
     index = w.IntSlider(min=0, max=0, description="image", continuous_update=False)
     thr = w.FloatSlider(value=threshold, min=0.05, max=0.95, step=0.05, description="threshold",
                         continuous_update=True, readout_format=".2f")
     metrics, labels_html, status = w.HTML(), w.HTML(), w.Label()
-    image, cam = w.Image(format="png"), w.Image(format="png")
+    image, cam, gallery = w.Image(format="png"), w.Image(format="png"), w.Image(format="png")
     cam_title = w.Label("click an attribute for its CAM")
     buttons = [w.Button(description=n, layout=w.Layout(width="150px")) for n in names]
+    gallery_button = w.Button(description="worst mistakes", layout=w.Layout(width="150px"))
+    gallery_size = w.BoundedIntText(value=8, min=1, max=64, description="how many")
     state = {}
 
-    def current():
+    def refilter(*_):
+        """The images browsed: the attribute's ``kind`` at the threshold, in ``order``."""
         preds = cache(method.value, split_choice.value)
-        i = min(index.value, len(preds.rows) - 1)
-        return preds, i, int(preds.rows[i])
+        state["positions"] = select_rows(annotations.labels[preds.rows], preds.probs, names.index(attribute.value),
+                                         kind.value, thr.value, order.value)
+        index.max = max(len(state["positions"]) - 1, 0)
+        show()
+
+    def restart(*_):
+        index.value = 0  # a new selection starts at its first (e.g. worst) image
+        refilter()
 
     def refresh_metrics(*_):
         preds = cache(method.value, split_choice.value)
         metrics.value = metrics_html(annotations.labels[preds.rows], preds.probs, thr.value, names)
-        show()
+        refilter()
 
     def show(*_):
-        preds, i, row = current()
+        preds, positions = cache(method.value, split_choice.value), state["positions"]
+        if not len(positions):
+            image.value, labels_html.value = b"", ""
+            state.pop("image", None)  # a CAM button has no image to draw on
+            status.value = f"no {kind.value} for {attribute.value} at threshold {thr.value:.2f}"
+            return
+        i = min(index.value, len(positions) - 1)
+        row = int(preds.rows[positions[i]])
         img = load_rgb(annotations.image_path(row))
         state["image"] = img
-        image.value = _png(img.resize((img.width * zoom, img.height * zoom)))
-        labels, probs = annotations.labels[row], preds.probs[i]
+        image.value = _png(img, zoom)
+        labels, probs = annotations.labels[row], preds.probs[positions[i]]
         labels_html.value = attributes_html(names, labels, probs, thr.value)
         for button, label, prob in zip(buttons, labels, probs):
             button.style.button_color = {RIGHT: "#c8e6c9", WRONG: "#ffcdd2", IGNORED: "#eeeeee"}[
                 _colour(int(label), float(prob), thr.value)]
-        status.value = f"{annotations.image_names[row]} (row {row}), image {i + 1} of {len(preds.rows)}"
-
-    def new_source(*_):
-        preds = cache(method.value, split_choice.value)
-        index.max = len(preds.rows) - 1
-        index.value = min(index.value, index.max)
-        refresh_metrics()
+        status.value = (f"{annotations.image_names[row]} (row {row}), image {i + 1} of {len(positions)} "
+                        f"({kind.value} for {attribute.value}, {order.value})")
 
     def show_cam(button):
-        j = names.index(button.description)
-        cam.value = _cam_overlay(models[method.value], state["image"], j, zoom)
-        cam_title.value = f"Grad-CAM of {button.description} ({method.value})"
+        if "image" in state:
+            j = names.index(button.description)
+            cam.value = _cam_overlay(models[method.value], state["image"], j, zoom)
+            cam_title.value = f"Grad-CAM of {button.description} ({method.value})"
+
+    def show_gallery(_):
+        fig = mistakes_gallery(models[method.value], annotations, attribute.value, split_choice.value,
+                               gallery_size.value, thr.value, kind.value if kind.value in MISTAKES else "mistakes",
+                               predictions=cache(method.value, split_choice.value))
+        gallery.value = _figure_png(fig)
 
     for button in buttons:
         button.on_click(show_cam)
-    method.observe(new_source, names="value")
-    split_choice.observe(new_source, names="value")
+    gallery_button.on_click(show_gallery)
+    for control in (method, split_choice, thr):
+        control.observe(refresh_metrics, names="value")
+    for control in (attribute, kind, order):
+        control.observe(restart, names="value")
     index.observe(show, names="value")
-    thr.observe(refresh_metrics, names="value")
-    new_source()
+    refresh_metrics()
     grid = w.GridBox(buttons, layout=w.Layout(grid_template_columns="repeat(4, 155px)"))
-    page = w.VBox([w.HBox([method, split_choice]), w.HBox([index, thr]), metrics, status,
-                   w.HBox([image, labels_html, w.VBox([cam_title, cam])]), grid])
+    page = w.VBox([w.HBox([method, split_choice, attribute, kind, order]), w.HBox([index, thr]), metrics, status,
+                   w.HBox([image, labels_html, w.VBox([cam_title, cam])]), grid,
+                   w.VBox([w.HBox([gallery_button, gallery_size]), gallery])])
     page.add_class("parlab-explorer")
     return page
+
+
+def _figure_png(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed (pyplot keeps every open one)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _static_page(models, cache: _Cache, annotations, split: str, threshold: float, zoom: int, n: int):
@@ -181,7 +266,7 @@ def _static_page(models, cache: _Cache, annotations, split: str, threshold: floa
                      if _colour(int(label), float(p), threshold) == WRONG]
             j = max(wrong)[1] if wrong else int(np.argmax(probs))
             cam = _cam_overlay(loaded, img, j, zoom)
-            picture = base64.b64encode(_png(img.resize((img.width * zoom, img.height * zoom)))).decode()
+            picture = base64.b64encode(_png(img, zoom)).decode()
             cells.append(
                 "<td style='vertical-align:top;padding:4px'>"
                 f"<img src='data:image/png;base64,{picture}'>"
