@@ -35,6 +35,8 @@ from parlab.methods.registry import MethodSpec, OptionGroup, available_methods
 from parlab.training.config import choices_of, help_of, read_mapping
 from parlab.training.record import CONFIG_KEYS, EARLIER_LAYOUT_KEYS, method_name_of
 
+EXPORT_FORMATS = ("onnx", "safetensors")  # parlab export --format: export_onnx, export_safetensors
+
 
 def _add_group(parser: argparse.ArgumentParser, group: OptionGroup) -> None:
     hints = typing.get_type_hints(group.config)
@@ -104,13 +106,18 @@ def _parser(methods: dict[str, MethodSpec]) -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=float, help="one threshold for all attributes (default: the checkpoint's)")
     pr.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
 
-    ex = sub.add_parser("export", help="an ONNX file of a checkpoint, checked against PyTorch with onnxruntime",
-                        description="Export a best.pt to ONNX (dynamic batch; attributes, thresholds, input size "
-                                    "and normalisation in its metadata); needs pip install parlab[onnx].")
+    ex = sub.add_parser("export", help="an ONNX file (or timm safetensors) of a checkpoint, checked against PyTorch",
+                        description="Export a best.pt to ONNX (dynamic batch; attributes, thresholds and the "
+                                    "preprocessing in its metadata; needs pip install parlab[onnx]), or a baseline "
+                                    "to a folder that timm loads (model.safetensors + config.json).")
     ex.add_argument("checkpoint", type=Path)
-    ex.add_argument("--output", type=Path, required=True, help="the .onnx file")
-    ex.add_argument("--opset", type=int, default=17)
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    ex.add_argument("--output", type=Path, required=True, help="the .onnx file; with --format safetensors, the folder")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0],
+                    help="onnx: any method; safetensors: timm's model.safetensors + config.json, for a timm backbone "
+                         "with a linear head (baseline runs) (default: onnx)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX operator set (default: 17)")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --output file (with --format safetensors: the folder's two files)")
     ex.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
 
     ca = sub.add_parser("cache", help="decode a dataset's images once into a uint8 cache at a training size",
@@ -183,6 +190,17 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise ParlabError(f"{path.parent}: no such folder for the output {path.name}")
 
 
+def check_output_folder(folder: Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse an output folder before any work: a file there, files ``names`` in it (unless ``overwrite``)."""
+    if folder.exists() and not folder.is_dir():
+        raise ParlabError(f"{folder} is a file; name the folder to write {', '.join(names)} in")
+    present = [name for name in names if (folder / name).exists()]
+    if present and not overwrite:
+        raise ParlabError(f"{folder} holds {', '.join(present)}; pass --overwrite to replace")
+    if not folder.parent.is_dir():
+        raise ParlabError(f"{folder.parent}: no such folder for the output {folder.name}")
+
+
 def write_output(path: Path, write) -> None:
     """``write(tmp)`` into a temporary file, renamed onto ``path``: a failed write leaves no partial file."""
     from parlab.files import write_atomic
@@ -230,10 +248,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from parlab.export import export_onnx
+    from parlab.export import TIMM_FILES, export_onnx, export_safetensors
 
-    check_output(args.output, args.overwrite)
-    report = export_onnx(args.checkpoint, args.output, opset=args.opset, clip_weights=args.clip_weights)
+    if args.format == "safetensors":
+        check_output_folder(args.output, TIMM_FILES, args.overwrite)
+        report = export_safetensors(args.checkpoint, args.output)
+    else:
+        check_output(args.output, args.overwrite)
+        report = export_onnx(args.checkpoint, args.output, opset=args.opset, clip_weights=args.clip_weights)
     print(report.summary())
     return 0
 
