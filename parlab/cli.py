@@ -211,6 +211,19 @@ def write_output(path: Path, write) -> None:
         raise ParlabError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def frame_json(frame) -> dict:
+    """A DataFrame as ``{index: {column: value}}``: NaN as null (as pandas writes it), numbers to 15 digits.
+
+    pandas' JSON text escapes every "/" (``"cam1\\/0001.jpg"``); parsed back here, :func:`write_json` writes it plain.
+    """
+    return json.loads(frame.to_json(orient="index", double_precision=15))
+
+
+def write_json(path: str | Path, payload) -> None:
+    """``payload`` as indented UTF-8 JSON: "/" and non-ASCII characters (in image paths) as they are."""
+    Path(path).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from parlab.inference import evaluate, load_model
 
@@ -224,8 +237,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if m.num_degenerate:
         print(f"{m.num_degenerate} degenerate attribute(s) excluded from mA")
     if args.json:
-        payload = {"summary": summary, "per_attribute": json.loads(m.per_attribute.to_json(orient="index"))}
-        write_output(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+        payload = {"summary": summary, "per_attribute": frame_json(m.per_attribute)}
+        write_output(args.json, lambda tmp: write_json(tmp, payload))
     return 0
 
 
@@ -242,7 +255,7 @@ def _predict(args: argparse.Namespace) -> int:
     if suffix == ".csv":
         write_output(args.output, table.to_csv)
     else:
-        write_output(args.output, lambda tmp: Path(tmp).write_text(table.to_json(orient="index", indent=2)))
+        write_output(args.output, lambda tmp: write_json(tmp, frame_json(table)))
     print(f"{len(table)} images -> {args.output}")
     return 0
 
