@@ -36,6 +36,8 @@ from parlab.methods.registry import MethodSpec, OptionGroup, available_methods
 from parlab.training.config import choices_of, help_of, read_mapping
 from parlab.training.record import CONFIG_KEYS, EARLIER_LAYOUT_KEYS, method_name_of
 
+EXPORT_FORMATS = ("onnx", "safetensors")  # parlab export --format: export_onnx, export_safetensors
+
 
 def _add_group(parser: argparse.ArgumentParser, group: OptionGroup) -> None:
     hints = typing.get_type_hints(group.config)
@@ -120,13 +122,18 @@ def _parser(methods: dict[str, MethodSpec]) -> argparse.ArgumentParser:
     cm.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run "
                                            "read it)")
 
-    ex = sub.add_parser("export", help="an ONNX file of a checkpoint, checked against PyTorch with onnxruntime",
-                        description="Export a best.pt to ONNX (dynamic batch; attributes, thresholds, input size "
-                                    "and normalisation in its metadata); needs pip install parlab[onnx].")
+    ex = sub.add_parser("export", help="an ONNX file (or timm safetensors) of a checkpoint, checked against PyTorch",
+                        description="Export a best.pt to ONNX (dynamic batch; attributes, thresholds and the "
+                                    "preprocessing in its metadata; needs pip install parlab[onnx]), or a baseline "
+                                    "to a folder that timm loads (model.safetensors + config.json).")
     ex.add_argument("checkpoint", type=Path)
-    ex.add_argument("--output", type=Path, required=True, help="the .onnx file")
-    ex.add_argument("--opset", type=int, default=17)
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    ex.add_argument("--output", type=Path, required=True, help="the .onnx file; with --format safetensors, the folder")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0],
+                    help="onnx: any method; safetensors: timm's model.safetensors + config.json, for a timm backbone "
+                         "with a linear head (baseline runs) (default: onnx)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX operator set (default: 17)")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --output file (with --format safetensors: the folder's two files)")
     ex.add_argument("--clip-weights", help="PromptPAR: where the base CLIP file is now (default: where the run read it)")
 
     ca = sub.add_parser("cache", help="decode a dataset's images once into a uint8 cache at a training size",
@@ -199,6 +206,17 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise ParlabError(f"{path.parent}: no such folder for the output {path.name}")
 
 
+def check_output_folder(folder: Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse an output folder before any work: a file there, files ``names`` in it (unless ``overwrite``)."""
+    if folder.exists() and not folder.is_dir():
+        raise ParlabError(f"{folder} is a file; name the folder to write {', '.join(names)} in")
+    present = [name for name in names if (folder / name).exists()]
+    if present and not overwrite:
+        raise ParlabError(f"{folder} holds {', '.join(present)}; pass --overwrite to replace")
+    if not folder.parent.is_dir():
+        raise ParlabError(f"{folder.parent}: no such folder for the output {folder.name}")
+
+
 def write_output(path: Path, write) -> None:
     """``write(tmp)`` into a temporary file, renamed onto ``path``: a failed write leaves no partial file."""
     from parlab.files import write_atomic
@@ -207,6 +225,19 @@ def write_output(path: Path, write) -> None:
         write_atomic(path, write)
     except OSError as exc:
         raise ParlabError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def frame_json(frame) -> dict:
+    """A DataFrame as ``{index: {column: value}}``: NaN as null (as pandas writes it), numbers to 15 digits.
+
+    pandas' JSON text escapes every "/" (``"cam1\\/0001.jpg"``); parsed back here, :func:`write_json` writes it plain.
+    """
+    return json.loads(frame.to_json(orient="index", double_precision=15))
+
+
+def write_json(path: str | Path, payload) -> None:
+    """``payload`` as indented UTF-8 JSON: "/" and non-ASCII characters (in image paths) as they are."""
+    Path(path).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -222,8 +253,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if m.num_degenerate:
         print(f"{m.num_degenerate} degenerate attribute(s) excluded from mA")
     if args.json:
-        payload = {"summary": summary, "per_attribute": json.loads(m.per_attribute.to_json(orient="index"))}
-        write_output(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+        payload = {"summary": summary, "per_attribute": frame_json(m.per_attribute)}
+        write_output(args.json, lambda tmp: write_json(tmp, payload))
     return 0
 
 
@@ -240,7 +271,7 @@ def _predict(args: argparse.Namespace) -> int:
     if suffix == ".csv":
         write_output(args.output, table.to_csv)
     else:
-        write_output(args.output, lambda tmp: Path(tmp).write_text(table.to_json(orient="index", indent=2)))
+        write_output(args.output, lambda tmp: write_json(tmp, frame_json(table)))
     print(f"{len(table)} images -> {args.output}")
     return 0
 
@@ -255,10 +286,14 @@ def _cam(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from parlab.export import export_onnx
+    from parlab.export import TIMM_FILES, export_onnx, export_safetensors
 
-    check_output(args.output, args.overwrite)
-    report = export_onnx(args.checkpoint, args.output, opset=args.opset, clip_weights=args.clip_weights)
+    if args.format == "safetensors":
+        check_output_folder(args.output, TIMM_FILES, args.overwrite)
+        report = export_safetensors(args.checkpoint, args.output)
+    else:
+        check_output(args.output, args.overwrite)
+        report = export_onnx(args.checkpoint, args.output, opset=args.opset, clip_weights=args.clip_weights)
     print(report.summary())
     return 0
 

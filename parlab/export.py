@@ -1,4 +1,4 @@
-"""Export a trained checkpoint to ONNX, checked against PyTorch before it is kept.
+"""Export a trained checkpoint to ONNX or to timm's safetensors layout, checked before it is kept.
 
 ``export_onnx(checkpoint, "model.onnx")`` rebuilds the model with
 :func:`parlab.inference.load_model` and writes an ONNX graph with one input,
@@ -7,7 +7,15 @@ output, ``logits`` (B, A); the batch axis B is dynamic. ``sigmoid(logits) >
 thresholds`` gives the same labels as :func:`parlab.predict`. Everything a
 consumer needs to prepare images and read the outputs travels in the file's
 ``metadata_props`` (keys ``parlab.*``, values JSON or plain strings): attribute
-names, thresholds, input size, normalisation, method, backbone and parlab's version.
+names, thresholds, the preprocessing (input size, mean, std, geometry, and
+``parlab.preprocess``: the recipe in words), method, backbone and parlab's version.
+
+:func:`preprocess` is that recipe as code, read from the metadata alone (onnxruntime's
+``session.get_modelmeta().custom_metadata_map``): an image file decoded in full to RGB,
+optionally letterboxed to a black square, resized with PIL's antialiased bilinear filter,
+scaled to [0, 1] and normalised. It runs parlab's own evaluation transform
+(:class:`~parlab.data.images.PARTransform`), so onnxruntime on its output gives what
+``parlab predict`` gives on the same file.
 
 Before the file is put in place, onnxruntime runs it on a seeded random batch
 of 3 images and on a batch of 1 (a graph that baked in the batch size fails
@@ -19,16 +27,29 @@ Timm-backbone models (the baseline, FRDL) use PyTorch's TorchScript exporter,
 which needs only ``onnx``; PromptPAR uses the ``torch.export`` exporter, which
 also needs ``onnxscript``. ``pip install parlab[onnx]`` installs all three and
 onnxruntime.
+
+``export_safetensors(checkpoint, folder)`` writes a baseline (a timm backbone with a linear head)
+as the timm classifier it is: ``model.safetensors`` and ``config.json`` in the layout of a timm
+Hugging Face repository, written by timm's own ``save_for_hf``. The head (with its BatchNorm folded
+in, for ``linear_bn``) becomes the architecture's classifier with one output per attribute, so
+``timm.create_model("local-dir:FOLDER", pretrained=True)`` (or ``"hf-hub:ORG/NAME"`` once the folder
+is uploaded) rebuilds it with no parlab installed; the config's ``pretrained_cfg`` holds the
+input size, mean, std and interpolation (timm's own eval transform then equals parlab's),
+``label_names`` the attributes, and ``parlab`` the thresholds and the recipe. Heads that are no
+linear classifier (FRDL's, PromptPAR) have no timm form and are refused: export them to ONNX.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import json
 import logging
+import shutil
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,35 +57,43 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from parlab._version import __version__
+from parlab.data.images import PARTransform, load_rgb, to_rgb
 from parlab.errors import ParlabError
 from parlab.files import write_atomic
 from parlab.inference import LoadedModel, load_model
+from parlab.models import LinearHead, PARModel
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 CHECK_BATCHES = (3, 1)  # 3 random images, then 1: a batch size baked into the graph fails the second
 CHECK_SEED = 0
 INSTALL_HINT = "pip install parlab[onnx]"
+PREFIX = "parlab."  # of every metadata key parlab writes
+# The geometry before the resize, as the "parlab.resize" value names it: PARTransform.square.
+GEOMETRIES = {"stretch": False, "letterbox": True}
+TIMM_FILES = ("model.safetensors", "config.json")  # a timm Hugging Face repository's weights and config
 
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What :func:`export_onnx` wrote and how closely onnxruntime reproduces PyTorch."""
+    """What :func:`export_onnx` / :func:`export_safetensors` wrote and how closely it reproduces PyTorch."""
 
-    output: Path
-    max_abs_diff: float  # max |onnxruntime logits - PyTorch logits| over the check batches
+    output: Path  # the .onnx file, or the folder of model.safetensors and config.json
+    max_abs_diff: float  # max |logits of the written file - PyTorch's| over the check batches
     image_size: tuple[int, int]  # (height, width) of the ``images`` input
     num_attributes: int
-    opset: int  # of the written file (the torch.export exporter may keep a newer one than asked)
+    opset: int | None  # of an ONNX file (the torch.export exporter may keep a newer one than asked); None otherwise
+    checked_with: str = "onnx"  # what reran the written file: "onnx" (onnxruntime) or "timm" (timm's loader)
 
     def summary(self) -> str:
         """One line, e.g. ``model.onnx: 26 attributes, input 64x32, max |onnx - torch| = 2.4e-06``."""
         h, w = self.image_size
         return (f"{self.output}: {self.num_attributes} attributes, input {h}x{w}, "
-                f"max |onnx - torch| = {self.max_abs_diff:.1e}")
+                f"max |{self.checked_with} - torch| = {self.max_abs_diff:.1e}")
 
 
 def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17, device: str = "cpu",
@@ -106,7 +135,9 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17, dev
         except ValueError as exc:  # protobuf's 2 GB limit
             raise ParlabError(f"{checkpoint}: the ONNX model cannot be saved as one file ({_one_line(exc)})") from exc
         # Checked before the rename: a file that disagrees with PyTorch never reaches ``output``.
-        diff = _max_abs_diff(ort, tmp, model, loaded)
+        # The CPU provider: the reference runtime wherever the file is used later; loading also validates it.
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        diff = _max_abs_diff(lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0], model, loaded)
         if not diff <= atol:  # also catches NaN
             raise ParlabError(f"{checkpoint}: ONNX export disagrees with PyTorch: max |onnx - torch| = "
                               f"{diff:.3g} > atol {atol:g}; nothing written to {output}")
@@ -114,6 +145,97 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = 17, dev
 
     write_atomic(output, write)
     return ExportReport(output, results["diff"], (int(h), int(w)), len(loaded.attributes), results["opset"])
+
+
+def export_safetensors(checkpoint: str | Path, output: str | Path, device: str = "cpu",
+                       atol: float = 1e-5) -> ExportReport:
+    """Write a baseline's model to folder ``output`` as a timm classifier (``model.safetensors``, ``config.json``).
+
+    The folder is a timm Hugging Face repository (see the module docstring): ``timm.create_model(
+    "local-dir:FOLDER", pretrained=True)`` gives a model of (B, 3, H, W) images -> (B, A) logits, checked here:
+    timm's loader must reproduce parlab's logits to ``atol`` on seeded random batches before either file is
+    put in place. Each file is replaced whole (:func:`parlab.files.write_atomic`); others in the folder stay.
+
+    Raises:
+        ParlabError: the checkpoint holds no model, the model is no timm backbone with a linear head (FRDL,
+            PromptPAR and the attribute heads are not), its input is letterboxed (timm's transforms cannot),
+            or timm's logits differ from parlab's by more than ``atol``.
+    """
+    import timm
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    if output.exists() and not output.is_dir():
+        raise ParlabError(f"{output}: is a file; --format safetensors writes a folder ({', '.join(TIMM_FILES)})")
+    loaded = load_model(checkpoint, device)
+    net = _timm_classifier(loaded)
+    method, backbone = _method_and_backbone(loaded)
+    h, w = loaded.data.image_size
+    transform = loaded.transform
+    # timm's eval transform with these ("squash": a resize to exactly (H, W), crop_pct 1: no crop) is parlab's.
+    data_config = {"input_size": (3, int(h), int(w)), "interpolation": "bilinear", "crop_pct": 1.0,
+                   "crop_mode": "squash", "mean": tuple(transform.mean), "std": tuple(transform.std)}
+    extra = {"thresholds": [float(t) for t in loaded.thresholds], **preprocessing_values(transform),
+             "preprocess": preprocessing_recipe(transform), "version": __version__, "method": method,
+             "backbone": backbone}
+    with tempfile.TemporaryDirectory(prefix="parlab-export-") as tmp:
+        timm.models.save_for_hf(net, tmp, model_config={"label_names": list(loaded.attributes), "parlab": extra},
+                                data_config=data_config, safe_serialization=True)
+        reloaded = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval()
+        diff = _max_abs_diff(lambda x: reloaded(x).numpy(), loaded.model, loaded)
+        if not diff <= atol:  # also catches NaN
+            raise ParlabError(f"{checkpoint}: timm's loader disagrees with parlab: max |timm - torch| = {diff:.3g} > "
+                              f"atol {atol:g}; nothing written to {output}")
+        for name in TIMM_FILES:
+            write_atomic(output / name, lambda dest, name=name: shutil.copyfile(Path(tmp) / name, dest))
+    return ExportReport(output, diff, (int(h), int(w)), len(loaded.attributes), None, "timm")
+
+
+def _timm_classifier(loaded: LoadedModel) -> nn.Module:
+    """The baseline model of ``loaded`` as one timm model on the CPU: (B, 3, H, W) images -> (B, A) logits.
+
+    The backbone (a timm model built without classifier) gets timm's own classifier back with A outputs, holding
+    the linear head's weights; a ``linear_bn`` head's BatchNorm (in eval mode an affine map per attribute) is
+    folded into them. Anything else is a one-line ParlabError naming what is supported.
+    """
+    model, head = loaded.model, getattr(loaded.model, "head", None)
+    if not (isinstance(model, PARModel) and isinstance(head, LinearHead)):
+        what = type(head if isinstance(model, PARModel) else model).__name__
+        raise ParlabError(f"{loaded.source}: --format safetensors writes timm classifiers, i.e. a timm backbone with "
+                          f"the 'linear' or 'linear_bn' head (baseline runs); this {loaded.method_name} model "
+                          f"({what}) has none: use --format onnx")
+    if loaded.transform.square:
+        raise ParlabError(f"{loaded.source}: the model's input is letterboxed to a square, which timm's data config "
+                          "cannot describe: use --format onnx")
+    net = copy.deepcopy(model.backbone).cpu().float()
+    net.reset_classifier(len(loaded.attributes))
+    classifier = net.get_classifier()
+    if not isinstance(classifier, nn.Linear) or classifier.in_features != head.fc.in_features:
+        raise ParlabError(f"{loaded.source}: backbone {loaded.model_config.backbone!r} has a "
+                          f"{type(classifier).__name__} classifier, not the linear layer on its pooled features "
+                          "that the head is: use --format onnx")
+    weight, bias = _folded_linear(head)
+    with torch.no_grad():
+        classifier.weight.copy_(weight)
+        classifier.bias.copy_(bias)
+    return net.eval()
+
+
+def _folded_linear(head: LinearHead) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, C) weight and (A,) bias of the one linear layer that computes ``head`` in eval mode.
+
+    BatchNorm after the linear layer, with running mean m, variance v, weight g and bias b, is
+    ``(y - m) * g / sqrt(v + eps) + b``: a scale s and shift per attribute, so W' = s W and b' = s (b_fc - m) + b.
+    Computed in float64, returned as float32.
+    """
+    weight, bias = head.fc.weight.detach().double().cpu(), head.fc.bias.detach().double().cpu()
+    bn = head.bn
+    if isinstance(bn, nn.BatchNorm1d):
+        scale = (bn.running_var.detach().double().cpu() + bn.eps).rsqrt()
+        if bn.weight is not None:
+            scale = scale * bn.weight.detach().double().cpu()
+        shift = bn.bias.detach().double().cpu() if bn.bias is not None else torch.zeros_like(scale)
+        weight, bias = weight * scale[:, None], (bias - bn.running_mean.detach().double().cpu()) * scale + shift
+    return weight.float(), bias.float()
 
 
 def _onnx_modules() -> tuple[Any, Any]:
@@ -209,38 +331,93 @@ def _quiet(*names: str) -> Iterator[None]:
 
 def _metadata(loaded: LoadedModel, method: str, backbone: str) -> dict[str, str]:
     """``metadata_props`` of the file: what a consumer needs to prepare images and read logits."""
-    mean, std = _normalisation(loaded.transform)
-    h, w = loaded.data.image_size
     values = {
         "attributes": list(loaded.attributes),
         "thresholds": [float(t) for t in loaded.thresholds],
-        "input_size": [int(h), int(w)],  # (height, width)
-        "mean": mean,
-        "std": std,
-        # "letterbox": centred on a black square as wide as the longer side, then resized; "stretch": resized
-        "resize": "letterbox" if getattr(loaded.transform, "square", False) else "stretch",
+        **preprocessing_values(loaded.transform),
     }
-    props = {f"parlab.{key}": json.dumps(value) for key, value in values.items()}
-    props.update({"parlab.version": __version__, "parlab.method": method, "parlab.backbone": backbone})
+    props = {PREFIX + key: json.dumps(value) for key, value in values.items()}
+    props.update({PREFIX + "preprocess": preprocessing_recipe(loaded.transform), PREFIX + "version": __version__,
+                  PREFIX + "method": method, PREFIX + "backbone": backbone})
     return props
 
 
-def _normalisation(transform) -> tuple[list[float], list[float]]:
-    """(mean, std) of the transform's Normalize step (ImageNet's or CLIP's, per method)."""
-    mean, std = getattr(transform, "mean", None), getattr(transform, "std", None)
-    if mean is None or std is None:  # PARTransform keeps them only in its torchvision Normalize
-        from torchvision.transforms import Normalize
+def preprocessing_values(transform: PARTransform) -> dict[str, Any]:
+    """The evaluation ``transform`` as JSON values: ``input_size`` [H, W], ``mean``, ``std`` (R, G, B), ``resize``.
 
-        steps = getattr(transform.normalize, "transforms", [transform.normalize])
-        norm = next(step for step in steps if isinstance(step, Normalize))
-        mean, std = norm.mean, norm.std
-    return [float(m) for m in mean], [float(s) for s in std]
+    ``resize``: "letterbox" (centred on a black square as wide as the longer side, then resized) or
+    "stretch" (resized as it is); :func:`transform_from_metadata` reads them back.
+    """
+    h, w = transform.image_size
+    return {"input_size": [int(h), int(w)],  # (height, width)
+            "mean": [float(m) for m in transform.mean],
+            "std": [float(s) for s in transform.std],
+            "resize": next(name for name, square in GEOMETRIES.items() if square == transform.square)}
 
 
-def _max_abs_diff(ort, path: str, model: nn.Module, loaded: LoadedModel) -> float:
-    """Max |onnxruntime - PyTorch| of the logits on seeded random batches of :data:`CHECK_BATCHES` images."""
-    # The CPU provider: the reference runtime wherever the file is used later; loading also validates it.
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+def preprocessing_recipe(transform: PARTransform) -> str:
+    """The steps of :func:`preprocess` for ``transform``, in words, for a consumer without parlab."""
+    h, w = transform.image_size
+    steps = ["decode the image file in full (no reduced-scale JPEG decoding) and convert it to 8-bit RGB "
+             "(16-bit greyscale divided by 257)"]
+    if transform.square:
+        steps.append("paste it on a black S x S square, S = max(width, height), at "
+                     "((S - width) // 2, (S - height) // 2)")
+    steps += [f"resize to width {w}, height {h} with PIL's Image.resize(size, Image.BILINEAR), which antialiases "
+              "(what torchvision's resize does to a PIL image)",
+              "divide by 255 to float in [0, 1]",
+              f"subtract {PREFIX}mean and divide by {PREFIX}std per channel (R, G, B)",
+              f"stack as (N, 3, {h}, {w}) float32 (NCHW)"]
+    return "; ".join(f"{i}. {step}" for i, step in enumerate(steps, 1)) + \
+        ". parlab.export.preprocess(path, metadata) does exactly this"
+
+
+def transform_from_metadata(metadata: Mapping[str, str]) -> PARTransform:
+    """The evaluation transform an exported file's metadata describes (``parlab.*`` keys, JSON values).
+
+    Raises:
+        ParlabError: a key is missing or unreadable (not the metadata of a parlab export).
+    """
+    values = {}
+    for key in ("input_size", "mean", "std", "resize"):
+        if PREFIX + key not in metadata:
+            raise ParlabError(f"the metadata has no {PREFIX}{key}: not the metadata of a file parlab exported "
+                              f"(keys: {', '.join(sorted(metadata)) or 'none'})")
+        try:
+            values[key] = json.loads(metadata[PREFIX + key])
+        except (TypeError, ValueError):
+            raise ParlabError(f"metadata {PREFIX}{key} is not JSON: {str(metadata[PREFIX + key])[:80]!r}") from None
+    if values["resize"] not in GEOMETRIES:
+        raise ParlabError(f"metadata {PREFIX}resize is {values['resize']!r}; known: {', '.join(GEOMETRIES)}")
+    try:
+        return PARTransform(tuple(values["input_size"]), train=False, mean=tuple(values["mean"]),
+                            std=tuple(values["std"]), square=GEOMETRIES[values["resize"]])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ParlabError(f"metadata {PREFIX}input_size / mean / std cannot be used: {_one_line(exc)}") from None
+
+
+def preprocess(image: str | Path | Image.Image, metadata: Mapping[str, str]) -> np.ndarray:
+    """(1, 3, H, W) float32: ``image`` prepared as the exported model expects, as ``parlab predict`` prepares it.
+
+    Args:
+        image: an image file (decoded in full, as :func:`parlab.data.images.load_rgb` does: a broken file is
+            a one-line error naming it) or a PIL image (converted to RGB).
+        metadata: the exported file's ``parlab.*`` metadata, e.g. onnxruntime's
+            ``InferenceSession(path).get_modelmeta().custom_metadata_map``.
+
+    Concatenate several along axis 0 for a batch. The steps are ``parlab.preprocess`` in the metadata.
+    """
+    transform = transform_from_metadata(metadata)
+    rgb = to_rgb(image) if isinstance(image, Image.Image) else load_rgb(image)
+    return transform(rgb).unsqueeze(0).numpy()
+
+
+def _max_abs_diff(run_exported: Callable[[torch.Tensor], np.ndarray], model: nn.Module,
+                  loaded: LoadedModel) -> float:
+    """Max |exported - PyTorch| of the logits on seeded random batches of :data:`CHECK_BATCHES` images.
+
+    ``run_exported``: the written file's model, (B, 3, H, W) float32 CPU images -> (B, A) logits.
+    """
     h, w = loaded.data.image_size
     generator = torch.Generator().manual_seed(CHECK_SEED)
     worst = 0.0
@@ -248,7 +425,7 @@ def _max_abs_diff(ort, path: str, model: nn.Module, loaded: LoadedModel) -> floa
         images = torch.randn(batch, 3, h, w, generator=generator)  # normalised images are roughly N(0, 1)
         with torch.no_grad():
             expected = model(images.to(loaded.device)).float().cpu().numpy()
-        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+            got = np.asarray(run_exported(images))
         if got.shape != expected.shape:
             return float("inf")
         diff = float(np.max(np.abs(got.astype(np.float64) - expected)))

@@ -107,7 +107,7 @@ class _Files(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(load_rgb(self.files[i], self.transform.image_size))
+        return self.transform(load_rgb(self.files[i]))
 
 
 @torch.no_grad()

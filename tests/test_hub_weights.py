@@ -1,5 +1,6 @@
 """Pretrained weights by name ("pretrained", open_clip tags, hf-hub ids) through a Hugging Face cache the tests
 build by hand in tmp_path, with HF_HUB_OFFLINE=1 and every socket connection refused: nothing touches the network.
+The tests of an unreachable hub unset HF_HUB_OFFLINE and allow connections to one local port only.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from parlab.models.clip import CONFIG_DIR
 from parlab.training.checkpoint import CheckpointError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REAL_CONNECT = socket.socket.connect  # before the hub fixture refuses every connection
+REAL_CREATE_CONNECTION = socket.create_connection
 TAG_REPO = "timm/test_resnet.r160_in1k"  # timm's hf_hub_id for test_resnet's pretrained tag r160_in1k
 
 
@@ -251,3 +255,60 @@ def test_the_papers_fusion_block_comes_through_timm_and_offline_is_one_line(hub)
         _vit_b16_fusion("pretrained")
     message = str(err.value)
     assert "\n" not in message and f"huggingface-cli download timm/{FUSION_VIT}" in message
+
+
+# --- an unreachable hub ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["refused", "silent"])
+def unreachable(request, hub, monkeypatch):
+    """The hub fixture's cache, online, with the endpoint a local port that refuses connections ("refused") or
+    accepts them and never answers ("silent"); a connection anywhere else still fails the test."""
+    import huggingface_hub.constants as constants
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if request.param == "silent":
+        listener.listen(16)  # the kernel completes the connections; nobody reads them
+    else:
+        listener.close()
+
+    def local_only(sock, address):
+        if tuple(address[:2]) != ("127.0.0.1", port):
+            raise AssertionError(f"a test tried to connect to {address}")
+        return REAL_CONNECT(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
+    monkeypatch.setattr(socket, "create_connection", REAL_CREATE_CONNECTION)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    yield hub
+    listener.close()
+
+
+@pytest.mark.timeout(120)  # huggingface_hub's own retries would take minutes against the silent port
+def test_an_unreachable_hub_is_one_line_within_seconds_not_after_retries(unreachable):
+    import huggingface_hub.constants as constants
+
+    for call, repo in ((lambda: create_backbone("test_resnet.r160_in1k", weights="pretrained"), TAG_REPO),
+                       (lambda: create_backbone("test_resnet", weights="hf-hub:parlab-test/absent"),
+                        "parlab-test/absent"),
+                       (lambda: create_clip("parlab-clip-tiny", "hf-hub:parlab-test/absent-clip"),
+                        "parlab-test/absent-clip")):
+        start = time.perf_counter()
+        with pytest.raises(ParlabError) as err:
+            call()
+        assert time.perf_counter() - start < 10
+        message = str(err.value)
+        assert "\n" not in message and f"{constants.ENDPOINT} did not answer within 3 s" in message
+        assert f"hf download {repo}" in message
+        assert constants.HF_HUB_OFFLINE is False  # cache-only for that call alone
+
+
+def test_an_unreachable_hub_still_loads_a_cached_weight(unreachable, tmp_path):
+    files = _timm_repo(tmp_path, seed=2)
+    unreachable(TAG_REPO, {"model.safetensors": files["model.safetensors"]})
+    net = create_backbone("test_resnet.r160_in1k", weights="pretrained")
+    saved = _tensors(files["model.safetensors"])
+    assert all(torch.equal(net.state_dict()[k], saved[k]) for k in net.state_dict())

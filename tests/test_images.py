@@ -24,6 +24,14 @@ def test_greyscale_and_palette_images_become_rgb(tmp_path):
     assert load_rgb(tmp_path / "p.png").mode == "RGB"
 
 
+def test_a_jpeg_far_larger_than_the_input_is_decoded_in_full(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (400, 200, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "large.jpg", quality=92)
+    with Image.open(tmp_path / "large.jpg") as full:  # libjpeg at full scale, what any decoder gives
+        expected = np.asarray(full.convert("RGB"))
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "large.jpg")), expected)
+
+
 def test_missing_image_error_or_skip(synthpa_root, tmp_path):
     import shutil
 

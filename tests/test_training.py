@@ -483,3 +483,57 @@ def test_a_split_too_small_for_one_batch_is_an_error(synthpa_root, tmp_path):
         train(*split_config(BaselineConfig, root=str(synthpa_root), backbone="test_resnet", image_size=(64, 32),
                             epochs=1, batch_size=16, train_limit=1, device="cpu", output_dir=str(tmp_path / "one")),
               progress=False, log=lambda _: None)
+
+
+def test_json_outputs_write_paths_with_plain_slashes(run, synthpa_root, tmp_path):
+    from parlab.cli import main
+
+    images = sorted((synthpa_root / "data").iterdir())[:3]
+    folder = tmp_path / "cam1" / "día 2"  # a separator and a non-ASCII name: both written as they are
+    folder.mkdir(parents=True)
+    files = [folder / image.name for image in images]
+    for image, file in zip(images, files):
+        file.write_bytes(image.read_bytes())
+    target, summary = tmp_path / "pred.json", tmp_path / "eval.json"
+    assert main(["predict", str(run.output_dir / "best.pt"), str(folder), "--output", str(target)]) == 0
+    assert main(["evaluate", str(run.output_dir / "best.pt"), "--json", str(summary)]) == 0
+    text = target.read_text(encoding="utf-8")
+    assert "\\/" not in text and "\\u" not in text and f'"{files[0]}"' in text
+    table = json.loads(text)
+    assert list(table) == [str(f) for f in files]
+    expected = parlab.predict(run.output_dir / "best.pt", files)
+    assert table[str(files[0])]["prob.Female"] == pytest.approx(expected["prob.Female"].iloc[0], abs=1e-12)
+    assert "\\/" not in summary.read_text(encoding="utf-8") and "ma" in json.loads(summary.read_text())["summary"]
+
+
+def test_tensorboard_logs_every_epoch_number_of_log_csv(synthpa_root, tmp_path):
+    pytest.importorskip("tensorboard", reason="needs the tensorboard package (pip install parlab[tensorboard])")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(*tiny(synthpa_root, out, epochs=1, tensorboard=True), progress=False, log=lambda _: None)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    row = pd.read_csv(out / "log.csv").iloc[0]
+    logged = {key: value for key, value in row.items() if key != "epoch" and pd.notna(value)}
+    assert logged and set(events.Tags()["scalars"]) == set(logged)
+    for key, value in logged.items():
+        (scalar,) = events.Scalars(key)
+        assert scalar.step == 1 and scalar.value == pytest.approx(float(value), rel=1e-6)  # a bool as 0 or 1
+
+
+def test_tensorboard_without_its_package_is_one_line_before_any_file(synthpa_root, tmp_path, monkeypatch, capsys):
+    from parlab.cli import main
+    from parlab.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # its import now raises ImportError
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"^tensorboard=True needs the tensorboard package: "
+                                          r"pip install parlab\[tensorboard\]$"):
+        train(*tiny(synthpa_root, out, tensorboard=True), progress=False, log=lambda _: None)
+    assert main(["train", "--root", str(synthpa_root), "--backbone", "test_resnet", "--output-dir", str(out),
+                 "--tensorboard", "--no-progress"]) == 1
+    assert capsys.readouterr().err == "error: tensorboard=True needs the tensorboard package: " \
+                                      "pip install parlab[tensorboard]\n"
+    assert not out.exists()

@@ -3,7 +3,7 @@
 Decoding JPEGs and resizing them every epoch is what keeps worker processes
 busy and a GPU waiting. :func:`build_image_cache` decodes every image of a
 dataset exactly as :class:`~parlab.data.images.PARTransform` does before its
-random crop (``load_rgb`` at that size, then the same resize) and stores the
+random crop (``load_rgb`` in full, then the same resize) and stores the
 result as ``images.npy``, (N, H, W, 3) uint8 in annotation-row order. What
 training then does per batch (pad, crop, flip, normalise) is
 :func:`parlab.data.batch_augment.augment_batch`, on the batch, on the device,
@@ -40,7 +40,9 @@ from parlab.data.errors import DatasetError
 from parlab.data.images import PARTransform, load_rgb
 from parlab.files import check_replaceable, make_owned_folder, remove_owned, replace_folder
 
-FORMAT = 1  # bump when what is stored for an image changes
+# Bump when what is stored for an image changes: 2 decodes every JPEG in full (1 decoded JPEGs at least twice
+# the image size at reduced scale), so a cache of format 1 may hold other pixels than training now reads.
+FORMAT = 2
 CHUNK = 256  # images decoded per task of a worker process
 WHAT = "image cache"
 
@@ -153,4 +155,4 @@ def _decode_chunk(job: tuple[int, list[str], tuple[int, int], bool]) -> tuple[in
     """Images ``paths`` decoded and resized as the PAR transform does before cropping: (n, H, W, 3) uint8."""
     first, paths, image_size, square = job
     resize = PARTransform(image_size, train=False, square=square).resize
-    return first, np.stack([np.asarray(resize(load_rgb(p, image_size)), dtype=np.uint8) for p in paths])
+    return first, np.stack([np.asarray(resize(load_rgb(p)), dtype=np.uint8) for p in paths])

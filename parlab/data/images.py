@@ -41,7 +41,7 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})  # "I":
 _READABLE_MODES = _RGB_MODES | _SIXTEEN_BIT_MODES
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """A decoded image as RGB; 16-bit greyscale (0..65535) is divided by 257, so 65535 -> 255."""
     if img.mode in _SIXTEEN_BIT_MODES:
         grey = np.asarray(img, dtype=np.float32)  # (H, W); numpy handles the big-endian "I;16B"
@@ -61,13 +61,12 @@ def _image_error(path: Path, exc: Exception) -> DatasetError:
     return DatasetError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {text})")
 
 
-def load_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> Image.Image:
-    """Open an image fully (so truncation is caught here) and convert it to RGB.
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image, decode it fully and at full resolution (so truncation is caught here), convert it to RGB.
 
-    ``at_least`` (height, width): a JPEG at least twice that size in both directions is decoded at
-    1/2, 1/4 or 1/8 scale by libjpeg (never below ``at_least``), which is faster than decoding in
-    full and resizing; the transform then resizes to the exact size as usual. Any failure (missing,
-    truncated, not an image, more than :data:`MAX_IMAGE_PIXELS`, unsupported mode) is a
+    Never JPEG's reduced-scale decoding (``draft``): what a model sees then depends only on the file and the
+    transform, so ONNX users reproduce it with any full decoder (:func:`parlab.export.preprocess`). Any failure
+    (missing, truncated, not an image, more than :data:`MAX_IMAGE_PIXELS`, unsupported mode) is a
     :class:`DatasetError` naming the file.
     """
     path = Path(path)
@@ -81,10 +80,8 @@ def load_rgb(path: str | Path, at_least: tuple[int, int] | None = None) -> Image
                 )
             if img.mode not in _READABLE_MODES:  # before decoding, not after
                 raise DatasetError(f"{path}: unsupported image mode {img.mode!r}")
-            if at_least is not None and img.format == "JPEG":
-                img.draft("RGB", (at_least[1], at_least[0]))
             img.load()
-            return _to_rgb(img)
+            return to_rgb(img)
     except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, struct.error, zlib.error ...)
         raise _image_error(path, exc) from None
 
@@ -210,7 +207,7 @@ class PARImageDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         i, seed = key if isinstance(key, tuple) else (key, None)
         row = int(self.rows[i])
-        img = load_rgb(self.annotations.image_path(row), getattr(self.transform, "image_size", None))
+        img = load_rgb(self.annotations.image_path(row))
         if seed is None:
             x = self.transform(img)
         elif isinstance(self.transform, PARTransform):

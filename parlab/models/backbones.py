@@ -39,7 +39,9 @@ from parlab.errors import ConfigError, ParlabError
 from parlab.models.weights import (
     PRETRAINED,
     RANDOM,
+    HubUnreachable,
     cached_hub_file,
+    hub_or_cache,
     is_hub_id,
     is_unavailable,
     not_available_message,
@@ -127,7 +129,6 @@ def create_backbone(name: str, weights: str | Path | None = None, drop_rate: flo
         kwargs["pretrained"] = True
     elif is_hub_id(spec):
         hub = _hub_id(spec)
-        _check_hub_architecture(name, spec, *hub)
         model_name = spec
         kwargs["pretrained"] = True
     elif spec:
@@ -140,20 +141,25 @@ def create_backbone(name: str, weights: str | Path | None = None, drop_rate: flo
                 "or 'hf-hub:ORG/NAME' to load through the Hugging Face cache, or weights='' to train from scratch"
             )
         kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
-    try:
-        with _watch_timm_loading() as report:
-            model = _create(model_name, image_size, kwargs)
-    except Exception as exc:
-        if not spec:
-            raise
-        if hub is not None and is_unavailable(exc):
-            raise BackboneError(not_available_message(f"backbone {name!r}", spec, *hub, exc=exc)) \
-                from None
-        if spec == PRETRAINED and is_unavailable(exc):
-            raise BackboneError(_url_message(name, _pretrained_cfg(name).url, exc)) from None
-        # A damaged file fails anywhere in the unpickler (IndexError, EOFError, struct.error ...): whatever the
-        # kind, the file given is at fault, since the same architecture builds without it.
-        raise BackboneError(f"{spec}: cannot load as weights of {name!r}: {load_failure(exc, limit=2000)}") from None
+    # Only weights from the hub wait for it: a local file or random weights never ask it.
+    with hub_or_cache() if hub is not None else contextlib.nullcontext() as unreachable:
+        if is_hub_id(spec):
+            _check_hub_architecture(name, spec, *hub, unreachable)
+        try:
+            with _watch_timm_loading() as report:
+                model = _create(model_name, image_size, kwargs)
+        except Exception as exc:
+            if not spec:
+                raise
+            if hub is not None and is_unavailable(exc):
+                raise BackboneError(not_available_message(f"backbone {name!r}", spec, *hub,
+                                                          exc=unreachable or exc)) from None
+            if spec == PRETRAINED and is_unavailable(exc):
+                raise BackboneError(_url_message(name, _pretrained_cfg(name).url, exc)) from None
+            # A damaged file fails anywhere in the unpickler (IndexError, EOFError, struct.error ...): whatever
+            # the kind, the file given is at fault, since the same architecture builds without it.
+            raise BackboneError(f"{spec}: cannot load as weights of {name!r}: "
+                                f"{load_failure(exc, limit=2000)}") from None
     if spec and report.problems:
         raise BackboneError(f"{spec}: cannot load as weights of {name!r}: " + "; ".join(report.problems))
     return model
@@ -233,8 +239,12 @@ def _pretrained_cfg(name: str):
     return cfg
 
 
-def _check_hub_architecture(name: str, spec: str, repo: str, revision: str | None) -> None:
-    """Read the hub repository's ``config.json`` (cached, or fetched) and refuse another architecture."""
+def _check_hub_architecture(name: str, spec: str, repo: str, revision: str | None,
+                            unreachable: HubUnreachable | None = None) -> None:
+    """Read the hub repository's ``config.json`` (cached, or fetched) and refuse another architecture.
+
+    ``unreachable``: why the hub did not answer (:func:`hub_or_cache`), named when the config is not cached.
+    """
     from timm.models import load_model_config_from_hf, split_model_name_tag
 
     try:
@@ -242,7 +252,7 @@ def _check_hub_architecture(name: str, spec: str, repo: str, revision: str | Non
     except Exception as exc:
         if is_unavailable(exc):
             raise BackboneError(not_available_message(f"backbone {name!r}", spec, repo, revision,
-                                                      exc=exc)) from None
+                                                      exc=unreachable or exc)) from None
         raise BackboneError(f"{spec}: not a timm model repository (its config.json: {reason(exc)})") from None
     wanted = split_model_name_tag(name)[0]
     if architecture != wanted:

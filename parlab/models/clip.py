@@ -62,7 +62,15 @@ from torch.nn.modules import module as _module_hooks
 
 from parlab.errors import ConfigError, MissingFileError, ParlabError
 from parlab.models.clip_stem import install_stem, stem_specs
-from parlab.models.weights import is_hub_id, load_failure, not_available_message, split_hub_id, weights_record
+from parlab.models.weights import (
+    cached_hub_file,
+    hub_or_cache,
+    is_hub_id,
+    load_failure,
+    not_available_message,
+    split_hub_id,
+    weights_record,
+)
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 
@@ -334,14 +342,11 @@ def _hub_image_size(spec: str):
     """The vision image size in an ``hf-hub:`` id's ``open_clip_config.json`` (the size its weights have)."""
     if not is_hub_id(spec):
         return None
-    from open_clip.pretrained import download_pretrained_from_hf
-
     repo, revision = split_hub_id(spec)
-    try:  # already in the cache: resolve_clip_weights fetched it
-        config = json.loads(Path(download_pretrained_from_hf(repo, filename="open_clip_config.json",
-                                                             revision=revision)).read_text(encoding="utf-8"))
-    except Exception:  # not there after all: the architecture's grid decides
+    config_file = cached_hub_file(repo, ["open_clip_config.json"], revision)  # resolve_clip_weights fetched it
+    if config_file is None:  # not there after all: the architecture's grid decides
         return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
     return config.get("model_cfg", config).get("vision_cfg", {}).get("image_size")
 
 
@@ -358,22 +363,24 @@ def resolve_clip_weights(name: str, weights: str | Path) -> Path:
     spec = str(weights)
     if is_hub_id(spec):
         repo, revision = split_hub_id(spec)
-        try:
-            config = download_pretrained_from_hf(repo, filename="open_clip_config.json", revision=revision)
-            path = download_pretrained_from_hf(repo, revision=revision)
-        except Exception as exc:  # open_clip turns every hub error into FileNotFoundError(... Last error: ...)
-            raise MissingFileError(not_available_message(f"CLIP {name!r}", spec, repo, revision,
-                                                         exc=exc)) from None
+        with hub_or_cache() as unreachable:
+            try:
+                config = download_pretrained_from_hf(repo, filename="open_clip_config.json", revision=revision)
+                path = download_pretrained_from_hf(repo, revision=revision)
+            except Exception as exc:  # open_clip turns every hub error into FileNotFoundError(... Last error: ...)
+                raise MissingFileError(not_available_message(f"CLIP {name!r}", spec, repo, revision,
+                                                             exc=unreachable or exc)) from None
         _check_hub_config(name, spec, Path(config))
         return Path(path)
     tag = _tag_cfg(name, spec)
     if tag:
         repo, filename = _tag_file(name, spec, tag)
-        try:
-            return Path(download_pretrained_from_hf(repo, filename=filename))
-        except Exception as exc:
-            raise MissingFileError(not_available_message(f"CLIP {name!r}", spec, repo,
-                                                         exc=exc)) from None
+        with hub_or_cache() as unreachable:
+            try:
+                return Path(download_pretrained_from_hf(repo, filename=filename))
+            except Exception as exc:
+                raise MissingFileError(not_available_message(f"CLIP {name!r}", spec, repo,
+                                                             exc=unreachable or exc)) from None
     path = Path(spec).expanduser()
     if not path.is_file():
         tags = _tags(name)

@@ -13,6 +13,12 @@ overrides its ``hub`` folder). ``HF_HUB_OFFLINE=1`` (huggingface_hub's own switc
 keeps them to the cache. A weight neither cached nor reachable is one error line
 that says how to pre-fetch it on a connected machine (:func:`not_available_message`).
 
+Before a loader may fetch, :func:`hub_or_cache` asks the hub endpoint (``HF_ENDPOINT``) for
+an answer within :data:`HUB_PROBE_TIMEOUT` seconds. Without one, the loader runs as under
+``HF_HUB_OFFLINE`` for that call only: a cached weight loads, and a missing one is the error
+line at once, not after huggingface_hub's retries (five per file, 1 + 2 + 4 + 8 + 8 s apart,
+for each file a loader tries: about 50 s for a timm weight when the network is down).
+
 :func:`weights_record` is what a run writes down: the spelling, the file the
 loader read and that file's sha256, so a later run can tell whether it starts from
 the same bytes.
@@ -20,11 +26,14 @@ the same bytes.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import pickle
 import sys
 import urllib.error
-from collections.abc import Iterable
+import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from parlab.errors import ConfigError
@@ -33,6 +42,11 @@ from parlab.files import file_sha256
 HUB_PREFIX = "hf-hub:"
 PRETRAINED = "pretrained"
 RANDOM = "none"  # random initialisation, said explicitly (as "" says it by default)
+HUB_PROBE_TIMEOUT = 3.0  # seconds the hub endpoint has to answer before its weights are read from the cache only
+
+
+class HubUnreachable(ConnectionError):
+    """The hub endpoint gave no answer in time (no network, no DNS, a refused or silent connection)."""
 
 
 def is_hub_id(spec: str | Path | None) -> bool:
@@ -61,6 +75,46 @@ def offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> HubUnreachable | None:
+    """Why the hub endpoint (``HF_ENDPOINT``, default https://huggingface.co) gave no answer within ``timeout``
+    seconds, or None when it answered; any HTTP status counts as an answer (huggingface_hub then says more).
+
+    One HEAD request through urllib, which honours the same proxy variables as huggingface_hub's client.
+    """
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    try:
+        with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:  # a status: the server is there
+        return None
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
+        return HubUnreachable(f"{endpoint} did not answer within {timeout:g} s ({reason(exc, root=True)})")
+
+
+@contextlib.contextmanager
+def hub_or_cache() -> Iterator[HubUnreachable | None]:
+    """Around a timm / open_clip loader call that may fetch from the hub: the endpoint is asked first
+    (:func:`hub_unreachable`, skipped under ``HF_HUB_OFFLINE``) and, if it does not answer, the call reads
+    only the Hugging Face cache, as under ``HF_HUB_OFFLINE``, which is set back afterwards.
+
+    Yields the endpoint's failure (to name in the error when the weight is not cached), or None.
+    """
+    from huggingface_hub import constants
+
+    failure = None if offline() else hub_unreachable()
+    if failure is None:
+        yield None
+        return
+    # huggingface_hub reads its module-level switch at every request (constants.is_offline_mode()).
+    before, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield failure
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def cached_hub_file(repo_id: str, filenames: Iterable[str], revision: str | None = None) -> Path | None:
@@ -120,11 +174,14 @@ def not_available_message(what: str, spec: str, repo_id: str, revision: str | No
     """One line: weights ``spec`` for ``what`` are neither in the Hugging Face cache nor reachable, and how to
     pre-fetch them.
 
-    ``exc``: the error fetching them gave (shown unless offline, where it only says "not cached");
+    ``exc``: the error fetching them gave (shown unless offline, where it only says "not cached"), or the
+    :class:`HubUnreachable` of :func:`hub_or_cache`;
     ``fetched=False``: only the cache was looked at.
     """
     tail = ""
-    if fetched and offline():
+    if fetched and isinstance(exc, HubUnreachable):
+        tail = f" and {exc}"
+    elif fetched and offline():
         tail = " and HF_HUB_OFFLINE is set"
     elif fetched:
         tail = " and could not be fetched" + (f" ({reason(exc, root=True)})" if exc is not None else "")

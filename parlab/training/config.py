@@ -215,7 +215,7 @@ class RunFields(ConfigFile):
                                      "trainval), labelled in every table", PROTOCOLS)
     tune_thresholds: bool = option(False, "per-attribute thresholds on validation, reported beside the fixed one")
     output_dir: str = option("runs/baseline", "the run folder (config, log, checkpoints, results)")
-    tensorboard: bool = option(False, "also log to TensorBoard when it is installed")
+    tensorboard: bool = option(False, "also log to TensorBoard, in tensorboard/ (pip install parlab[tensorboard])")
 
     def __post_init__(self) -> None:
         self.coerce_fields()

@@ -33,7 +33,7 @@ from parlab.training.checkpoint import FORMAT, check_attributes, library_version
 from parlab.training.config import BaselineConfig, DataConfig, RunFields
 from parlab.training.evaluation import evaluate_selected, split_metrics
 from parlab.training.optim import load_optimizer_state
-from parlab.training.runlog import RunLog
+from parlab.training.runlog import RunLog, summary_writer_class
 from parlab.training.sampling import epoch_seed
 from parlab.training.seeding import rng_state, seed_everything, set_rng_state
 from parlab.training.splits import resolve_splits
@@ -78,6 +78,8 @@ def fit(task: Task, existing: str = "error", progress: bool = True, log=None) ->
         log: where the one-line-per-epoch summary goes (default: printed and flushed, so that
             redirected output of long runs shows each epoch as it ends).
     """
+    if task.run.tensorboard:
+        summary_writer_class()  # a missing package stops the run here, before its folder is touched
     return launch(lambda line_log, ctx: _fit(task, existing, progress, line_log, ctx), task.run.device, log)
 
 

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
+from parlab.errors import ConfigError
 from parlab.files import write_atomic
+
+TENSORBOARD_HINT = "pip install parlab[tensorboard]"
+
+
+def summary_writer_class() -> type:
+    """torch's TensorBoard ``SummaryWriter``; a one-line ConfigError when the tensorboard package is missing.
+
+    Asked for before a run touches its folder (:func:`parlab.training.engine.fit`), so that ``tensorboard=True``
+    without the package stops at once rather than logging to CSV only.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's module raises it when the tensorboard package is not installed
+        raise ConfigError(f"tensorboard=True needs the tensorboard package: {TENSORBOARD_HINT}") from None
+    return SummaryWriter
 
 
 class RunLog:
@@ -16,14 +31,7 @@ class RunLog:
     def __init__(self, folder: Path, rows: list[dict] | None = None, tensorboard: bool = False) -> None:
         self.path = Path(folder) / "log.csv"
         self.rows = list(rows or [])
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(Path(folder) / "tensorboard"))
-            except ImportError:
-                warnings.warn("tensorboard=True but the tensorboard package is not installed; logging to CSV only")
+        self.writer = summary_writer_class()(str(Path(folder) / "tensorboard")) if tensorboard else None
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
