@@ -223,6 +223,8 @@ def write_output(path: Path, write) -> None:
 
     try:
         write_atomic(path, write)
+    except ParlabError:  # a full disk: already one line naming the file
+        raise
     except OSError as exc:
         raise ParlabError(f"cannot write {path}: {exc.strerror or exc}") from None
 

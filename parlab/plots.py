@@ -191,6 +191,26 @@ def learning_curves(histories: dict[str, pd.DataFrame], split: str = "val") -> F
     return fig
 
 
+def batchnorm_statistics_curves(histories: dict[str, pd.DataFrame]) -> Figure:
+    """Validation loss and mA per epoch under the BatchNorm statistics training kept (dashed) and recomputed at
+    the epoch's weights (solid), one colour per run: what ``precise_bn`` changed (``histories``: name -> log)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for k, (name, log) in enumerate(histories.items()):
+        for ax, column in zip(axes, ("val_loss", "val_ma"), strict=True):
+            ax.plot(log["epoch"], log[column], color=f"C{k}", marker="o", ms=3, label=f"{name}, recomputed")
+            ax.plot(log["epoch"], log[f"{column}_running_bn"], color=f"C{k}", ls="--", marker="x", ms=4,
+                    label=f"{name}, running")
+    axes[0].set_ylabel("validation loss")
+    axes[0].set_yscale("log")  # a stale statistic can put it an order of magnitude up
+    axes[1].set_ylabel("validation mA (%)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
 def tpr_tnr_vs_ratio(per_attribute: dict[str, pd.DataFrame], train_ratio: pd.Series) -> Figure:
     """Per-attribute TPR and TNR against the training positive ratio, one panel per run.
 

@@ -126,7 +126,7 @@ PAPER_PROMPTPAR = {"clip_model": "ViT-L-14-quickgelu", "clip_weights": "openai",
                    "transform": "promptpar", "threshold": 0.45, "fusion": "vit_b16", "fusion_weights": "pretrained",
                    "vis_prompt": 50, "vis_depth": 24, "epochs": 100, "batch_size": 16, "optimizer": "sgd", "lr": 8e-3,
                    "prompt_lr": 4e-3, "weight_decay": 1e-4, "warmup_epochs": 5, "prompt_warmup_epochs": 10,
-                   "seeds": [0], "ablation": False}
+                   "logit_bn": True, "precise_bn": 0, "seeds": [0], "ablation": False}  # BatchNorm as the paper's code
 # Where each public setting is read (printed by --dry-run beside the parameters).
 PAPER_SOURCES = {
     "03_baseline": {

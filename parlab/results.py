@@ -10,14 +10,15 @@ validation, and the ``selection`` column keeps them apart. Every table names
 the head the run's model used (``linear`` is the reference baseline's).
 
 Differences between methods come with a 95% interval (:func:`differences`):
-over seeds (Welch's t) when both sides were repeated, else a paired bootstrap
-over test images; a difference is called a gain or a loss only when its
-interval excludes zero.
+over seeds (paired t on the same seeds, else Welch's t) when both sides were
+repeated, else a hierarchical bootstrap over runs and then test images; a
+difference is called a gain or a loss only when its interval excludes zero.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,10 @@ from parlab.data import load_dataset
 from parlab.errors import ConfigError
 from parlab.metrics import PARMetrics, pedestrian_metrics
 from parlab.models.weights import RANDOM
+from parlab.files import write_atomic
 from parlab.runs import RunResult, saved_test_predictions
-from parlab.stats import bootstrap_weights, prediction_half_width, weighted_ma, welch_interval
+from parlab.stats import (bootstrap_weights, hierarchical_interval, paired_interval, prediction_half_width,
+                          weighted_ma, welch_interval)
 
 # Test settings of docs/methods.md section 1: the standard one and the label-balanced one of the FRDL
 # paper, keeping the first m_j entries (reference) or a seeded random choice.
@@ -178,44 +181,110 @@ def _decisions(run: RunResult, tuned: bool, rows: np.ndarray) -> np.ndarray:
     return (preds.probs[order] > np.asarray(_thresholds(run, tuned))).astype(np.float64)
 
 
+@dataclass(frozen=True)
+class FixedModel:
+    """Test probabilities of a model with no training seed to repeat (a CLIP's zero-shot, its linear probe),
+    compared with runs by :func:`differences` and tabled by :func:`fixed_settings_table`."""
+
+    rows: np.ndarray  # (n,) annotation rows of the test images
+    probs: np.ndarray  # (n, A)
+    threshold: float = 0.5
+    parameters: int = 0  # how many it trained
+    head: str = ""  # what decides, as the tables' "head" column says it
+
+    def metrics(self, annotations, setting: str = "standard", seed: int = 0) -> PARMetrics:
+        """Its test metrics in one of :data:`SETTINGS`."""
+        return pedestrian_metrics(annotations.labels[self.rows], self.probs, threshold=self.threshold,
+                                  attributes=annotations.attributes, seed=seed, **SETTINGS[setting])
+
+
+def save_fixed_models(path: str | Path, models: dict[str, FixedModel]) -> Path:
+    """Write ``models`` to one ``.npz`` (atomically), for :func:`load_fixed_models`."""
+    arrays = {"names": np.array(list(models))}
+    for i, model in enumerate(models.values()):
+        arrays |= {f"rows{i}": model.rows, f"probs{i}": model.probs, f"threshold{i}": model.threshold,
+                   f"parameters{i}": model.parameters, f"head{i}": np.array(model.head)}
+    return write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
+
+
+def load_fixed_models(path: str | Path) -> dict[str, FixedModel]:
+    """The models :func:`save_fixed_models` wrote to ``path``; none when it is missing."""
+    if not Path(path).is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as f:
+        return {str(name): FixedModel(f[f"rows{i}"], f[f"probs{i}"], float(f[f"threshold{i}"]),
+                                      int(f[f"parameters{i}"]), str(f[f"head{i}"])) for i, name in enumerate(f["names"])}
+
+
+def fixed_settings_table(models: dict[str, FixedModel], annotations, seed: int = 0) -> pd.DataFrame:
+    """:func:`repeated_settings_table`'s rows for :class:`FixedModel` entries (one "run" each, no std)."""
+    rows = []
+    for name, model in models.items():
+        for setting in SETTINGS:
+            row = {"method": name, "setting": setting}
+            for column, value in _percent(model.metrics(annotations, setting, seed).summary()).items():
+                row |= {column: value, f"{column} std": np.nan}
+            rows.append(row | {"runs": 1, "head": model.head, "protocol": ""})
+    return pd.DataFrame(rows).set_index(["method", "setting"])
+
+
 def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: tuple[str, ...] = (),
-                draws: int = 2000, seed: int = 0) -> pd.DataFrame:
+                draws: int = 2000, seed: int = 0, fixed: dict[str, FixedModel] | None = None) -> pd.DataFrame:
     """Test mA of every method minus each reference's, with a 95% interval and a verdict (percent points).
 
-    Over seeds (Welch's t) when both sides have at least two runs, else a paired bootstrap over the test
-    images (the same resamples for both sides, each side the mean over its runs). Methods named in
-    ``tuned`` also enter at their tuned thresholds ("<method> (tuned thr.)"), as methods and as references.
+    Both sides repeated over the same seeds: the paired t interval of the seed-matched differences; over
+    other seeds: Welch's t. A side of one run (or a :class:`FixedModel` of ``fixed``, which enters as a
+    method too): a hierarchical bootstrap, runs and then test images resampled (the same images for both
+    sides), so the repeated side's seed spread is in the interval. Methods named in ``tuned`` also enter at
+    their tuned thresholds ("<method> (tuned thr.)"), as methods and as references.
     Rows: (method, reference); columns: difference, low, high, interval, verdict.
     """
+    fixed = fixed or {}
     _known(runs, list(tuned))
     entries = {method: (group, False) for method, group in runs.items()}
     entries |= {method + TUNED: (runs[method], True) for method in tuned}
-    _known(entries, references)
+    _known(entries | fixed, references)
     first = next(iter(runs.values()))[0]
     annotations = run_annotations(first)
     rows = np.sort(saved_test_predictions(first).rows)
     gt = annotations.labels[rows]
     decided = {name: [_decisions(run, at_tuned, rows) for run in group] for name, (group, at_tuned) in entries.items()}
-    resamples = bootstrap_weights(len(gt), draws, seed)
-    boot = {name: weighted_ma(d, gt, resamples).mean(axis=1) for name, d in decided.items()}  # (draws,)
+    decided |= {name: [_fixed_decisions(name, model, rows)] for name, model in fixed.items()}
+    seeds = {name: [run.run.seed for run in group] for name, (group, _) in entries.items()}
+    boot = {name: 100 * weighted_ma(d, gt, bootstrap_weights(len(gt), draws, seed)) for name, d in decided.items()}
     per_run = {name: 100 * weighted_ma(d, gt, np.ones((1, len(gt))))[0] for name, d in decided.items()}
     table = []
     for reference in references:
-        for method in entries:
+        for method in decided:
             if method == reference:
                 continue
             a, b = per_run[method], per_run[reference]
             diff = a.mean() - b.mean()
-            if len(a) > 1 and len(b) > 1:
+            paired = method in seeds and reference in seeds and seeds[method] == seeds[reference]
+            if len(a) > 1 and len(b) > 1 and paired:
+                low, high = paired_interval(a, b)
+                how = f"seeds ({len(a)}, paired t)"
+            elif len(a) > 1 and len(b) > 1:
                 low, high = welch_interval(a, b)
                 how = f"seeds ({len(a)} vs {len(b)}, Welch t)"
-            else:
-                low, high = np.percentile(100 * (boot[method] - boot[reference]), [2.5, 97.5])
+            elif len(a) == 1 and len(b) == 1:
+                low, high = np.percentile(boot[method][:, 0] - boot[reference][:, 0], [2.5, 97.5])
                 how = f"bootstrap over {len(gt)} test images ({draws} draws)"
+            else:
+                low, high = hierarchical_interval(boot[method], boot[reference], seed)
+                how = f"runs ({len(a)} vs {len(b)}) then {len(gt)} test images (hierarchical bootstrap, {draws} draws)"
             verdict = "gain" if low > 0 else "loss" if high < 0 else "no difference"
             table.append({"method": method, "reference": reference, "mA difference": diff, "low": low, "high": high,
                           "interval": how, "verdict": verdict})
     return pd.DataFrame(table).set_index(["method", "reference"])
+
+
+def _fixed_decisions(name: str, model: FixedModel, rows: np.ndarray) -> np.ndarray:
+    """(N, A) 0/1 decisions of a :class:`FixedModel` on the test images ``rows`` (sorted annotation rows)."""
+    order = np.argsort(model.rows)
+    if not np.array_equal(np.asarray(model.rows)[order], rows):
+        raise ConfigError(f"{name}: its test images are not those of the runs compared")
+    return (np.asarray(model.probs)[order] > model.threshold).astype(np.float64)
 
 
 def with_differences(table: pd.DataFrame, diffs: pd.DataFrame, setting: str = "standard") -> pd.DataFrame:
@@ -237,12 +306,26 @@ def differences_text(diffs: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     return pd.Series(text, index=diffs.index, name="mA difference [95% interval]").unstack("reference")
 
 
+def difference_sentences(diffs: pd.DataFrame, pairs: list[tuple[str, str]], digits: int = 2) -> list[str]:
+    """One sentence per (method, reference) of :func:`differences`: the mA difference, its interval and what
+    the interval allows one to say."""
+    meaning = {"gain": "higher beyond the interval", "loss": "lower beyond the interval",
+               "no difference": "not told apart by this run"}
+    sentences = []
+    for method, reference in pairs:
+        row = diffs.loc[(method, reference)]
+        sentences.append(f"{method} against {reference}: mA {row['mA difference']:+.{digits}f} "
+                         f"[{row['low']:+.{digits}f}, {row['high']:+.{digits}f}] ({row['interval']}): "
+                         f"{meaning[row['verdict']]}.")
+    return sentences
+
+
 def component_sentences(diffs: pd.DataFrame, settings: pd.DataFrame, reference: str, digits: int = 2) -> pd.Series:
     """One sentence per ablation: what removing a component does to mA, and whether that exceeds the seed spread.
 
     ``diffs``: :func:`differences` with the full model as ``reference`` and one method per ablation (named
     "without <component>"); ``settings``: their :func:`repeated_settings_table`. Over seeds on both sides the
-    Welch interval decides. An ablation of one run against a repeated full model is also held against the
+    t interval decides (paired on the same seeds). An ablation of one run against a repeated full model is also held against the
     seed spread: the 95% prediction interval of one run's difference from the mean of n,
     ``t(n-1) * std * sqrt(1 + 1/n)`` with the full model's std; the bootstrap over test images alone ignores
     that spread. A component is said to help only when removing it loses mA beyond every interval that
@@ -270,8 +353,11 @@ def component_sentences(diffs: pd.DataFrame, settings: pd.DataFrame, reference: 
 
 
 def mean_std_text(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    """A :func:`repeated_settings_table` as "mean ± std" strings, for display and LaTeX."""
+    """A :func:`repeated_settings_table` as "mean ± std" strings, for display and LaTeX (a "trained parameters"
+    column is kept in front)."""
     text = pd.DataFrame(index=table.index)
+    if "trained parameters" in table:
+        text["trained parameters"] = [f"{n:,}" for n in table["trained parameters"]]
     for column in COLUMNS:
         mean, std = table[column], table[f"{column} std"]
         text[column] = [f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"

@@ -82,6 +82,8 @@ RUNS: dict[str, str] = {
     "FRDL": "frdl_seed{seed}",
     "FRDL+GOAT": "frdl_goat_seed{seed}",
     "PromptPAR": "promptpar_seed{seed}",
+    "PromptPAR with logit BN": "promptpar_logit_bn_seed{seed}",  # the paper's BatchNorm on the main logits
+    "CLIP fine-tuned": "clip_finetuned_seed{seed}",  # PromptPAR's CLIP image tower trained end to end, linear head
     **{f"PromptPAR without {c}": f"promptpar_{c}_seed{{seed}}" for c in PROMPTPAR_COMPONENTS},
 }
 

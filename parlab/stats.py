@@ -3,12 +3,18 @@
 Pure functions on NumPy arrays, used by :func:`parlab.results.differences` and
 :func:`parlab.results.component_sentences`:
 
-- a difference over seeds gets Welch's t interval (unequal variances, Welch 1947,
+- a difference over the same seeds on both sides gets the paired t interval of the
+  seed-matched differences (:func:`paired_interval`);
+- a difference over other seeds gets Welch's t interval (unequal variances, Welch 1947,
   "The generalization of 'Student's' problem when several different population
   variances are involved"), computed by :func:`scipy.stats.ttest_ind`;
-- a difference over test images gets a paired bootstrap (Efron & Tibshirani 1993,
-  "An Introduction to the Bootstrap"): a resample is a row of image counts, so
-  every method is scored on the same resamples by :func:`weighted_ma`;
+- a difference where a side is a single run gets a hierarchical bootstrap (Davison &
+  Hinkley 1997, "Bootstrap Methods and their Application", section 3.8): runs
+  resampled within each side, then test images, shared by both sides
+  (:func:`hierarchical_interval`); with a single run on both sides it is the
+  paired bootstrap over test images (Efron & Tibshirani 1993, "An Introduction to
+  the Bootstrap"): a resample is a row of image counts, so every method is scored
+  on the same resamples by :func:`weighted_ma`;
 - one run held against the mean of n seeds gets the t prediction interval.
 """
 
@@ -68,6 +74,38 @@ def welch_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         warnings.filterwarnings("ignore", "Precision loss occurred in moment calculation", RuntimeWarning)
         ci = scipy.stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     return float(ci.low), float(ci.high)
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """95% interval of mean(a - b) over n >= 2 matched repeats (paired t, n - 1 degrees of freedom).
+
+    Args:
+        a: (n,) one value per seed of one method.
+        b: (n,) the other method's, seed for seed.
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    half = float(scipy.stats.t.ppf(0.975, len(d) - 1)) * sd / np.sqrt(len(d))
+    return mean - half, mean + half
+
+
+def hierarchical_interval(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of mean(a) - mean(b) resampling runs, then images (hierarchical bootstrap).
+
+    Args:
+        a: (D, R_a) one method's score of each of R_a runs on each of D image resamples (:func:`weighted_ma`).
+        b: (D, R_b) the other's on the same D resamples.
+    Each draw takes R_a of a's runs and R_b of b's with replacement and scores them on that draw's images, so
+    the interval holds both the spread between runs and the sampling of the test images; a side of one
+    run adds only the latter.
+    """
+    rng = np.random.default_rng(seed)
+    draws = np.arange(len(a))[:, None]
+    pick_a = rng.integers(0, a.shape[1], size=a.shape)
+    pick_b = rng.integers(0, b.shape[1], size=b.shape)
+    diff = a[draws, pick_a].mean(axis=1) - b[draws, pick_b].mean(axis=1)
+    low, high = np.percentile(diff, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def prediction_half_width(std: float, n: int) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -246,3 +248,33 @@ def test_the_batch_first_path_covers_biases_and_layer_scale_without_the_blocks_o
     torch.testing.assert_close(residual_block(block, x, mask, queries=4), first, rtol=1e-5, atol=1e-6)
     handle.remove()
     assert calls == [1]
+
+
+def test_a_clip_image_tower_fine_tuned_under_a_par_head_trains_and_reads_back(synthpa_root, tmp_path):
+    from parlab.inference import load_model, predict
+    from parlab.runs import open_run
+    from parlab.training import BaselineConfig, DataConfig, RunFields, train
+    from parlab.visualisation import attribute_cams
+
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        clip = create_clip("parlab-clip-tiny", None)
+    weights = tmp_path / "tiny.pt"
+    torch.save(clip.state_dict(), weights)
+    out = tmp_path / "run"
+    result = train(RunFields(epochs=1, batch_size=32, device="cpu", output_dir=str(out)),
+                   DataConfig(root=str(synthpa_root), image_size=(64, 32), transform="clip"),
+                   BaselineConfig(backbone="clip:parlab-clip-tiny", weights=str(weights)),
+                   progress=False, log=lambda _: None)
+    tower = create_clip("parlab-clip-tiny", weights).visual
+    loaded = load_model(out / "best.pt")
+    tower_size = count_parameters(tower)[1]
+    assert count_parameters(loaded.model) == (tower_size + 128 * 26 + 26,) * 2  # every weight of the tower trains
+    moved = [n for n, p in tower.state_dict().items() if not torch.equal(p, loaded.model.backbone.visual.state_dict()[n])]
+    assert moved  # fine-tuned, not frozen
+    run = open_run(out, device="cpu")
+    assert run.method.backbone == "clip:parlab-clip-tiny" and run.test.summary() == result.test.summary()
+    assert json.loads((out / "config.json").read_text())["method"]["weights"] == str(weights)
+    images = [synthpa_root / "data" / name for name in sorted(p.name for p in (synthpa_root / "data").iterdir())[:2]]
+    assert predict(loaded, images).shape[0] == 2
+    assert attribute_cams(loaded.model, torch.randn(2, 3, 64, 32), [0]).shape == (2, 1, 64, 32)

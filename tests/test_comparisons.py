@@ -1,4 +1,5 @@
-"""Differences between methods with 95% intervals: over seeds when both sides were repeated, else a bootstrap."""
+"""Differences between methods with 95% intervals: over seeds when both sides were repeated (paired on the same
+seeds), else a bootstrap over runs and then images."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from parlab.training import BaselineConfig, RunResult
 from parlab.training.config import split_config
 
 
-def _fake_run(folder: Path, root: Path, probs: np.ndarray, rows: np.ndarray, name: str) -> RunResult:
+def _fake_run(folder: Path, root: Path, probs: np.ndarray, rows: np.ndarray, name: str, seed: int = 0) -> RunResult:
     out = folder / name
     out.mkdir(parents=True)
     logits = np.log(probs / (1 - probs)).astype(np.float32)
     np.savez(out / "test_predictions.npz", logits=logits, rows=rows)
-    run, data, method = split_config(BaselineConfig, root=str(root), head="linear")
+    run, data, method = split_config(BaselineConfig, root=str(root), head="linear", seed=seed)
     return RunResult(out, run, data, method, pd.DataFrame(), 1, "val", None, None, None,
                      np.full(probs.shape[1], 0.5), 0.0, model_config=method)
 
@@ -38,8 +39,12 @@ def runs(synthpa_root, tmp_path_factory):
         right = np.where(gt == 1, 0.8, 0.2)
         return np.where(wrong, 1 - right, right) + rng.uniform(-0.01, 0.01, gt.shape)
 
-    return {"good": [_fake_run(folder, synthpa_root, noisy(0.05, s), rows, f"good{s}") for s in range(3)],
-            "bad": [_fake_run(folder, synthpa_root, noisy(0.45, 10 + s), rows, f"bad{s}") for s in range(3)],
+    return {"good": [_fake_run(folder, synthpa_root, noisy(0.05, s), rows, f"good{s}", s) for s in range(3)],
+            "bad": [_fake_run(folder, synthpa_root, noisy(0.45, 10 + s), rows, f"bad{s}", s) for s in range(3)],
+            "other seeds": [_fake_run(folder, synthpa_root, noisy(0.45, 30 + s), rows, f"other{s}", 5 + s)
+                            for s in range(3)],
+            "spread": [_fake_run(folder, synthpa_root, noisy(flip, 40), rows, f"spread{flip}", s)
+                       for s, flip in enumerate((0.05, 0.25, 0.45))],
             "single": [_fake_run(folder, synthpa_root, noisy(0.45, 20), rows, "single")],
             "same": [_fake_run(folder, synthpa_root, noisy(0.05, 0), rows, "same")]}
 
@@ -47,8 +52,10 @@ def runs(synthpa_root, tmp_path_factory):
 def test_a_clear_gain_is_called_one_and_no_difference_is_not(runs):
     table = differences(runs, references=["bad", "single"], draws=500)
     good_vs_bad = table.loc[("good", "bad")]
-    assert good_vs_bad["verdict"] == "gain" and good_vs_bad["low"] > 0 and "Welch" in good_vs_bad["interval"]
-    assert table.loc[("bad", "single"), "interval"].startswith("bootstrap over 20 test images")
+    assert good_vs_bad["verdict"] == "gain" and good_vs_bad["low"] > 0 and good_vs_bad["interval"] == "seeds (3, paired t)"
+    assert table.loc[("other seeds", "bad"), "interval"] == "seeds (3 vs 3, Welch t)"
+    assert table.loc[("bad", "single"), "interval"].startswith("runs (3 vs 1) then 20 test images")
+    assert table.loc[("same", "single"), "interval"].startswith("bootstrap over 20 test images")
     # The same decisions as seed 0 of "good": a difference of zero, whose interval is over images.
     same = differences({"same": runs["same"], "good0": runs["good"][:1]}, references=["good0"], draws=500)
     row = same.loc[("same", "good0")]
@@ -88,9 +95,9 @@ def test_ablation_sentences_say_help_only_beyond_the_spread(runs):
         diffs = differences(groups, references=["full"], draws=300)
         return component_sentences(diffs, repeated_settings_table(groups), "full"), diffs
 
-    # Three seeds on both sides: the Welch interval decides.
+    # Three seeds on both sides, the same ones: the paired t interval decides.
     sentences, _ = sentences_of({"full": runs["good"], "without prompts": runs["bad"]})
-    assert sentences["prompts"].endswith(": it helps.") and "Welch" in sentences["prompts"]
+    assert sentences["prompts"].endswith(": it helps.") and "paired t" in sentences["prompts"]
     sentences, _ = sentences_of({"full": runs["bad"], "without prompts": runs["good"]})
     assert sentences["prompts"].endswith(": it hurts.")
     # One run against three seeds: also held against the full model's seed spread.
@@ -110,3 +117,43 @@ def test_ablation_sentences_say_help_only_beyond_the_spread(runs):
     assert sentences["mask"] == ("removing it changes mA by +0.00 [+0.00, +0.00] (bootstrap over 20 test images "
                                  "(300 draws)); the seed spread is not measured (one run): within the spread: "
                                  "not shown to help.")
+
+
+def test_paired_and_hierarchical_intervals():
+    from parlab.stats import hierarchical_interval, paired_interval
+
+    assert paired_interval(np.array([1.0, 2, 3]), np.array([0.0, 1, 2])) == (1.0, 1.0)  # the same gain every seed
+    low, high = paired_interval(np.array([1.0, 2, 3]), np.zeros(3))  # 2 +- t(2) * 1 / sqrt(3)
+    assert (low, high) == pytest.approx((2 - 4.302653 / 3 ** 0.5, 2 + 4.302653 / 3 ** 0.5), abs=1e-5)
+    # No image noise: the interval is the runs' spread alone; a side of one run adds none.
+    runs_only = np.tile([0.0, 10.0], (4000, 1))
+    low, high = hierarchical_interval(runs_only, np.full((4000, 1), 5.0))
+    assert (low, high) == (-5.0, 5.0)
+    assert hierarchical_interval(np.full((100, 3), 7.0), np.full((100, 1), 5.0)) == (2.0, 2.0)
+
+
+def test_a_single_run_against_repeated_seeds_holds_their_spread(runs):
+    table = differences({"spread": runs["spread"], "single": runs["single"], "same": runs["same"]},
+                        references=["single"], draws=1000)
+    spread, same = table.loc[("spread", "single")], table.loc[("same", "single")]
+    # Seeds scoring far apart widen the interval well beyond what resampling 20 images alone gives.
+    assert spread["high"] - spread["low"] > 1.5 * (same["high"] - same["low"])
+
+
+def test_a_fixed_model_enters_as_a_method_and_as_a_reference(runs):
+    from parlab.errors import ConfigError
+    from parlab.results import FixedModel
+    from parlab.runs import saved_test_predictions
+
+    preds = saved_test_predictions(runs["good"][0])
+    fixed = {"probe": FixedModel(preds.rows[::-1], preds.probs[::-1])}  # order does not matter
+    table = differences({"good": runs["good"][:1], "bad": runs["bad"]}, references=["probe"], draws=300,
+                        fixed=fixed)
+    row = table.loc[("good", "probe")]
+    assert row["mA difference"] == 0 and row["low"] == row["high"] == 0
+    assert table.loc[("bad", "probe"), "verdict"] == "loss"
+    assert differences({"good": runs["good"]}, references=["good"], draws=100, fixed=fixed).loc[
+        ("probe", "good"), "interval"].startswith("runs (1 vs 3)")
+    with pytest.raises(ConfigError, match="probe: its test images are not those of the runs compared"):
+        differences({"good": runs["good"]}, references=["good"], fixed={"probe": FixedModel(preds.rows[:5],
+                                                                                             preds.probs[:5])})

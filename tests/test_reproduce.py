@@ -20,9 +20,9 @@ OUTPUTS = {
                     "tables": ["baseline_results", "baseline_settings", "baseline_per_attribute"]},
     "04_frdl_goat": {"figures": ["frdl_gain_vs_ratio", "frdl_label_prior", "frdl_learning_curves"],
                      "tables": ["frdl_results", "frdl_settings", "frdl_per_attribute"]},
-    "05_promptpar": {"figures": ["promptpar_learning_curves"],
+    "05_promptpar": {"figures": ["promptpar_learning_curves", "promptpar_batchnorm_statistics"],
                      "tables": ["clip_zero_shot", "promptpar_results", "promptpar_parameters", "promptpar_ablation",
-                                "promptpar_ablation_differences"]},
+                                "promptpar_ablation_differences", "clip_comparison", "promptpar_batchnorm_epoch1"]},
     "06_visualisation": {"figures": ["cams_Hat", "cams_Female", "cams_Backpack", "cams_SkirtandDress",
                                      "promptpar_attention_0", "feature_maps", "frdl_embedding_Hat",
                                      "worst_mistakes_Hat"],
@@ -99,7 +99,8 @@ def test_paper_profile_dry_run_prints_the_public_codes_settings(dataset, balance
         ("promptpar", 0.45, "vit_b16", "pretrained")
     assert (promptpar["optimizer"], promptpar["lr"], promptpar["prompt_lr"], promptpar["weight_decay"]) == \
         ("sgd", 8e-3, 4e-3, 1e-4)  # the paper's optimisation, not the small CLIP's AdamW
-    assert (promptpar["epochs"], promptpar["protocol"]) == (100, "reference")
+    assert (promptpar["epochs"], promptpar["protocol"], promptpar["precise_bn"], promptpar["logit_bn"]) == \
+        (100, "reference", 0, True)
     assert '    epochs = 100  # OpenPAR PromptPAR/config.py line 11 (--epoch, default 100)' in out
     assert any(line.startswith("    threshold = 0.45  # ") for line in out)
 

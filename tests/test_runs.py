@@ -77,14 +77,21 @@ def test_a_first_layout_best_pt_loads_and_scores_what_its_run_recorded(layout1, 
     loaded = load_model(f"{folder}/best.pt")
     recorded = json.loads((layout1 / folder / "metrics.json").read_text())["test"]
     assert loaded.data.image_size == (64, 32) and loaded.model_config.backbone == "test_resnet"
-    assert evaluate(loaded).summary() == pytest.approx(recorded, abs=1e-6)
+    # Those runs decoded SynthPA's 128x64 JPEGs at half scale for their 64x32 input; every image is now decoded
+    # in full (the pixels an ONNX user feeds), so the scores agree to within a point, not to the last digit.
+    assert evaluate(loaded).summary() == pytest.approx(recorded, abs=1.0)
 
 
 def test_a_first_layout_config_json_reruns_the_same_run(layout1):
     assert main(["train", "--config", "baseline/config.json", "--output-dir", "again", "--no-progress"]) == 0
-    old, new = (load_checkpoint(f"{f}/best.pt") for f in ("baseline", "again"))
-    assert state_digest(new["model"]) == state_digest(old["model"])
-    assert new["method"] == BaselineConfig(backbone="test_resnet", lr=1e-3).to_dict()
+    # The same settings spelled as options today (images decode in full now, so not the recorded weights).
+    assert main(["train", "--root", "synthpa", "--backbone", "test_resnet", "--lr", "1e-3", "--epochs", "1",
+                 "--batch-size", "16", "--eval-batch-size", "64", "--device", "cpu", "--image-size", "64", "32",
+                 "--tune-thresholds", "--output-dir", "spelled", "--no-progress"]) == 0
+    new, spelled = (load_checkpoint(f"{f}/best.pt") for f in ("again", "spelled"))
+    assert state_digest(new["model"]) == state_digest(spelled["model"])
+    assert new["method"] == spelled["method"] == BaselineConfig(backbone="test_resnet", lr=1e-3).to_dict()
+    assert new["run"] == spelled["run"] | {"output_dir": "again"} and new["data"] == spelled["data"]
 
 
 @pytest.fixture(scope="module")

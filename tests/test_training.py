@@ -401,7 +401,7 @@ def test_predict_and_evaluate_outputs_are_checked_first_and_kept_unless_overwrit
     from parlab.cli import write_output
     from parlab.errors import ParlabError
 
-    with pytest.raises(ParlabError, match="cannot write .*out.csv: No space left on device"):
+    with pytest.raises(ParlabError, match="no space left on the device of .*; .*out.csv was not written"):
         write_output(tmp_path / "out.csv", half_then_fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv"]
 

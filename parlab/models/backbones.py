@@ -16,6 +16,11 @@
   Hugging Face Hub, i.e. ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)``;
   its ``config.json`` must name the backbone's architecture.
 
+A backbone named ``clip:NAME`` (``clip:parlab-clip-hybrid``, ``clip:ViT-B-16-quickgelu``) is the image tower
+of open_clip's CLIP ``NAME`` (:func:`parlab.models.clip.clip_image_tower`), ``weights`` then being what
+:func:`parlab.models.clip.create_clip` takes (a file, an open_clip tag, ``hf-hub:ORG/NAME``): the CLIP
+fine-tuned end to end, the ceiling prompt tuning is measured against.
+
 The last two go through timm's own loaders and the Hugging Face cache (``HF_HOME``);
 ``HF_HUB_OFFLINE=1`` keeps them to the cache, and a weight neither cached nor
 reachable is one :class:`BackboneError` line saying how to pre-fetch it.
@@ -61,6 +66,9 @@ class BackboneError(ParlabError, ValueError):
 def available_backbones(pattern: str = "*") -> list[str]:
     """Architecture names timm can build (``pattern`` is a glob, e.g. ``"convnext_*"``)."""
     return timm.list_models(pattern)
+
+
+CLIP_PREFIX = "clip:"  # a backbone that is an open_clip CLIP's image tower
 
 
 def _check_name(name: str) -> None:
@@ -116,6 +124,10 @@ def create_backbone(name: str, weights: str | Path | None = None, drop_rate: flo
 
     The returned module has ``num_features`` (C).
     """
+    if name.startswith(CLIP_PREFIX):
+        from parlab.models.clip import clip_image_tower
+
+        return clip_image_tower(name[len(CLIP_PREFIX):], weights_spec(weights) or None, image_size)
     _check_name(name)
     spec = weights_spec(weights)
     kwargs: dict = {"num_classes": 0, "drop_rate": drop_rate}
@@ -176,6 +188,10 @@ def backbone_weights_record(backbone: str, weights: str | Path | None) -> dict |
     spec = weights_spec(weights)
     if not spec:
         return None
+    if backbone.startswith(CLIP_PREFIX):
+        from parlab.models.clip import clip_weights_record
+
+        return clip_weights_record(backbone[len(CLIP_PREFIX):], spec)
     if spec == PRETRAINED:
         cfg = _pretrained_cfg(backbone)
         if not cfg.hf_hub_id:

@@ -236,6 +236,31 @@ def create_clip(name: str, weights: str | Path | None, device: str = "cpu",
     return model
 
 
+class CLIPImageTower(nn.Module):
+    """An open_clip image tower as a backbone: images (B, 3, H, W) -> image embeddings (B, D), ``num_features``
+    D. Trained end to end under a PAR head, it is the full fine-tuning that prompt tuning is compared with."""
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+        self.num_features = int(visual.output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+
+def clip_image_tower(name: str, weights: str | Path | None, image_size: tuple[int, int] | None = None
+                     ) -> CLIPImageTower:
+    """The image tower of :func:`create_clip` ``(name, weights, image_size=...)``; its text tower is dropped.
+
+    ``weights=None`` is random, as for timm backbones and without :func:`create_clip`'s warning: a checkpoint
+    being loaded builds its model that way.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=f"{name}: random weights")
+        return CLIPImageTower(create_clip(name, weights, image_size=image_size).visual)
+
+
 def _build(name: str, path: Path | None, device: str, size) -> nn.Module:
     """open_clip's ``name`` at input ``size`` with the weights file ``path`` (None: random), its convolutional
     stem installed first when it has one (:mod:`parlab.models.clip_stem`). A file that does not load (damaged,

@@ -216,6 +216,9 @@ class RunFields(ConfigFile):
     tune_thresholds: bool = option(False, "per-attribute thresholds on validation, reported beside the fixed one")
     output_dir: str = option("runs/baseline", "the run folder (config, log, checkpoints, results)")
     tensorboard: bool = option(False, "also log to TensorBoard, in tensorboard/ (pip install parlab[tensorboard])")
+    precise_bn: int = option(0, "after each epoch, BatchNorm statistics recomputed as the plain average over this many "
+                                "training batches at the epoch's final weights (PreciseBN); 0: the running averages "
+                                "gathered while the weights moved", bounds=">= 0")
 
     def __post_init__(self) -> None:
         self.coerce_fields()

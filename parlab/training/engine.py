@@ -100,6 +100,9 @@ def launch(body, device: str, log=None):
 
 
 def _fit(task: Task, existing: str, progress: bool, log, ctx: dist.DistContext) -> RunResult:
+    if task.run.precise_bn and type(task).forward_only is Task.forward_only:  # before anything is written
+        raise ConfigError(f"precise_bn is not available for {type(task).__name__}: its training steps change "
+                          "more than BatchNorm statistics")
     out = Path(task.run.output_dir)
     with run_folder_lock(out, ctx):
         return _fit_locked(task, existing, progress, log, ctx, out)
@@ -130,6 +133,9 @@ def _fit_locked(task: Task, existing: str, progress: bool, log, ctx: dist.DistCo
     for epoch in range(state.epoch, task.run.epochs):
         row = {"epoch": epoch + 1} | train_one_epoch(task, epoch, ctx, progress, out)
         check_finite_weights(task, epoch, out)
+        if task.run.precise_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in task.model.modules()):
+            row |= running_statistics_validation(task, data, progress)
+            recompute_bn_statistics(task, epoch, task.run.precise_bn, ctx)
         selected, val = validate(task, data, row, progress)
         schedule_epoch(task, selected)
         select_and_save(task, data, state, row, selected, val.summary(), ctx, runlog, out)
@@ -246,6 +252,49 @@ def check_finite_weights(task: Task, epoch: int, out: Path) -> None:
     if bad is not None:
         raise TrainingDiverged(f"weights are not finite after epoch {epoch + 1} (first: {bad}); lower the "
                                f"learning rate or clip gradients; last good checkpoint: {last_good(epoch, out)}")
+
+
+def running_statistics_validation(task: Task, data: RunData, progress: bool) -> dict[str, float]:
+    """Validation loss and mA under the BatchNorm statistics training kept, before :func:`recompute_bn_statistics`
+    replaces them: ``log.csv``'s record of what PreciseBN changed, epoch by epoch."""
+    preds = task.predict(task.evaluation_model(), "val", progress)
+    targets = torch.from_numpy(data.annotations.labels[preds.rows].astype(np.float32))
+    loss = float(task.validation_loss(torch.from_numpy(preds.logits), targets))
+    return {"val_loss_running_bn": loss, "val_ma_running_bn": split_metrics(data.annotations, preds,
+                                                                           task.data.threshold).summary()["ma"]}
+
+
+def recompute_bn_statistics(task: Task, epoch: int, batches: int, ctx: dist.DistContext) -> int:
+    """PreciseBN (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", section 3): the running statistics of
+    every BatchNorm layer replaced by the plain average over the first ``batches`` training batches of
+    ``epoch``, at the weights the epoch ended with; returns how many layers were recomputed.
+
+    The running averages that training keeps mix statistics of weights that have since moved. A layer whose
+    input scale drifts fast, such as PromptPAR's BatchNorm on its logits at the end of a warm-up (a head in
+    front of a BatchNorm grows freely: the normalisation hides its scale from the loss), then evaluates
+    its inputs against stale statistics. Averaged over ranks under torchrun.
+    """
+    seed_everything(epoch_seed(task.run.seed, epoch, 2 + ctx.rank))  # the epoch's own draws, as in training
+    task.on_epoch_start(epoch)
+    # The layers whose statistics training updates; a frozen tower kept in eval mode keeps its own.
+    norms = [m for m in task.model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch weighs the same
+    for i, batch in enumerate(task.train_batches(epoch)):
+        if i == batches:
+            break
+        task.forward_only(batch)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+        if ctx.distributed:
+            m.running_mean.copy_(dist.all_reduce_mean(m.running_mean, ctx))
+            m.running_var.copy_(dist.all_reduce_mean(m.running_var, ctx))
+    return len(norms)
 
 
 def last_good(epoch: int, out: Path) -> str:

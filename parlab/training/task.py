@@ -155,6 +155,12 @@ class Task:
         """Method-specific columns of the epoch's row in ``log.csv``."""
         return {}
 
+    def forward_only(self, batch) -> None:
+        """The training model's forward pass on ``batch``, in training mode, changing nothing but BatchNorm
+        statistics: the pass of ``RunFields.precise_bn``. Tasks whose steps have other effects (FRDL's bank)
+        leave it out, and the engine refuses ``precise_bn`` for them."""
+        raise NotImplementedError
+
     def epoch_tag(self, epoch: int) -> str:
         """A word for the epoch line of the log (FRDL: natural or balanced)."""
         return ""
@@ -291,6 +297,10 @@ class SupervisedTask(Task):
         with autocast(device, self.run.amp):
             logits = self.net(x)
         return {"loss": self.loss(logits, y), "output": logits}
+
+    def forward_only(self, batch) -> None:
+        with torch.no_grad():
+            self.training_step(batch)  # the loss as well: a few operations on (B, A) logits, no side effect
 
     def predict(self, model: nn.Module, split: str, progress: bool = False) -> Predictions:
         return predict_dataset(model, self.loaders[split], self.ctx, self.run.amp, self.method.channels_last,

@@ -36,6 +36,7 @@ import torch.nn as nn
 from parlab.errors import ConfigError
 from parlab.methods.promptpar.model import PromptPAR
 from parlab.models import PARModel
+from parlab.models.clip import CLIPImageTower
 
 
 def cam_methods() -> dict[str, type]:
@@ -88,6 +89,11 @@ def cam_layer(model: nn.Module, image_size: tuple[int, int] | None = None) -> CA
     if not isinstance(model, PARModel):
         raise TypeError(f"no CAM layer known for {type(model).__name__}; use a PARModel or PromptPAR")
     backbone = model.backbone
+    if isinstance(backbone, CLIPImageTower):  # its class token is pooled: read the last block's input, as for ViTs
+        blocks = backbone.visual.transformer.resblocks
+        grid = tuple(backbone.visual.grid_size)
+        return CAMLayer(blocks[-1].ln_1, _tokens_to_maps(1, grid),
+                        f"CLIP visual block {len(blocks) - 1} (ln_1), {grid[0]}x{grid[1]} patches")
     if hasattr(backbone, "patch_embed") and hasattr(backbone, "blocks"):  # ViT family
         grid = tuple(backbone.patch_embed.grid_size)
         prefix = getattr(backbone, "num_prefix_tokens", 1)

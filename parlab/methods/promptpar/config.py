@@ -75,6 +75,7 @@ class PromptPARConfig(SupervisedConfig):
                                               'timm and the Hugging Face cache), hf-hub:ORG/NAME or a local timm '
                                               'vit_base_patch16_224 file')
     ln_before_proj: bool = option(True, "CLIP's final LayerNorm before the projection (False: the reference code)")
+    logit_bn: bool = option(True, "BatchNorm on the main logits (the paper's code); False: the heads' logits as they are")
     # --- optimisation of the prompts (the heads/fusion group uses lr and warmup_epochs above)
     prompt_lr: float = option(4e-3, "SGD lr of prompts, part tokens and text prompts", bounds="> 0")
     prompt_warmup_epochs: int = option(10, "linear warm-up of that group before its cosine schedule", bounds=">= 0")

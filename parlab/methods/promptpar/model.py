@@ -118,7 +118,7 @@ class PromptPAR(nn.Module):
         self.head_weight = nn.Parameter(torch.empty(a, fusion_width))  # one Linear(F, 1) per attribute
         self.head_bias = nn.Parameter(torch.zeros(a))
         nn.init.trunc_normal_(self.head_weight, std=fusion_width ** -0.5)
-        self.bn = nn.BatchNorm1d(a)
+        self.bn = nn.BatchNorm1d(a) if config.logit_bn else nn.Identity()
 
     # --- text
     def _encode_text(self) -> torch.Tensor:

@@ -59,8 +59,9 @@ from parlab.data.synthpa.captions import corpus_caption, negate, truth
 from parlab.data.synthpa.corpus import caption_corpus
 from parlab.errors import ConfigError, MissingFileError, RunFolderError
 from parlab.files import write_json
-from parlab.metrics import PARMetrics, pedestrian_metrics
+from parlab.metrics import PARMetrics
 from parlab.models.clip import clip_tokenizer, clip_transform, create_clip, encode_text_by_length
+from parlab.results import FixedModel
 from parlab.runs import saved_test_predictions
 from parlab.training.checkpoint import save_atomic
 from parlab.training.config import ConfigFile, option
@@ -69,8 +70,11 @@ from parlab.training.optim import WarmupCosine, fused
 from parlab.training.sampling import epoch_seed
 from parlab.training.seeding import seed_everything
 
-__all__ = ["CLIPPretrainConfig", "CLIPPretrainResult", "MultiPositiveClipLoss", "linear_probe", "negate",
-           "pretrain_clip", "read_captions", "retrieval_recall", "weights_path", "zero_shot", "zero_shot_probs"]
+__all__ = ["CLIPPretrainConfig", "CLIPPretrainResult", "MultiPositiveClipLoss", "PROBE", "ZERO_SHOT", "clip_baselines",
+           "clip_file_baselines", "linear_probe", "negate", "pretrain_clip", "read_captions", "retrieval_recall",
+           "weights_path", "zero_shot_probs"]
+
+ZERO_SHOT, PROBE = "CLIP zero-shot", "CLIP linear probe"  # the frozen CLIP's baselines, as tables name them
 
 # Fields that do not change the weights: left out of the cache key.
 _NOT_IN_KEY = ("root", "device", "output", "cache_dir", "corpus_dir")
@@ -188,6 +192,7 @@ class CLIPPretrainResult:
     recall: dict[int, float]  # image-to-text recall@k on test captions, percent
     zero_shot: PARMetrics  # attribute sentence vs negated sentence on the test split
     probe: PARMetrics  # linear probe on the frozen image embedding, fitted on train, scored on test
+    baselines: dict[str, FixedModel]  # the two as test probabilities (clip_baselines), for results.differences
     wall_s: float  # this call: corpus and training when not cached, evaluation always
     train_s: float  # corpus rendering and training, as recorded when the weights were made
 
@@ -222,8 +227,10 @@ def pretrain_clip(config: CLIPPretrainConfig, existing: str = "resume", progress
         save_atomic(model.state_dict(), out)
         train_s = time.perf_counter() - start
     model.eval()
-    recall, zero_shot_metrics, probe = _evaluate(model, config, device)
-    result = CLIPPretrainResult(out, pd.DataFrame(history), recall, zero_shot_metrics, probe,
+    recall, baselines = _evaluate(model, config, device)
+    zero_shot_metrics, probe = (baselines[name].metrics(load_dataset("synthpa", config.root))
+                                for name in (ZERO_SHOT, PROBE))
+    result = CLIPPretrainResult(out, pd.DataFrame(history), recall, zero_shot_metrics, probe, baselines,
                                 time.perf_counter() - start, train_s)
     write_json(record, {"config": config.to_dict(), "recall": recall, "zero_shot": zero_shot_metrics.summary(),
                         "probe": probe.summary(), "train_s": train_s, "history": history})
@@ -406,16 +413,13 @@ def linear_probe(train_emb: torch.Tensor, train_labels: np.ndarray, test_emb: to
         return torch.sigmoid(z @ weight + bias).numpy()
 
 
-def zero_shot(clip_model: str, weights: str | Path, annotations, split: str = "test",
-              image_size: tuple[int, int] | None = None, device: str = "auto", batch_size: int = 128) -> PARMetrics:
-    """Zero-shot attribute metrics of a CLIP file on a split of any dataset (sentence vs negated sentence)."""
+def clip_file_baselines(clip_model: str, weights: str | Path, annotations, image_size: tuple[int, int] | None = None,
+                        device: str = "auto", train_split: str = "train") -> dict[str, FixedModel]:
+    """:func:`clip_baselines` of a CLIP weights file (or open_clip tag) on any dataset."""
     dev = resolve_device(device)
     model = create_clip(clip_model, weights, device=str(dev), image_size=image_size).eval()
-    size = image_size or tuple(model.visual.image_size)
-    images = PARImageDataset(annotations, split, clip_transform(size, train=False))
-    image_emb = _embed_images(model, DataLoader(images, batch_size=batch_size), dev)
-    probs = zero_shot_probs(model, image_emb, annotations.sentences, clip_tokenizer(clip_model), dev)
-    return pedestrian_metrics(annotations.labels[images.rows], probs, attributes=annotations.attributes)
+    return clip_baselines(model, clip_model, annotations, image_size or tuple(model.visual.image_size), dev,
+                          train_split)
 
 
 class _Texts(Dataset):
@@ -430,23 +434,35 @@ class _Texts(Dataset):
 
 
 @torch.no_grad()
-def _evaluate(model, config: CLIPPretrainConfig, device) -> tuple[dict[int, float], PARMetrics, PARMetrics]:
-    """Retrieval recall@1/5, zero-shot attribute metrics and the linear probe on the test split of ``root``."""
+def _evaluate(model, config: CLIPPretrainConfig, device) -> tuple[dict[int, float], dict[str, FixedModel]]:
+    """Retrieval recall@1/5 and :func:`clip_baselines` on the test split of ``root``."""
     ann = load_dataset("synthpa", config.root)
     tokenizer = clip_tokenizer(config.clip_model)
-    transform = clip_transform(config.image_size, train=False)
-    test = PARImageDataset(ann, "test", transform)
+    test = PARImageDataset(ann, "test", clip_transform(config.image_size, train=False))
     texts = captions_of(ann, config.root, test.rows)
     image_emb = _embed_images(model, DataLoader(test, batch_size=256), device)
     text_emb = torch.cat([encode_text_by_length(model, t.to(device), normalize=True)
                           for t in DataLoader(_Texts(tokenizer(texts)), batch_size=256)]).float()
     # Image i's own caption is column i.
     recall = retrieval_recall(image_emb @ text_emb.T, caption_codes(texts).to(device), (1, 5))
-    labels = ann.labels[test.rows]
-    zero = pedestrian_metrics(labels, zero_shot_probs(model, image_emb, ann.sentences, tokenizer, device),
-                              attributes=ann.attributes)
-    train = PARImageDataset(ann, "train", transform)
-    train_emb = _embed_images(model, DataLoader(train, batch_size=256), device)
+    return recall, clip_baselines(model, config.clip_model, ann, config.image_size, device)
+
+
+@torch.no_grad()
+def clip_baselines(model, clip_model: str, annotations, image_size: tuple[int, int], device,
+                   train_split: str = "train", test_split: str = "test", batch_size: int = 256
+                   ) -> dict[str, FixedModel]:
+    """What a frozen CLIP knows of the attributes, as test probabilities: its zero-shot (each attribute sentence
+    against its negation) and its linear probe (fitted on ``train_split``'s image embeddings), named
+    :data:`ZERO_SHOT` and :data:`PROBE`. Each trains no parameter of the CLIP; the probe (D + 1) x A."""
+    transform = clip_transform(image_size, train=False)
+    test = PARImageDataset(annotations, test_split, transform)
+    image_emb = _embed_images(model, DataLoader(test, batch_size=batch_size), device)
+    zero = zero_shot_probs(model, image_emb, annotations.sentences, clip_tokenizer(clip_model), device)
+    train = PARImageDataset(annotations, train_split, transform)
+    train_emb = _embed_images(model, DataLoader(train, batch_size=batch_size), device)
     with torch.enable_grad():
-        probs = linear_probe(train_emb.cpu(), ann.labels[train.rows], image_emb.cpu())
-    return recall, zero, pedestrian_metrics(labels, probs, attributes=ann.attributes)
+        probe = linear_probe(train_emb.cpu(), annotations.labels[train.rows], image_emb.cpu())
+    parameters = (image_emb.shape[1] + 1) * annotations.num_attributes
+    return {ZERO_SHOT: FixedModel(test.rows, zero, parameters=0, head="sentence vs negation"),
+            PROBE: FixedModel(test.rows, probe, parameters=parameters, head="linear probe")}
