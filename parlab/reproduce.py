@@ -337,7 +337,21 @@ def run_notebooks(
         log(f"[{prof.name}] {name} done in {runs[-1].seconds:.1f} s")
         total = write_timings(out / "timings.csv", runs[-1])
         log(f"[{prof.name}] timings.csv: {total:.1f} s over the notebooks timed so far")
+    if runs and runs[-1].notebook == NOTEBOOKS[-1]:  # the tables are complete: the results page from them
+        from parlab.results_page import write_results_page
+
+        page = results_page_path(prof, out, repo)
+        write_results_page(page, repo / prof.figures_dir, prof.dataset, prof.name, out / "timings.csv", repo)
+        log(f"[{prof.name}] results page: {page}")
     return runs
+
+
+def results_page_path(profile: Profile, out: Path, repo: Path = REPO) -> Path:
+    """Where a run's results page goes: ``docs/results.md`` for the default profile on SynthPA (the page the
+    README links to), beside the executed notebooks for every other run."""
+    if profile.name == "default" and profile.dataset == "synthpa":
+        return repo / "docs" / "results.md"
+    return out / "results.md"
 
 
 def write_timings(path: Path, run: NotebookRun) -> float:

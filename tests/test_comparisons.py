@@ -157,3 +157,26 @@ def test_a_fixed_model_enters_as_a_method_and_as_a_reference(runs):
     with pytest.raises(ConfigError, match="probe: its test images are not those of the runs compared"):
         differences({"good": runs["good"]}, references=["good"], fixed={"probe": FixedModel(preds.rows[:5],
                                                                                              preds.probs[:5])})
+
+
+def test_fixed_models_round_trip_and_sit_in_the_settings_table(runs, synthpa_root, tmp_path):
+    from parlab.results import FixedModel, fixed_settings_table, load_fixed_models, save_fixed_models
+    from parlab.runs import saved_test_predictions
+
+    preds = saved_test_predictions(runs["good"][0])
+    models = {"probe": FixedModel(preds.rows, preds.probs, 0.4, parameters=27, head="linear probe"),
+              "zero-shot": FixedModel(preds.rows, 1 - preds.probs, head="sentence vs negation")}
+    back = load_fixed_models(save_fixed_models(tmp_path / "baselines.npz", models))
+    assert list(back) == ["probe", "zero-shot"] and load_fixed_models(tmp_path / "absent.npz") == {}
+    for name, model in models.items():
+        got = back[name]
+        assert np.array_equal(got.rows, model.rows) and np.array_equal(got.probs, model.probs)
+        assert (got.threshold, got.parameters, got.head) == (model.threshold, model.parameters, model.head)
+    table = fixed_settings_table(back, load_dataset("synthpa", synthpa_root))
+    run_table = repeated_settings_table({"good0": runs["good"][:1]})
+    # The same probabilities at the same threshold score what the run scores.
+    same = fixed_settings_table({"p": FixedModel(preds.rows, preds.probs)}, load_dataset("synthpa", synthpa_root))
+    assert same.loc[("p", "standard"), "mA"] == pytest.approx(run_table.loc[("good0", "standard"), "mA"])
+    assert table.loc[("probe", "standard"), "head"] == "linear probe" and np.isnan(table.loc[("probe", "standard"),
+                                                                                              "mA std"])
+    assert table.loc[("zero-shot", "standard"), "mA"] < 50  # the inverted probabilities

@@ -216,6 +216,22 @@ def test_learning_curves_lines_per_run_and_the_selected_epoch():
     np.testing.assert_allclose(test.axes[2].lines[0].get_ydata(), histories["bce"]["test_f1"])
 
 
+def test_batchnorm_statistics_curves_recomputed_solid_running_dashed():
+    histories = {"seed 0": _history(0.0, 3), "seed 1": _history(1.0, 2)}
+    for log in histories.values():
+        log["val_loss_running_bn"] = log["val_loss"] * 10
+        log["val_ma_running_bn"] = log["val_ma"] - 8
+    fig = plots.batchnorm_statistics_curves(histories)
+    loss, ma = fig.axes
+    assert len(loss.lines) == len(ma.lines) == 4 and loss.get_yscale() == "log"
+    recomputed, running = ma.lines[2], ma.lines[3]  # seed 1
+    np.testing.assert_allclose(recomputed.get_ydata(), histories["seed 1"]["val_ma"])
+    np.testing.assert_allclose(running.get_ydata(), histories["seed 1"]["val_ma_running_bn"])
+    assert recomputed.get_linestyle() == "-" and running.get_linestyle() == "--"
+    np.testing.assert_allclose(loss.lines[1].get_ydata(), histories["seed 0"]["val_loss_running_bn"])
+    assert _labels(ma.get_legend().get_texts())[:2] == ["seed 0, recomputed", "seed 0, running"]
+
+
 def test_tpr_tnr_vs_ratio_one_panel_per_run_in_ratio_order():
     train_ratio = pd.Series({"Hat": 0.4, "Glasses": 0.02, "Backpack": 0.25})
     a = pd.DataFrame({"tpr": [0.9, 0.1, 0.6], "tnr": [0.8, 0.99, 0.9]}, index=list(ATTRIBUTES))

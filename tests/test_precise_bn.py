@@ -123,3 +123,10 @@ def test_a_frozen_layer_in_eval_mode_keeps_its_statistics():
     assert torch.all(frozen.running_mean == 7.0) and int(trained.num_batches_tracked) == 2
     # The trained layer sees the frozen one's output, x - 7 (x around 2): averaged over the two batches.
     assert trained.momentum == 0.1 and np.allclose(trained.running_mean.numpy(), 2 - 7, atol=1.5)
+
+
+def test_precise_bn_with_an_ema_copy_is_refused(tmp_path):
+    run, data, method = _configs(tmp_path, tmp_path / "run", BATCHES)
+    with pytest.raises(ConfigError, match="precise_bn recomputes the trained model's statistics"):
+        train(run, data, BaselineConfig(ema=True), **QUIET)
+    assert not (tmp_path / "run").exists()

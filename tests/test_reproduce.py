@@ -4,6 +4,7 @@ import time
 
 import nbformat
 import pytest
+from test_results_page import check_page
 
 from parlab.reproduce import NOTEBOOKS, NotebookFailed, PROFILES, REPO, main, run_notebooks
 
@@ -50,6 +51,10 @@ def test_smoke_profile_runs_every_notebook_and_each_writes_its_figures_and_table
     assert (figures / "synthpa_results.tex").stat().st_mtime >= started
     assert b"FontFile2" in (figures / "synthpa_phi.pdf").read_bytes()  # TrueType embedded
     assert (figures / "synthpa_label_summary.csv").read_text().startswith("attribute,positives")
+    # The results page, written by the runner after the last notebook from this run's tables.
+    page = (tmp_path / "results.md").read_text()
+    assert page.startswith("# Results: profile `smoke`, synthpa") and "## PromptPAR beside the CLIP it tunes" in page
+    check_page(page, figures, tmp_path / "timings.csv")
 
 
 def test_failing_notebook_names_notebook_and_cell(tmp_path):

@@ -103,6 +103,9 @@ def _fit(task: Task, existing: str, progress: bool, log, ctx: dist.DistContext) 
     if task.run.precise_bn and type(task).forward_only is Task.forward_only:  # before anything is written
         raise ConfigError(f"precise_bn is not available for {type(task).__name__}: its training steps change "
                           "more than BatchNorm statistics")
+    if task.run.precise_bn and getattr(task.method, "ema", False):
+        raise ConfigError("precise_bn recomputes the trained model's statistics, not those of its EMA copy that "
+                          "validation scores: use one or the other")
     out = Path(task.run.output_dir)
     with run_folder_lock(out, ctx):
         return _fit_locked(task, existing, progress, log, ctx, out)
@@ -270,9 +273,9 @@ def recompute_bn_statistics(task: Task, epoch: int, batches: int, ctx: dist.Dist
     ``epoch``, at the weights the epoch ended with; returns how many layers were recomputed.
 
     The running averages that training keeps mix statistics of weights that have since moved. A layer whose
-    input scale drifts fast, such as PromptPAR's BatchNorm on its logits at the end of a warm-up (a head in
-    front of a BatchNorm grows freely: the normalisation hides its scale from the loss), then evaluates
-    its inputs against stale statistics. Averaged over ranks under torchrun.
+    input distribution moves fast, such as PromptPAR's BatchNorm on its logits at the warm-up's peak learning
+    rate (the normalisation hides the logits' offset and scale from the loss), then evaluates its inputs
+    against stale statistics. Averaged over ranks under torchrun.
     """
     seed_everything(epoch_seed(task.run.seed, epoch, 2 + ctx.rank))  # the epoch's own draws, as in training
     task.on_epoch_start(epoch)
