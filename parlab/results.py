@@ -225,6 +225,8 @@ def fixed_settings_table(models: dict[str, FixedModel], annotations, seed: int =
             for column, value in _percent(model.metrics(annotations, setting, seed).summary()).items():
                 row |= {column: value, f"{column} std": np.nan}
             rows.append(row | {"runs": 1, "head": model.head, "protocol": ""})
+    if not rows:  # no such model in the run (notebook 05 skipped): no row
+        return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=["method", "setting"]))
     return pd.DataFrame(rows).set_index(["method", "setting"])
 
 

@@ -180,3 +180,4 @@ def test_fixed_models_round_trip_and_sit_in_the_settings_table(runs, synthpa_roo
     assert table.loc[("probe", "standard"), "head"] == "linear probe" and np.isnan(table.loc[("probe", "standard"),
                                                                                               "mA std"])
     assert table.loc[("zero-shot", "standard"), "mA"] < 50  # the inverted probabilities
+    assert fixed_settings_table({}, load_dataset("synthpa", synthpa_root)).empty  # a run without them

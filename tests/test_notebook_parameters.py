@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from parlab.data import load_dataset
 from parlab.errors import ConfigError
 from parlab.parameters import as_lists, attributes_in, in_repository, repository
 
@@ -35,8 +36,6 @@ def test_lists_given_as_text_are_read_as_lists():
 
 
 def test_attributes_the_dataset_lacks_are_named_and_skipped(synthpa_root):
-    from parlab.data import load_dataset
-
     ann = load_dataset("synthpa", synthpa_root)
     said = []
     assert attributes_in(ann, ["Hat", "Wings", "Female"], log=said.append) == ["Hat", "Female"]
@@ -66,17 +65,20 @@ def test_papermill_from_the_repository_root_and_from_notebooks_writes_to_the_sam
     for cwd, notebook in ((REPO, "notebooks/02_label_imbalance.ipynb"),
                           (REPO / "notebooks", "02_label_imbalance.ipynb")):
         figures = f"{scratch}/{cwd.name}"
-        _papermill(notebook, cwd, tmp_path / "out.ipynb", "root", str(synthpa_root), "figures_dir", figures,
-                   "interactive", "False")
-        assert (REPO / figures / "synthpa_label_summary.csv").is_file()
+        # SynthPA is written in PA100k's format: read as such, the notebook leaves the session's folder alone
+        # (as "synthpa" it would regenerate it at its own default size).
+        _papermill(notebook, cwd, tmp_path / "out.ipynb", "dataset", "pa100k", "root", str(synthpa_root),
+                   "figures_dir", figures, "interactive", "False")
+        assert (REPO / figures / "pa100k_label_summary.csv").is_file()
     assert not (REPO / "notebooks" / scratch).exists()  # nothing under the working directory
-    assert not (REPO.parent / "figures" / "synthpa_label_summary.csv").exists()
+    assert not (REPO.parent / "figures" / "pa100k_label_summary.csv").exists()
+    assert len(load_dataset("synthpa", synthpa_root).image_names) == 200  # the session's folder, untouched
 
 
 @pytest.mark.slow
 def test_papermill_list_parameters_given_as_text_train(synthpa_root, scratch, tmp_path):
-    _papermill("notebooks/03_baseline.ipynb", REPO, tmp_path / "out.ipynb", "root", str(synthpa_root),
-               "backbone", "test_resnet", "image_size", "[32, 16]", "epochs", "1", "warmup_epochs", "0",
+    _papermill("notebooks/03_baseline.ipynb", REPO, tmp_path / "out.ipynb", "dataset", "pa100k", "root",
+               str(synthpa_root), "backbone", "test_resnet", "image_size", "[32, 16]", "epochs", "1", "warmup_epochs", "0",
                "image_cache", "", "runs_dir", f"{scratch}/train", "figures_dir", f"{scratch}/figures",
                "progress", "False", "device", "cpu")
     config = json.loads((REPO / scratch / "train" / "baseline_bce" / "config.json").read_text())
