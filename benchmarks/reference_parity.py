@@ -367,6 +367,13 @@ def print_seed(seed: int, name: str, ours: SeedResult, theirs: SeedResult) -> No
           f"{theirs.initial_diff:.1e}", flush=True)
 
 
+def compared(name: str, pairs: list) -> Comparison:
+    """The :class:`Comparison` of the seeds' (parlab's, the public code's) test metrics, printed."""
+    comparison = Comparison(tuple(ours.ma for ours, _ in pairs), tuple(theirs.ma for _, theirs in pairs))
+    print_comparison(name, comparison)
+    return comparison
+
+
 def print_comparison(name: str, comparison: Comparison) -> None:
     low, high = comparison.interval
     verdict = "holds" if comparison.holds() else "does NOT hold"
@@ -388,7 +395,7 @@ def baseline_part(args, pkl: Path, work: Path) -> Comparison:
           f"{args.image_size[0]}x{args.image_size[1]}, batch {args.batch_size}, {args.epochs} epochs, Adam lr "
           f"{args.lr:g} wd 5e-4, plateau (0.1, patience 4), weighted BCE, clip 10, no EMA; trainval -> test; "
           f"initial backbone: {args.weights or 'random (the seed)'}", flush=True)
-    ours, theirs = [], []
+    pairs = []  # (parlab's, the public code's) test metrics per seed
     for seed in args.seeds:
         out = work / "baseline" / f"seed{seed}"
         run, data, method = baseline_configs(args, pkl, seed, out / "parlab")
@@ -404,11 +411,8 @@ def baseline_part(args, pkl: Path, work: Path) -> Comparison:
         theirs_seed = score_reference(run_reference(spec, out / "reference"))
         ours_seed = run_parlab(lambda log: train(run, data, method, existing="overwrite", progress=False, log=log))
         print_seed(seed, "Rethinking_of_PAR", ours_seed, theirs_seed)
-        ours.append(ours_seed.ma)
-        theirs.append(theirs_seed.ma)
-    comparison = Comparison(tuple(ours), tuple(theirs))
-    print_comparison("Rethinking_of_PAR", comparison)
-    return comparison
+        pairs.append((ours_seed, theirs_seed))
+    return compared("Rethinking_of_PAR", pairs)
 
 
 def rethinking_config(args) -> list:
@@ -468,7 +472,7 @@ def frdl_part(args, pkl: Path, work: Path) -> Comparison:
     torch.save({"state_dicts": frdl_keys(stage1_state)}, stage1_file)
     stage1_model = load_stage1(stage1_dir).model
     attributes, width = stage1_model.head.classifiers.weight.shape
-    ours, theirs = [], []
+    pairs = []  # (parlab's, the public code's) test metrics per seed
     for seed in args.seeds:
         out = work / "frdl" / f"seed{seed}"
         seed_everything(seed)  # as FRDLTask.setup does right before it builds h_ft
@@ -495,11 +499,8 @@ def frdl_part(args, pkl: Path, work: Path) -> Comparison:
         ours_seed = run_parlab(lambda log: train_frdl(stage2_run, config, existing="overwrite", progress=False,
                                                       log=log))
         print_seed(seed, "FRDL", ours_seed, theirs_seed)
-        ours.append(ours_seed.ma)
-        theirs.append(theirs_seed.ma)
-    comparison = Comparison(tuple(ours), tuple(theirs))
-    print_comparison("FRDL", comparison)
-    return comparison
+        pairs.append((ours_seed, theirs_seed))
+    return compared("FRDL", pairs)
 
 
 def _with_heads(stage1_model, heads):

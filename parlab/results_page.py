@@ -20,7 +20,7 @@ import pandas as pd
 from parlab.files import write_atomic
 
 DIGITS = 2
-# The tables of the page: (title, CSV name after "<dataset>_", columns; rows are the "standard" setting).
+# The columns the page shows of the standard-setting rows of results_all.csv and clip_comparison.csv.
 RESULTS_COLUMNS = ("mA", "F1", "instance F1", "runs", "head")
 CLIP_COLUMNS = ("trained parameters", "mA", "F1", "runs", "head")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -151,8 +152,76 @@ def prediction_explorer(models: dict[str, LoadedModel], annotations, split: str 
     if not interactive:
         return _static_page(models, cache, annotations, split, threshold, zoom, n_static)
 
+    c = _controls(models, annotations, split, threshold)
+    state = {}
+
+    def refilter(*_):
+        """The images browsed: the attribute's ``kind`` at the threshold, in ``order``."""
+        preds = cache(c.method.value, c.split_choice.value)
+        state["positions"] = select_rows(annotations.labels[preds.rows], preds.probs,
+                                         names.index(c.attribute.value), c.kind.value, c.thr.value, c.order.value)
+        c.index.max = max(len(state["positions"]) - 1, 0)
+        show()
+
+    def restart(*_):
+        c.index.value = 0  # a new selection starts at its first (e.g. worst) image
+        refilter()
+
+    def refresh_metrics(*_):
+        preds = cache(c.method.value, c.split_choice.value)
+        c.metrics.value = metrics_html(annotations.labels[preds.rows], preds.probs, c.thr.value, names)
+        refilter()
+
+    def show(*_):
+        preds, positions = cache(c.method.value, c.split_choice.value), state["positions"]
+        if not len(positions):
+            c.image.value, c.labels_html.value = b"", ""
+            state.pop("image", None)  # a CAM button has no image to draw on
+            c.status.value = f"no {c.kind.value} for {c.attribute.value} at threshold {c.thr.value:.2f}"
+            return
+        i = min(c.index.value, len(positions) - 1)
+        row = int(preds.rows[positions[i]])
+        img = load_rgb(annotations.image_path(row))
+        state["image"] = img
+        c.image.value = _png(img, zoom)
+        labels, probs = annotations.labels[row], preds.probs[positions[i]]
+        c.labels_html.value = attributes_html(names, labels, probs, c.thr.value)
+        for button, label, prob in zip(c.buttons, labels, probs):
+            button.style.button_color = {RIGHT: "#c8e6c9", WRONG: "#ffcdd2", IGNORED: "#eeeeee"}[
+                _colour(int(label), float(prob), c.thr.value)]
+        c.status.value = (f"{annotations.image_names[row]} (row {row}), image {i + 1} of {len(positions)} "
+                          f"({c.kind.value} for {c.attribute.value}, {c.order.value})")
+
+    def show_cam(button):
+        if "image" in state:
+            j = names.index(button.description)
+            c.cam.value = _cam_overlay(models[c.method.value], state["image"], j, zoom)
+            c.cam_title.value = f"Grad-CAM of {button.description} ({c.method.value})"
+
+    def show_gallery(_):
+        kind = c.kind.value if c.kind.value in MISTAKES else "mistakes"
+        fig = mistakes_gallery(models[c.method.value], annotations, c.attribute.value, c.split_choice.value,
+                               c.gallery_size.value, c.thr.value, kind,
+                               predictions=cache(c.method.value, c.split_choice.value))
+        c.gallery.value = _figure_png(fig)
+
+    for button in c.buttons:
+        button.on_click(show_cam)
+    c.gallery_button.on_click(show_gallery)
+    for control in (c.method, c.split_choice, c.thr):
+        control.observe(refresh_metrics, names="value")
+    for control in (c.attribute, c.kind, c.order):
+        control.observe(restart, names="value")
+    c.index.observe(show, names="value")
+    refresh_metrics()
+    return _page(c)
+
+
+def _controls(models: dict[str, LoadedModel], annotations, split: str, threshold: float) -> SimpleNamespace:
+    """The explorer's widgets, unwired: choices, sliders, outputs and buttons."""
     import ipywidgets as w
 
+    names = list(annotations.attributes)
     splits = [s for s in ("train", "val", "test", "trainval") if s in annotations.splits()]
     narrow = w.Layout(width="240px")
     method = w.Dropdown(options=list(models), description="method", layout=narrow)
@@ -170,70 +239,21 @@ def prediction_explorer(models: dict[str, LoadedModel], annotations, split: str 
     buttons = [w.Button(description=n, layout=w.Layout(width="150px")) for n in names]
     gallery_button = w.Button(description="worst mistakes", layout=w.Layout(width="150px"))
     gallery_size = w.BoundedIntText(value=8, min=1, max=64, description="how many")
-    state = {}
+    return SimpleNamespace(method=method, split_choice=split_choice, attribute=attribute, kind=kind, order=order,
+                           index=index, thr=thr, metrics=metrics, labels_html=labels_html, status=status, image=image,
+                           cam=cam, gallery=gallery, cam_title=cam_title, buttons=buttons,
+                           gallery_button=gallery_button, gallery_size=gallery_size)
 
-    def refilter(*_):
-        """The images browsed: the attribute's ``kind`` at the threshold, in ``order``."""
-        preds = cache(method.value, split_choice.value)
-        state["positions"] = select_rows(annotations.labels[preds.rows], preds.probs, names.index(attribute.value),
-                                         kind.value, thr.value, order.value)
-        index.max = max(len(state["positions"]) - 1, 0)
-        show()
 
-    def restart(*_):
-        index.value = 0  # a new selection starts at its first (e.g. worst) image
-        refilter()
+def _page(c: SimpleNamespace):
+    """The explorer's widgets laid out: choices, sliders, metrics, the image with its labels and CAM, the
+    attribute buttons and the gallery."""
+    import ipywidgets as w
 
-    def refresh_metrics(*_):
-        preds = cache(method.value, split_choice.value)
-        metrics.value = metrics_html(annotations.labels[preds.rows], preds.probs, thr.value, names)
-        refilter()
-
-    def show(*_):
-        preds, positions = cache(method.value, split_choice.value), state["positions"]
-        if not len(positions):
-            image.value, labels_html.value = b"", ""
-            state.pop("image", None)  # a CAM button has no image to draw on
-            status.value = f"no {kind.value} for {attribute.value} at threshold {thr.value:.2f}"
-            return
-        i = min(index.value, len(positions) - 1)
-        row = int(preds.rows[positions[i]])
-        img = load_rgb(annotations.image_path(row))
-        state["image"] = img
-        image.value = _png(img, zoom)
-        labels, probs = annotations.labels[row], preds.probs[positions[i]]
-        labels_html.value = attributes_html(names, labels, probs, thr.value)
-        for button, label, prob in zip(buttons, labels, probs):
-            button.style.button_color = {RIGHT: "#c8e6c9", WRONG: "#ffcdd2", IGNORED: "#eeeeee"}[
-                _colour(int(label), float(prob), thr.value)]
-        status.value = (f"{annotations.image_names[row]} (row {row}), image {i + 1} of {len(positions)} "
-                        f"({kind.value} for {attribute.value}, {order.value})")
-
-    def show_cam(button):
-        if "image" in state:
-            j = names.index(button.description)
-            cam.value = _cam_overlay(models[method.value], state["image"], j, zoom)
-            cam_title.value = f"Grad-CAM of {button.description} ({method.value})"
-
-    def show_gallery(_):
-        fig = mistakes_gallery(models[method.value], annotations, attribute.value, split_choice.value,
-                               gallery_size.value, thr.value, kind.value if kind.value in MISTAKES else "mistakes",
-                               predictions=cache(method.value, split_choice.value))
-        gallery.value = _figure_png(fig)
-
-    for button in buttons:
-        button.on_click(show_cam)
-    gallery_button.on_click(show_gallery)
-    for control in (method, split_choice, thr):
-        control.observe(refresh_metrics, names="value")
-    for control in (attribute, kind, order):
-        control.observe(restart, names="value")
-    index.observe(show, names="value")
-    refresh_metrics()
-    grid = w.GridBox(buttons, layout=w.Layout(grid_template_columns="repeat(4, 155px)"))
-    page = w.VBox([w.HBox([method, split_choice, attribute, kind, order]), w.HBox([index, thr]), metrics, status,
-                   w.HBox([image, labels_html, w.VBox([cam_title, cam])]), grid,
-                   w.VBox([w.HBox([gallery_button, gallery_size]), gallery])])
+    grid = w.GridBox(c.buttons, layout=w.Layout(grid_template_columns="repeat(4, 155px)"))
+    page = w.VBox([w.HBox([c.method, c.split_choice, c.attribute, c.kind, c.order]), w.HBox([c.index, c.thr]),
+                   c.metrics, c.status, w.HBox([c.image, c.labels_html, w.VBox([c.cam_title, c.cam])]), grid,
+                   w.VBox([w.HBox([c.gallery_button, c.gallery_size]), c.gallery])])
     page.add_class("parlab-explorer")
     return page
 

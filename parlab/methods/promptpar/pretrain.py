@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from parlab.data import load_dataset
+from parlab.data import Annotations, load_dataset
 from parlab.data.batch_augment import augment_batch, draws_from_generator
 from parlab.data.errors import DatasetError
 from parlab.data.images import PARImageDataset
@@ -227,9 +227,8 @@ def pretrain_clip(config: CLIPPretrainConfig, existing: str = "resume", progress
         save_atomic(model.state_dict(), out)
         train_s = time.perf_counter() - start
     model.eval()
-    recall, baselines = _evaluate(model, config, device)
-    zero_shot_metrics, probe = (baselines[name].metrics(load_dataset("synthpa", config.root))
-                                for name in (ZERO_SHOT, PROBE))
+    recall, baselines, ann = _evaluate(model, config, device)
+    zero_shot_metrics, probe = (baselines[name].metrics(ann) for name in (ZERO_SHOT, PROBE))
     result = CLIPPretrainResult(out, pd.DataFrame(history), recall, zero_shot_metrics, probe, baselines,
                                 time.perf_counter() - start, train_s)
     write_json(record, {"config": config.to_dict(), "recall": recall, "zero_shot": zero_shot_metrics.summary(),
@@ -434,8 +433,9 @@ class _Texts(Dataset):
 
 
 @torch.no_grad()
-def _evaluate(model, config: CLIPPretrainConfig, device) -> tuple[dict[int, float], dict[str, FixedModel]]:
-    """Retrieval recall@1/5 and :func:`clip_baselines` on the test split of ``root``."""
+def _evaluate(model, config: CLIPPretrainConfig, device) -> tuple[dict[int, float], dict[str, FixedModel], Annotations]:
+    """Retrieval recall@1/5 and :func:`clip_baselines` on the test split of ``root``, and its annotations (read
+    once)."""
     ann = load_dataset("synthpa", config.root)
     tokenizer = clip_tokenizer(config.clip_model)
     test = PARImageDataset(ann, "test", clip_transform(config.image_size, train=False))
@@ -445,7 +445,7 @@ def _evaluate(model, config: CLIPPretrainConfig, device) -> tuple[dict[int, floa
                           for t in DataLoader(_Texts(tokenizer(texts)), batch_size=256)]).float()
     # Image i's own caption is column i.
     recall = retrieval_recall(image_emb @ text_emb.T, caption_codes(texts).to(device), (1, 5))
-    return recall, clip_baselines(model, config.clip_model, ann, config.image_size, device)
+    return recall, clip_baselines(model, config.clip_model, ann, config.image_size, device), ann
 
 
 @torch.no_grad()
