@@ -295,4 +295,7 @@ def stage2_profile(root: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from parlab.benchmark_page import recorded
+
+    with recorded(__file__):
+        main()

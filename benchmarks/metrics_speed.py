@@ -55,4 +55,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from parlab.benchmark_page import recorded
+
+    with recorded(__file__):
+        main()

@@ -991,4 +991,8 @@ def _probed_reload(reload, initial: dict, probe: dict):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from parlab.benchmark_page import recorded
+
+    with recorded(__file__):
+        code = main()
+    sys.exit(code)

@@ -312,7 +312,11 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    methods = available_methods()
+    try:
+        methods = available_methods()
+    except ParlabError as exc:  # a method plugin that fails to load
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return 1
     args = _parser(methods).parse_args(argv)
     try:
         if args.command in methods:

@@ -338,11 +338,17 @@ def run_notebooks(
         total = write_timings(out / "timings.csv", runs[-1])
         log(f"[{prof.name}] timings.csv: {total:.1f} s over the notebooks timed so far")
     if runs and runs[-1].notebook == NOTEBOOKS[-1]:  # the tables are complete: the results page from them
-        from parlab.results_page import write_results_page
+        from parlab.results_page import write_overview_figure, write_readme_headline, write_results_page
 
         page = results_page_path(prof, out, repo)
         write_results_page(page, repo / prof.figures_dir, prof.dataset, prof.name, out / "timings.csv", repo)
         log(f"[{prof.name}] results page: {page}")
+        if page == repo / "docs" / "results.md" and write_readme_headline(
+                repo / "README.md", repo / prof.figures_dir, prof.dataset, page):
+            log(f"[{prof.name}] README.md: headline results rewritten")
+        if page == repo / "docs" / "results.md" and write_overview_figure(
+                repo / prof.figures_dir, prof.dataset, repo / "docs" / "overview.png"):
+            log(f"[{prof.name}] docs/overview.png: the README's figure")
     return runs
 
 

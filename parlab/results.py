@@ -230,6 +230,29 @@ def fixed_settings_table(models: dict[str, FixedModel], annotations, seed: int =
     return pd.DataFrame(rows).set_index(["method", "setting"])
 
 
+def ranking_table(runs: dict[str, list[RunResult]], fixed: dict[str, FixedModel] | None = None) -> pd.DataFrame:
+    """How well each method's test scores order the images, whatever the threshold (percent, mean over
+    attributes; mean and sample std over a method's runs): "AUC", and "mA at best test thresholds", the mA
+    each attribute's best threshold on the test split itself would give (an oracle, for telling a worse
+    operating point from worse scores, never a score to report). Rows: ``fixed`` models, then ``runs``."""
+    from parlab.metrics.ranking import attribute_auc, best_threshold_ma
+
+    _known(runs, [])  # at least one run: the dataset is read from it
+    annotations = run_annotations(next(iter(runs.values()))[0])
+    # Logits where a run saved them: their order survives where probabilities round to 1.0.
+    entries = {name: [(model.rows, model.probs)] for name, model in (fixed or {}).items()}
+    entries |= {name: [(p.rows, p.logits) for p in map(saved_test_predictions, group)] for name, group in runs.items()}
+    rows = []
+    for name, scored in entries.items():
+        auc = [100 * np.nanmean(attribute_auc(annotations.labels[r], s)) for r, s in scored]
+        best = [100 * np.nanmean(best_threshold_ma(annotations.labels[r], s)) for r, s in scored]
+        rows.append({"method": name, "AUC": np.mean(auc), "AUC std": np.std(auc, ddof=1) if len(auc) > 1 else np.nan,
+                     "mA at best test thresholds": np.mean(best),
+                     "mA at best test thresholds std": np.std(best, ddof=1) if len(best) > 1 else np.nan,
+                     "runs": len(scored)})
+    return pd.DataFrame(rows).set_index("method")
+
+
 def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: tuple[str, ...] = (),
                 draws: int = 2000, seed: int = 0, fixed: dict[str, FixedModel] | None = None) -> pd.DataFrame:
     """Test mA of every method minus each reference's, with a 95% interval and a verdict (percent points).
@@ -323,23 +346,30 @@ def difference_sentences(diffs: pd.DataFrame, pairs: list[tuple[str, str]], digi
 
 
 def component_sentences(diffs: pd.DataFrame, settings: pd.DataFrame, reference: str, digits: int = 2) -> pd.Series:
-    """One sentence per ablation: what removing a component does to mA, and whether that exceeds the seed spread.
+    """One sentence per ablation: what removing a component (or another change) does to mA, and whether that
+    exceeds the seed spread.
 
     ``diffs``: :func:`differences` with the full model as ``reference`` and one method per ablation (named
-    "without <component>"); ``settings``: their :func:`repeated_settings_table`. Over seeds on both sides the
-    t interval decides (paired on the same seeds). An ablation of one run against a repeated full model is also held against the
-    seed spread: the 95% prediction interval of one run's difference from the mean of n,
+    "without <component>", or for a change that removes nothing, e.g. a longer schedule, by that change);
+    ``settings``: their :func:`repeated_settings_table`. Over seeds on both sides the t interval decides (paired
+    on the same seeds). An ablation of one run against a repeated full model is also held against the seed
+    spread: the 95% prediction interval of one run's difference from the mean of n,
     ``t(n-1) * std * sqrt(1 + 1/n)`` with the full model's std; the bootstrap over test images alone ignores
     that spread. A component is said to help only when removing it loses mA beyond every interval that
     applies, to hurt only when removing it gains beyond them; otherwise its effect is within the spread.
+    With ``reference`` at tuned thresholds ("full (tuned thr.)"), only the variants at tuned thresholds are
+    read, and the other way round.
     """
     part = diffs.xs(reference, level="reference")
+    part = part[[m.endswith(TUNED) == reference.endswith(TUNED) for m in part.index]]
     std, n = settings.loc[(reference, "standard"), "mA std"], int(settings.loc[(reference, "standard"), "runs"])
     sentences = {}
     for method, row in part.iterrows():
         diff, verdict = row["mA difference"], row["verdict"]
-        text = (f"removing it changes mA by {diff:+.{digits}f} [{row['low']:+.{digits}f}, {row['high']:+.{digits}f}] "
-                f"({row['interval']})")
+        name = method.removesuffix(TUNED)
+        removed = name.startswith("without ")
+        text = (f"{'removing it' if removed else 'it'} changes mA by {diff:+.{digits}f} "
+                f"[{row['low']:+.{digits}f}, {row['high']:+.{digits}f}] ({row['interval']})")
         runs = int(settings.loc[(method, "standard"), "runs"])
         if runs == 1 and n >= 2:
             half = prediction_half_width(std, n)
@@ -349,8 +379,10 @@ def component_sentences(diffs: pd.DataFrame, settings: pd.DataFrame, reference: 
                 verdict = "no difference"
         elif runs == 1 or n == 1:
             text += "; the seed spread is not measured (one run)"
-        meaning = {"loss": "it helps", "gain": "it hurts", "no difference": "within the spread: not shown to help"}
-        sentences[method.removeprefix("without ")] = f"{text}: {meaning[verdict]}."
+        meaning = ({"loss": "it helps", "gain": "it hurts", "no difference": "within the spread: not shown to help"}
+                   if removed else
+                   {"loss": "a loss", "gain": "a gain", "no difference": "within the spread: not shown to matter"})
+        sentences[name.removeprefix("without ")] = f"{text}: {meaning[verdict]}."
     return pd.Series(sentences, name=f"against {reference}")
 
 

@@ -8,44 +8,25 @@ rerun rewrites the page and an old page says what it was.
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from parlab.files import write_atomic
+from parlab.provenance import provenance_rows
+from parlab.results import TUNED
 
 DIGITS = 2
 # The columns the page shows of the standard-setting rows of results_all.csv and clip_comparison.csv.
 RESULTS_COLUMNS = ("mA", "F1", "instance F1", "runs", "head")
 CLIP_COLUMNS = ("trained parameters", "mA", "F1", "runs", "head")
-
-
-def cpu_model() -> str:
-    """The processor's name as the system reports it (``/proc/cpuinfo`` on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def commit(repo: Path) -> str:
-    """The repository's commit (with "+ changes" when its tracked files differ), or "unknown"."""
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head} + changes" if dirty else head
+# The README's headline table sits between these lines; the runner rewrites what is between them.
+HEADLINE_START = "<!-- headline results: written by python -m parlab.reproduce, not by hand -->"
+HEADLINE_END = "<!-- end of headline results -->"
+# The README's figure: notebook 01's sample images with their attributes, at a width a page shows whole.
+OVERVIEW_FIGURE = "{dataset}_samples.png"
+OVERVIEW_WIDTH = 1200
 
 
 def _number(value) -> str:
@@ -95,14 +76,10 @@ def _standard(path: Path, columns: tuple[str, ...], differences: bool = True) ->
 
 def results_page(figures: Path, dataset: str, profile: str, timings: Path | None, repo: Path) -> str:
     """The page's markdown from the tables in ``figures`` of a run on ``dataset``."""
-    import torch
-
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# Results: profile `{profile}`, {dataset}", "",
              "Written by `python -m parlab.reproduce` from the run's tables (`figures/*.csv`); a rerun rewrites it.",
-             "", "| | |", "|---|---|", f"| profile | {profile} |", f"| commit | {commit(repo)} |", f"| date | {now} |",
-             f"| machine | {cpu_model()}, {os.cpu_count()} cores |",
-             f"| software | Python {platform.python_version()}, torch {torch.__version__} |", ""]
+             "", "| | |", "|---|---|", f"| profile | {profile} |",
+             *(f"| {key} | {value} |" for key, value in provenance_rows(repo)), ""]
     sections = [
         ("Every method", f"{dataset}_results_all.csv", RESULTS_COLUMNS,
          "Test split, percent; mean ± std over seeds where a method was repeated; the differences are in mA "
@@ -114,11 +91,20 @@ def results_page(figures: Path, dataset: str, profile: str, timings: Path | None
         table = _standard(figures / name, columns)
         if table is not None:
             lines += [f"## {title}", "", about, "", markdown_table(table), ""]
+    ranking = figures / f"{dataset}_clip_ranking.csv"
+    if ranking.is_file():
+        frame = pd.read_csv(ranking).set_index("method")
+        table = pd.DataFrame({column: _mean_std(frame, column) for column in ("AUC", "mA at best test thresholds")},
+                             index=frame.index).assign(runs=frame["runs"])
+        lines += ["## Operating point or scores", "", "How well the scores order the test images of each attribute, "
+                  "whatever the threshold: mean AUC, and the mA at each attribute's best threshold on the test split "
+                  "itself (an oracle, not a score) (notebook 05).", "", markdown_table(table), ""]
     ablation = figures / f"{dataset}_promptpar_ablation_differences.csv"
     if ablation.is_file():
         frame = pd.read_csv(ablation).set_index("method")
-        lines += ["## PromptPAR ablation", "", "mA of each variant minus the full model's, 95% interval.", "",
-                  markdown_table(frame[["mA difference", "low", "high", "interval", "verdict"]]), ""]
+        lines += ["## PromptPAR ablation", "", "mA of each variant minus the full model's at the same threshold "
+                  "(0.5, or tuned on validation), 95% interval (notebook 05).", "",
+                  markdown_table(frame[["reference", "mA difference", "low", "high", "interval", "verdict"]]), ""]
     if timings is not None and timings.is_file():
         frame = pd.read_csv(timings).set_index("notebook")
         frame.loc["total"] = frame["seconds"].sum()
@@ -131,3 +117,66 @@ def write_results_page(path: Path, figures: Path, dataset: str, profile: str, ti
     """Write :func:`results_page` to ``path`` (atomically)."""
     text = results_page(figures, dataset, profile, timings, repo)
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def headline_table(figures: Path, dataset: str) -> str | None:
+    """The README's short table: each method's test mA at the fixed threshold and at thresholds tuned on
+    validation, its F1 and its runs, from the run's ``{dataset}_results_all.csv`` (None without it)."""
+    path = figures / f"{dataset}_results_all.csv"
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    frame = frame[frame["setting"] == "standard"].set_index("method")
+    mean_std = dict(zip(frame.index, _mean_std(frame, "mA"), strict=True))
+    f1 = dict(zip(frame.index, _mean_std(frame, "F1"), strict=True))
+    methods = [m for m in frame.index if not m.endswith(TUNED)]
+    table = pd.DataFrame({"mA": [mean_std[m] for m in methods],
+                          "mA, tuned thresholds": [mean_std.get(m + TUNED, "") for m in methods],
+                          "F1": [f1[m] for m in methods],
+                          "runs": [int(frame.loc[m, "runs"]) for m in methods]},
+                         index=pd.Index(methods, name="method"))
+    return markdown_table(table)
+
+
+def page_provenance(page: str) -> dict[str, str]:
+    """The header rows (profile, commit, date, machine, software) of a page :func:`results_page` wrote."""
+    header = page.split("\n## ", 1)[0]
+    rows = (line.strip("|").split("|") for line in header.splitlines() if line.startswith("| ") and line.count("|") == 3)
+    return {key.strip(): value.strip() for key, value in rows}
+
+
+def write_readme_headline(readme: Path, figures: Path, dataset: str, page: Path) -> bool:
+    """Rewrite the block between :data:`HEADLINE_START` and :data:`HEADLINE_END` of ``readme`` with
+    :func:`headline_table` of ``figures`` and the provenance of ``page``, the results page written from the
+    same tables (linked below the table). False (the file untouched) when the file has no such block or the
+    run no results table."""
+    text = readme.read_text(encoding="utf-8")
+    table = headline_table(figures, dataset)
+    if table is None or HEADLINE_START not in text or HEADLINE_END not in text:
+        return False
+    rows = page_provenance(page.read_text(encoding="utf-8"))
+    link = page.relative_to(readme.parent).as_posix() if page.is_relative_to(readme.parent) else str(page)
+    about = (f"Profile `{rows.get('profile', '?')}` on {dataset}, test split, percent; mean ± std over seeds "
+             f"(commit {rows.get('commit', '?')}, {rows.get('date', '?')}, {rows.get('machine', '?')}). "
+             f"Every table, difference and interval: [{link}]({link}).")
+    head, rest = text.split(HEADLINE_START, 1)
+    tail = rest.split(HEADLINE_END, 1)[1]
+    block = f"{HEADLINE_START}\n{about}\n\n{table}\n{HEADLINE_END}"
+    write_atomic(readme, lambda tmp: Path(tmp).write_text(head + block + tail, encoding="utf-8"))
+    return True
+
+
+def write_overview_figure(figures: Path, dataset: str, target: Path) -> bool:
+    """``target``: notebook 01's samples figure of the run, scaled to :data:`OVERVIEW_WIDTH` pixels wide (the
+    README shows it). False when the run drew none."""
+    from PIL import Image
+
+    source = figures / OVERVIEW_FIGURE.format(dataset=dataset)
+    if not source.is_file():
+        return False
+    with Image.open(source) as image:
+        image = image.convert("RGB")
+        height = round(image.height * OVERVIEW_WIDTH / image.width)
+        small = image.resize((OVERVIEW_WIDTH, height), Image.Resampling.LANCZOS)
+    write_atomic(target, lambda tmp: small.save(tmp, format="PNG", optimize=True))
+    return True

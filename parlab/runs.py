@@ -85,6 +85,7 @@ RUNS: dict[str, str] = {
     "PromptPAR with logit BN": "promptpar_logit_bn_seed{seed}",  # the paper's BatchNorm on the main logits
     "CLIP fine-tuned": "clip_finetuned_seed{seed}",  # PromptPAR's CLIP image tower trained end to end, linear head
     **{f"PromptPAR without {c}": f"promptpar_{c}_seed{{seed}}" for c in PROMPTPAR_COMPONENTS},
+    "PromptPAR twice the epochs": "promptpar_long_seed{seed}",  # the same recipe, its schedule twice as long
 }
 
 

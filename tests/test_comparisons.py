@@ -119,6 +119,37 @@ def test_ablation_sentences_say_help_only_beyond_the_spread(runs):
                                  "not shown to help.")
 
 
+def test_ablation_sentences_at_each_operating_point_and_for_a_change_that_removes_nothing(runs):
+    from parlab.results import TUNED, component_sentences
+
+    groups = {"full": runs["good"], "without prompts": runs["good"], "twice the epochs": runs["bad"]}
+    settings = repeated_settings_table(groups, tuned=tuple(groups))
+    diffs = differences(groups, references=["full", "full" + TUNED], tuned=tuple(groups), draws=200)
+    for reference in ("full", "full" + TUNED):
+        sentences = component_sentences(diffs, settings, reference)
+        assert list(sentences.index) == ["prompts", "twice the epochs"]  # one operating point: no "(tuned thr.)" keys
+        assert sentences["twice the epochs"].startswith("it changes mA by -")
+        assert sentences["twice the epochs"].endswith(": a loss.")
+        assert sentences["prompts"].startswith("removing it changes mA by +0.00")
+        assert sentences["prompts"].endswith("within the spread: not shown to help.")
+
+
+def test_ranking_table_orders_methods_by_their_scores_whatever_the_threshold(runs):
+    from parlab.results import FixedModel, ranking_table
+    from parlab.runs import saved_test_predictions
+
+    preds = saved_test_predictions(runs["good"][0])
+    fixed = {"copy of good seed 0": FixedModel(rows=preds.rows, probs=preds.probs)}
+    table = ranking_table({"good": runs["good"], "bad": runs["bad"]}, fixed=fixed)
+    assert list(table.index) == ["copy of good seed 0", "good", "bad"]
+    assert table.loc["good", "AUC"] > table.loc["bad", "AUC"] + 20 and table.loc["good", "runs"] == 3
+    assert table.loc["good", "mA at best test thresholds"] >= table.loc["bad", "mA at best test thresholds"]
+    assert np.isnan(table.loc["copy of good seed 0", "AUC std"]) and table.loc["good", "AUC std"] > 0
+    # The same scores, as logits or as probabilities: the same order, the same AUC.
+    single = ranking_table({"good0": runs["good"][:1]})
+    assert single.loc["good0", "AUC"] == pytest.approx(table.loc["copy of good seed 0", "AUC"])
+
+
 def test_paired_and_hierarchical_intervals():
     from parlab.stats import hierarchical_interval, paired_interval
 

@@ -96,3 +96,19 @@ def test_balanced_metrics_score_only_kept_entries():
     assert m.ma == pytest.approx(1.0) and m.num_images == 2
     assert m.acc == pytest.approx(0.5)  # row 0: 1/1; row 1: empty union -> 0
     assert m.setting == "balanced (first)"
+
+
+def test_ranking_metrics_on_a_hand_made_case_with_a_tie():
+    from parlab.metrics.ranking import attribute_auc, best_threshold_ma
+
+    gt = np.array([[1, 1, 1], [0, 0, 1], [1, -1, 1], [0, 0, 1]])
+    scores = np.array([[0.9, 0.2, 0.5], [0.1, 0.9, 0.5], [0.4, 0.3, 0.5], [0.4, 0.1, 0.5]])
+    auc = attribute_auc(gt, scores)
+    # Attribute 0: the 0.9 positive beats both negatives, the 0.4 one beats 0.1 and ties 0.4: 3.5 of 4 pairs.
+    # Attribute 1: the -1 is left out; the one positive (0.2) beats 0.1 and loses to 0.9. Attribute 2: one label.
+    assert auc[0] == pytest.approx(0.875) and auc[1] == pytest.approx(0.5) and np.isnan(auc[2])
+    best = best_threshold_ma(gt, scores)
+    # No threshold separates the tied 0.4s: the best is above 0.4 (TPR 1/2, TNR 1) or below it (TPR 1, TNR 1/2).
+    assert best[0] == pytest.approx(0.75) and np.isnan(best[2])
+    assert best[1] == pytest.approx(0.75)  # above 0.1: TPR 1, TNR 1/2
+    assert np.all(best_threshold_ma(gt, -scores)[:2] >= 0.5)  # reversed scores: never below everything-negative

@@ -77,6 +77,19 @@ def test_batchnorm_statistics_are_the_average_over_training_batches_at_the_final
     assert "val_loss_running_bn" not in pd.read_csv(f"{stale.output_dir}/log.csv").columns
 
 
+def test_a_validation_loss_that_exploded_under_running_statistics_stays_near_the_training_loss(synthpa_root,
+                                                                                                 tmp_path):
+    # The divergence PromptPAR's logit BatchNorm showed on a small CLIP (a normal training loss, a validation loss
+    # ten times higher after the first epoch), in a configuration small enough for a test: BatchNorm on the logits
+    # at a learning rate that moves the head within the epoch. Evaluated with the running statistics the loss
+    # explodes; with the statistics recomputed at the epoch's weights (PreciseBN, the fix) it is the training loss's.
+    log = pd.read_csv(f"{train(*_configs(synthpa_root, tmp_path / 'run', BATCHES), **QUIET).output_dir}/log.csv")
+    train_loss, running, precise = log.loc[0, ["train_loss", "val_loss_running_bn", "val_loss"]]
+    assert running > 5 * train_loss, (running, train_loss)
+    assert precise < 1.5 * train_loss, (precise, train_loss)
+    assert log.loc[0, "val_ma"] > log.loc[0, "val_ma_running_bn"]
+
+
 def test_the_same_seed_gives_the_same_statistics(synthpa_root, tmp_path):
     a = train(*_configs(synthpa_root, tmp_path / "a", BATCHES), **QUIET)
     b = train(*_configs(synthpa_root, tmp_path / "b", BATCHES), **QUIET)

@@ -341,7 +341,7 @@ def test_torchrun_two_processes_match_single_process_evaluation(synthpa_root, tm
 
 def test_bf16_channels_last_ema_and_the_reference_protocol(synthpa_root, tmp_path):
     # At 128x64, not 64x32: torch 2.14.1's oneDNN bf16 convolution on CPUs with AMX returns NaN now and then
-    # for a 3x3 stride-2 convolution of a 4x2 map (a ResNet's last stage at 64x32; README, "Known problems").
+    # for a 3x3 stride-2 convolution of a 4x2 map (a ResNet's last stage at 64x32; docs/reliability.md, "Known problems").
     cfg = tiny(synthpa_root, tmp_path / "r", epochs=1, amp="bf16", channels_last=True, ema=True, ema_decay=0.5,
                protocol="reference", train_split="trainval", scheduler="multistep", milestones=(1,),
                image_size=(128, 64))

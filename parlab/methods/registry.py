@@ -19,13 +19,17 @@ Adding a method: write its config dataclass (fields made with
                                help="one line for parlab --help"))
 
 The task's ``method_class`` is ``MyConfig``; its files keep the three configs under
-``run``, ``data`` and ``method`` (:mod:`parlab.training.record`).
+``run``, ``data`` and ``method`` (:mod:`parlab.training.record`). A package outside parlab makes its
+methods known by naming the module that registers them as an entry point of the group
+:data:`ENTRY_POINTS` (``[project.entry-points."parlab.methods"]`` in its ``pyproject.toml``): the command
+line, ``load_model`` and ``open_run`` then find them as they find parlab's own (``docs/adding-a-method.md``).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
 from dataclasses import dataclass, field
 
 from parlab.errors import ParlabError
@@ -61,6 +65,8 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 # Modules that register the built-in methods; they import no torch.
 _BUILTIN = ("parlab.methods.baseline", "parlab.methods.frdl_config", "parlab.methods.promptpar.config")
+# The entry-point group through which installed packages name their modules that register methods.
+ENTRY_POINTS = "parlab.methods"
 
 
 class UnknownMethod(ParlabError, KeyError):
@@ -75,9 +81,15 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 
 def available_methods() -> dict[str, MethodSpec]:
-    """Every registered method, by command."""
+    """Every registered method, by command: parlab's own, then those of installed packages' entry points."""
     for module in _BUILTIN:
         importlib.import_module(module)
+    for point in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        try:
+            point.load()  # the module registers its methods when imported (once: Python caches modules)
+        except Exception as exc:  # a broken plugin: one line naming it, not a traceback from deep inside
+            raise ParlabError(f"the parlab method plugin {point.name!r} ({point.value}) failed to load: "
+                              f"{type(exc).__name__}: {exc}") from exc
     return dict(METHODS)
 
 
