@@ -48,8 +48,10 @@ def _add_group(parser: argparse.ArgumentParser, group: OptionGroup) -> None:
         default = group.defaults.get(f.name, f.default if f.default is not MISSING else None)
         hint = hints[f.name]
         about = f"{help_of(f)} " if help_of(f) else ""
+        bounds = f.metadata.get("bounds", "")  # the range the config checks, e.g. ">= 1" or "in (0, 1]"
+        allowed = f"; must be {bounds}" if bounds else ""
         kwargs: dict = {"dest": f.name, "default": argparse.SUPPRESS,
-                        "help": f"{about}(default: {default!r})".replace("%", "%%")}
+                        "help": f"{about}(default: {default!r}{allowed})".replace("%", "%%")}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is tuple:

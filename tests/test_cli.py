@@ -34,8 +34,8 @@ def test_help_of_an_option_is_its_field_help_including_awkward_ones(capsys):
     text = " ".join(capsys.readouterr().out.split())
     # A shared run field, a group default that differs from the dataclass's, and help or defaults holding quotes
     # keep their help.
-    assert "training batch, per process (default: 64)" in text
-    assert "training epochs (default: 20)" in text  # FRDL's run default, not RunFields' 30
+    assert "training batch, per process (default: 64; must be >= 1)" in text  # the range the config checks
+    assert "training epochs (default: 20; must be >= 1)" in text  # FRDL's run default, not RunFields' 30
     assert 'trained with head "attribute" (default: \'\')' in text
     assert '"auto" picks cuda when available, else cpu (default: \'auto\')' in text
     assert "dataset folder (default: '')" in text  # FRDL's data group default, not DataConfig's

@@ -123,7 +123,8 @@ FRDL = register_method(MethodSpec(
     command="frdl",
     task="parlab.methods.frdl_training:FRDLTask",
     labels=("FRDL", "FRDL+GOAT"),
-    groups=(OptionGroup("run", RunFields, "run fields", defaults=FRDL_RUN),
+    # precise_bn: stage 2's steps push features into the bank, so the engine refuses to replay them.
+    groups=(OptionGroup("run", RunFields, "run fields", skip=("precise_bn",), defaults=FRDL_RUN),
             OptionGroup("data", DataConfig, "data fields (the stage-1 run's: --root only where its dataset moved; "
                                                       "'' keeps its folder)",
                         skip=tuple(f.name for f in fields(DataConfig) if f.name != "root"), defaults={"root": ""}),
