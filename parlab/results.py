@@ -172,13 +172,19 @@ def _known(runs: dict, names: list[str]) -> None:
         raise ConfigError(f"{', '.join(unknown)}: not among the methods {', '.join(runs) or '(none)'}")
 
 
-def _decisions(run: RunResult, tuned: bool, rows: np.ndarray) -> np.ndarray:
-    """(N, A) 0/1 test decisions of a run on the test images ``rows`` (sorted annotation rows)."""
+def _decisions(name: str, scored_rows: np.ndarray, probs: np.ndarray, thresholds, rows: np.ndarray) -> np.ndarray:
+    """(N, A) 0/1 decisions on the test images ``rows`` (sorted annotation rows) of probabilities ``probs``
+    scored on ``scored_rows`` (in any order), refused when those are other images."""
+    order = np.argsort(scored_rows)
+    if not np.array_equal(np.asarray(scored_rows)[order], rows):
+        raise ConfigError(f"{name}: its test images are not those of the runs compared")
+    return (np.asarray(probs)[order] > np.asarray(thresholds)).astype(np.float64)
+
+
+def _run_decisions(run: RunResult, tuned: bool, rows: np.ndarray) -> np.ndarray:
+    """:func:`_decisions` of a run's saved test predictions at its fixed or tuned thresholds."""
     preds = saved_test_predictions(run)
-    order = np.argsort(preds.rows)
-    if not np.array_equal(preds.rows[order], rows):
-        raise ConfigError(f"{run.output_dir}: its test images are not those of the other runs compared")
-    return (preds.probs[order] > np.asarray(_thresholds(run, tuned))).astype(np.float64)
+    return _decisions(str(run.output_dir), preds.rows, preds.probs, _thresholds(run, tuned), rows)
 
 
 @dataclass(frozen=True)
@@ -273,10 +279,12 @@ def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: 
     annotations = run_annotations(first)
     rows = np.sort(saved_test_predictions(first).rows)
     gt = annotations.labels[rows]
-    decided = {name: [_decisions(run, at_tuned, rows) for run in group] for name, (group, at_tuned) in entries.items()}
-    decided |= {name: [_fixed_decisions(name, model, rows)] for name, model in fixed.items()}
+    decided = {name: [_run_decisions(run, at_tuned, rows) for run in group]
+               for name, (group, at_tuned) in entries.items()}
+    decided |= {name: [_decisions(name, model.rows, model.probs, model.threshold, rows)] for name, model in fixed.items()}
     seeds = {name: [run.run.seed for run in group] for name, (group, _) in entries.items()}
-    boot = {name: 100 * weighted_ma(d, gt, bootstrap_weights(len(gt), draws, seed)) for name, d in decided.items()}
+    resamples = bootstrap_weights(len(gt), draws, seed)  # the same image resamples for every method
+    boot = {name: 100 * weighted_ma(d, gt, resamples) for name, d in decided.items()}
     per_run = {name: 100 * weighted_ma(d, gt, np.ones((1, len(gt))))[0] for name, d in decided.items()}
     table = []
     for reference in references:
@@ -302,14 +310,6 @@ def differences(runs: dict[str, list[RunResult]], references: list[str], tuned: 
             table.append({"method": method, "reference": reference, "mA difference": diff, "low": low, "high": high,
                           "interval": how, "verdict": verdict})
     return pd.DataFrame(table).set_index(["method", "reference"])
-
-
-def _fixed_decisions(name: str, model: FixedModel, rows: np.ndarray) -> np.ndarray:
-    """(N, A) 0/1 decisions of a :class:`FixedModel` on the test images ``rows`` (sorted annotation rows)."""
-    order = np.argsort(model.rows)
-    if not np.array_equal(np.asarray(model.rows)[order], rows):
-        raise ConfigError(f"{name}: its test images are not those of the runs compared")
-    return (np.asarray(model.probs)[order] > model.threshold).astype(np.float64)
 
 
 def with_differences(table: pd.DataFrame, diffs: pd.DataFrame, setting: str = "standard") -> pd.DataFrame:

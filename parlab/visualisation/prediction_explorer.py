@@ -205,6 +205,14 @@ def prediction_explorer(models: dict[str, LoadedModel], annotations, split: str 
                                predictions=cache(c.method.value, c.split_choice.value))
         c.gallery.value = _figure_png(fig)
 
+    _wire(c, refresh_metrics, restart, show, show_cam, show_gallery)
+    refresh_metrics()
+    return _page(c)
+
+
+def _wire(c: SimpleNamespace, refresh_metrics, restart, show, show_cam, show_gallery) -> None:
+    """Connect the widgets of :func:`_controls` to the explorer's handlers: a new method, split or threshold
+    rescores; a new attribute, kind or order restarts the browsing; the image slider shows; buttons draw."""
     for button in c.buttons:
         button.on_click(show_cam)
     c.gallery_button.on_click(show_gallery)
@@ -213,8 +221,6 @@ def prediction_explorer(models: dict[str, LoadedModel], annotations, split: str 
     for control in (c.attribute, c.kind, c.order):
         control.observe(restart, names="value")
     c.index.observe(show, names="value")
-    refresh_metrics()
-    return _page(c)
 
 
 def _controls(models: dict[str, LoadedModel], annotations, split: str, threshold: float) -> SimpleNamespace:
